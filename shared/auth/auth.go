@@ -1,0 +1,166 @@
+// Package auth defines the JWT claims the control plane issues and the
+// verification every server applies to them. The control plane signs with an
+// asymmetric key (Ed25519 or ECDSA P-256); verifiers hold only public keys,
+// looked up by the token's key id.
+package auth
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Kind says what a token may do.
+type Kind string
+
+const (
+	// KindAgent tokens belong to one cluster's agent: register, open its
+	// tunnel, sync its routes.
+	KindAgent Kind = "agent"
+	// KindUser tokens reach the Kubernetes API of the clusters they name.
+	KindUser Kind = "user"
+	// KindAdmin tokens manage the control plane.
+	KindAdmin Kind = "admin"
+)
+
+// Audience is the audience every token of this platform carries; a token
+// minted for anything else is refused.
+const Audience = "pipeops-tunnel"
+
+// Claims are the claims of every token. ID (jti) names the token for
+// revocation.
+type Claims struct {
+	jwt.RegisteredClaims
+	Kind Kind `json:"kind"`
+	// ClusterID is the cluster an agent token belongs to.
+	ClusterID string `json:"cluster_id,omitempty"`
+	// Clusters lists the clusters a user token may reach ("*" for all).
+	Clusters []string `json:"clusters,omitempty"`
+}
+
+// AllowsCluster reports whether the token may act on cluster.
+func (c *Claims) AllowsCluster(cluster string) bool {
+	switch c.Kind {
+	case KindAdmin:
+		return true
+	case KindAgent:
+		return c.ClusterID == cluster
+	case KindUser:
+		return slices.Contains(c.Clusters, cluster) || slices.Contains(c.Clusters, "*")
+	}
+	return false
+}
+
+// Errors a verifier returns; all of them mean HTTP 401.
+var (
+	ErrInvalidToken = errors.New("auth: invalid token")
+	ErrRevoked      = errors.New("auth: token revoked")
+	ErrWrongKind    = errors.New("auth: token kind not allowed here")
+)
+
+// KeySet finds the public key for a key id.
+type KeySet interface {
+	PublicKey(ctx context.Context, kid string) (crypto.PublicKey, error)
+}
+
+// StaticKeys is a KeySet of fixed keys by key id.
+type StaticKeys map[string]crypto.PublicKey
+
+// PublicKey implements KeySet.
+func (s StaticKeys) PublicKey(_ context.Context, kid string) (crypto.PublicKey, error) {
+	k, ok := s[kid]
+	if !ok {
+		return nil, fmt.Errorf("unknown key id %q", kid)
+	}
+	return k, nil
+}
+
+// RevocationChecker reports whether a token id has been revoked.
+type RevocationChecker interface {
+	Revoked(ctx context.Context, tokenID string) (bool, error)
+}
+
+// Verifier checks tokens: signature by a known key (EdDSA or ES256 only, so
+// "none" and HMAC confusion are refused), audience, expiry, and revocation.
+// Safe for concurrent use.
+type Verifier struct {
+	Keys    KeySet
+	Revoked RevocationChecker // optional
+	// Leeway tolerates clock skew on exp/nbf/iat (default 30 s).
+	Leeway time.Duration
+	// Now is the clock (default time.Now); for tests.
+	Now func() time.Time
+}
+
+// Verify parses and checks raw and returns its claims when it is valid and
+// of one of the allowed kinds (any kind when none are given).
+func (v *Verifier) Verify(ctx context.Context, raw string, kinds ...Kind) (*Claims, error) {
+	leeway := v.Leeway
+	if leeway == 0 {
+		leeway = 30 * time.Second
+	}
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods([]string{"EdDSA", "ES256"}),
+		jwt.WithAudience(Audience),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(leeway),
+	}
+	if v.Now != nil {
+		opts = append(opts, jwt.WithTimeFunc(v.Now))
+	}
+	claims := &Claims{}
+	_, err := jwt.ParseWithClaims(raw, claims, func(t *jwt.Token) (any, error) {
+		kid, _ := t.Header["kid"].(string)
+		return v.Keys.PublicKey(ctx, kid)
+	}, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+	}
+	if claims.ID == "" {
+		return nil, fmt.Errorf("%w: no token id (jti)", ErrInvalidToken)
+	}
+	if len(kinds) > 0 && !slices.Contains(kinds, claims.Kind) {
+		return nil, fmt.Errorf("%w: %q", ErrWrongKind, claims.Kind)
+	}
+	if v.Revoked != nil {
+		revoked, err := v.Revoked.Revoked(ctx, claims.ID)
+		if err != nil {
+			return nil, fmt.Errorf("check revocation of %s: %w", claims.ID, err)
+		}
+		if revoked {
+			return nil, fmt.Errorf("%w: %s", ErrRevoked, claims.ID)
+		}
+	}
+	return claims, nil
+}
+
+// Sign signs claims with key (ed25519.PrivateKey or *ecdsa.PrivateKey on
+// P-256) under key id kid. It fills the audience when empty.
+func Sign(key crypto.Signer, kid string, claims *Claims) (string, error) {
+	var method jwt.SigningMethod
+	switch k := key.(type) {
+	case ed25519.PrivateKey:
+		method = jwt.SigningMethodEdDSA
+	case *ecdsa.PrivateKey:
+		if k.Curve != elliptic.P256() {
+			return "", errors.New("auth: ECDSA keys must be on P-256")
+		}
+		method = jwt.SigningMethodES256
+	default:
+		return "", fmt.Errorf("auth: unsupported signing key %T", key)
+	}
+	if len(claims.Audience) == 0 {
+		claims.Audience = jwt.ClaimStrings{Audience}
+	}
+	t := jwt.NewWithClaims(method, claims)
+	t.Header["kid"] = kid
+	return t.SignedString(key)
+}
