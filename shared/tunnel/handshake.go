@@ -1,0 +1,86 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+)
+
+// RegistrationPath is the path of the registration socket, relative to the
+// control plane's API URL.
+const RegistrationPath = "/api/v1/clusters/agent/ws"
+
+// GatewayPath is the gateway socket's path when gateway_ws_url has none.
+const GatewayPath = "/ws"
+
+// ErrInvalidURL means a URL handed to RegistrationURL or GatewayURL cannot
+// be turned into a WebSocket URL.
+var ErrInvalidURL = errors.New("tunnel: invalid URL")
+
+// RegistrationURL returns the registration socket URL for the control plane
+// at apiURL: the scheme becomes ws or wss (from http or https) and
+// RegistrationPath is appended to any path apiURL already has.
+func RegistrationURL(apiURL string) (string, error) {
+	u, err := websocketURL(apiURL)
+	if err != nil {
+		return "", err
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + RegistrationPath
+	u.RawPath = ""
+	return u.String(), nil
+}
+
+// GatewayURL returns the gateway socket URL built from the gateway_ws_url of
+// a register_success: http and https become ws and wss, an empty path
+// becomes GatewayPath, and the query carries the cluster UUID, the agent
+// version and the capability flags the gateway expects. Query parameters
+// already in gatewayWSURL are kept unless they collide with those.
+func GatewayURL(gatewayWSURL, clusterUUID, agentVersion string) (string, error) {
+	if clusterUUID == "" {
+		return "", fmt.Errorf("%w: empty cluster uuid", ErrInvalidURL)
+	}
+	u, err := websocketURL(gatewayWSURL)
+	if err != nil {
+		return "", err
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = GatewayPath
+		u.RawPath = ""
+	}
+	q := u.Query()
+	q.Set("cluster_uuid", clusterUUID)
+	q.Set("agent_version", agentVersion)
+	for _, flag := range [...]string{
+		"supports_yamux",
+		"supports_streaming",
+		"supports_binary",
+		"supports_websocket",
+		"supports_response_streaming",
+	} {
+		q.Set(flag, "true")
+	}
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
+func websocketURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		// url.Error repeats the input, which may hold credentials.
+		return nil, fmt.Errorf("%w: cannot parse", ErrInvalidURL)
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "http", "ws":
+		u.Scheme = "ws"
+	case "https", "wss":
+		u.Scheme = "wss"
+	default:
+		return nil, fmt.Errorf("%w: scheme %q, want http, https, ws or wss", ErrInvalidURL, u.Scheme)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("%w: no host", ErrInvalidURL)
+	}
+	u.Fragment, u.RawFragment = "", ""
+	return u, nil
+}
