@@ -1,0 +1,405 @@
+// Package tunnelclient is the agent's side of the tunnel: it dials the
+// gateway's WebSocket, waits for gateway_hello, runs a yamux client session
+// over the socket, and serves the streams the gateway opens by connecting
+// each to the target its header names. It reconnects forever, with jittered
+// exponential backoff, until its context ends.
+package tunnelclient
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/hashicorp/yamux"
+
+	"github.com/pipeops/tunnel/shared/tunnel"
+	"github.com/pipeops/tunnel/shared/wsconn"
+)
+
+// Errors of the client.
+var (
+	// ErrTargetRefused is what a Dialer returns for a target the agent does
+	// not serve; the stream is closed and counted.
+	ErrTargetRefused = errors.New("target refused")
+	// ErrUnauthorized means the gateway refused the token (HTTP 401/403).
+	ErrUnauthorized = errors.New("gateway refused the agent token")
+	// ErrNotConnected means there is no tunnel right now.
+	ErrNotConnected = errors.New("tunnel not connected")
+)
+
+// Dialer connects a stream to its target inside the cluster.
+type Dialer interface {
+	DialStream(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error)
+}
+
+// DialerFunc adapts a function to Dialer.
+type DialerFunc func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error)
+
+// DialStream implements Dialer.
+func (f DialerFunc) DialStream(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+	return f(ctx, h)
+}
+
+// Config configures a Client. GatewayURL, Token and Dialer are required.
+type Config struct {
+	// GatewayURL is the gateway's WebSocket URL (gateway_ws_url); path /ws
+	// when it has none.
+	GatewayURL string
+	Token      string
+	// ClusterUUID is the cluster's id from registration (required).
+	ClusterUUID  string
+	AgentVersion string
+	TLSConfig    *tls.Config
+	Dialer       Dialer
+	// OnControl receives the gateway's control messages, in order, from one
+	// goroutine per connection.
+	OnControl func(tunnel.Message)
+	// OnConnect and OnDisconnect are told when a tunnel comes up and goes down.
+	OnConnect, OnDisconnect func()
+
+	// Backoff between attempts: from BackoffInitial (default 500 ms) doubling
+	// to BackoffMax (default 30 s), with jitter; back to the start after a
+	// connection that stayed up BackoffReset (default 60 s).
+	BackoffInitial, BackoffMax, BackoffReset time.Duration
+	// HandshakeTimeout bounds the WebSocket handshake plus gateway_hello
+	// (default 15 s).
+	HandshakeTimeout time.Duration
+	// HeaderTimeout bounds the wait for a new stream's header (default 10 s).
+	HeaderTimeout time.Duration
+	// DialTimeout bounds connecting a stream's target (default 10 s).
+	DialTimeout time.Duration
+	// PingInterval and PingTimeout drive the WebSocket keepalive that notices
+	// a dead link (defaults 5 s and 12 s).
+	PingInterval, PingTimeout time.Duration
+	// DrainTimeout is how long Run waits for open streams when its context
+	// ends (default 10 s).
+	DrainTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Stats are counters of a Client since it was made.
+type Stats struct {
+	Connects, StreamsTotal, StreamsActive, StreamsRefused, StreamsMalformed, StreamsFailed int64
+}
+
+// Client keeps one tunnel to the gateway. Run owns all its goroutines.
+type Client struct {
+	cfg Config
+	log *slog.Logger
+	url string
+
+	mu   sync.Mutex
+	conn *wsconn.Conn // current connection, nil when down
+
+	connects, streamsTotal, streamsActive, refused, malformed, failed atomic.Int64
+}
+
+// New validates cfg and returns a Client.
+func New(cfg Config) (*Client, error) {
+	if cfg.Token == "" {
+		return nil, errors.New("tunnelclient: Token is required")
+	}
+	if cfg.Dialer == nil {
+		return nil, errors.New("tunnelclient: Dialer is required")
+	}
+	u, err := tunnel.GatewayURL(cfg.GatewayURL, cfg.ClusterUUID, cfg.AgentVersion)
+	if err != nil {
+		return nil, fmt.Errorf("tunnelclient: gateway URL: %w", err)
+	}
+	setDefault(&cfg.BackoffInitial, 500*time.Millisecond)
+	setDefault(&cfg.BackoffMax, 30*time.Second)
+	setDefault(&cfg.BackoffReset, 60*time.Second)
+	setDefault(&cfg.HandshakeTimeout, 15*time.Second)
+	setDefault(&cfg.HeaderTimeout, 10*time.Second)
+	setDefault(&cfg.DialTimeout, 10*time.Second)
+	setDefault(&cfg.PingInterval, 5*time.Second)
+	setDefault(&cfg.PingTimeout, 12*time.Second)
+	setDefault(&cfg.DrainTimeout, 10*time.Second)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Client{cfg: cfg, log: log, url: u}, nil
+}
+
+func setDefault(d *time.Duration, v time.Duration) {
+	if *d <= 0 {
+		*d = v
+	}
+}
+
+// Stats returns the client's counters.
+func (c *Client) Stats() Stats {
+	return Stats{
+		Connects: c.connects.Load(), StreamsTotal: c.streamsTotal.Load(), StreamsActive: c.streamsActive.Load(),
+		StreamsRefused: c.refused.Load(), StreamsMalformed: c.malformed.Load(), StreamsFailed: c.failed.Load(),
+	}
+}
+
+// Connected reports whether a tunnel is up.
+func (c *Client) Connected() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn != nil
+}
+
+// Send sends a control message over the tunnel.
+func (c *Client) Send(msg tunnel.Message) error {
+	b, err := msg.Encode()
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn == nil {
+		return ErrNotConnected
+	}
+	return conn.WriteText(b)
+}
+
+// Run keeps the tunnel up until ctx ends, then drains open streams for up to
+// DrainTimeout and returns. Failures are logged and retried; a refused token
+// is logged as an error on every attempt, so a misconfigured agent is loud.
+func (c *Client) Run(ctx context.Context) error {
+	attempt := 0
+	for {
+		start := time.Now()
+		err := c.runOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) >= c.cfg.BackoffReset {
+			attempt = 0
+		}
+		delay := c.backoff(attempt)
+		attempt++
+		level := slog.LevelWarn
+		if errors.Is(err, ErrUnauthorized) {
+			level = slog.LevelError
+		}
+		c.log.Log(ctx, level, "tunnel down; reconnecting", "err", err, "retry_in", delay.Round(time.Millisecond), "attempt", attempt)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// backoff is full-jitter exponential: uniform in [d/2, d] where d doubles
+// from BackoffInitial up to BackoffMax, so a gateway restart does not bring
+// every agent back in the same instant.
+func (c *Client) backoff(attempt int) time.Duration {
+	d := c.cfg.BackoffInitial
+	for i := 0; i < attempt && d < c.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, c.cfg.BackoffMax)
+	return d/2 + rand.N(d/2+1)
+}
+
+func (c *Client) runOnce(ctx context.Context) error {
+	ws, hello, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	log := c.log
+	control := make(chan tunnel.Message, 64)
+	conn := wsconn.New(ws, wsconn.Options{
+		OnText: func(b []byte) {
+			msg, err := tunnel.DecodeMessage(b)
+			if err != nil {
+				log.Warn("dropping malformed control message from gateway", "err", err)
+				return
+			}
+			select {
+			case control <- msg:
+			default:
+				log.Warn("control queue full; dropping message", "type", msg.Type)
+			}
+		},
+		PingInterval: c.cfg.PingInterval,
+		PingTimeout:  c.cfg.PingTimeout,
+		Logger:       log,
+	})
+	muxCfg, err := tunnel.MuxConfig(hello.YamuxConfig, log)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	mux, err := yamux.Client(tunnel.CoalesceFrames(conn), muxCfg)
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("yamux client: %w", err)
+	}
+
+	c.mu.Lock()
+	c.conn = conn
+	c.mu.Unlock()
+	c.connects.Add(1)
+	log.Info("tunnel connected", "gateway", c.cfg.GatewayURL, "stream_window", muxCfg.MaxStreamWindowSize)
+	if c.cfg.OnConnect != nil {
+		c.cfg.OnConnect()
+	}
+
+	var wg sync.WaitGroup
+	sessCtx, cancel := context.WithCancel(ctx)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-sessCtx.Done():
+				return
+			case msg := <-control:
+				if c.cfg.OnControl != nil {
+					c.cfg.OnControl(msg)
+				}
+			}
+		}
+	}()
+	// Drain on ctx end: refuse new streams (GoAway), give open ones time.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-mux.CloseChan():
+			return
+		case <-ctx.Done():
+		}
+		_ = mux.GoAway()
+		deadline := time.Now().Add(c.cfg.DrainTimeout)
+		for mux.NumStreams() > 0 && time.Now().Before(deadline) {
+			select {
+			case <-mux.CloseChan():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		mux.Close()
+	}()
+
+	var streams sync.WaitGroup
+	var acceptErr error
+	for {
+		st, err := mux.AcceptStream()
+		if err != nil {
+			acceptErr = err
+			break
+		}
+		c.streamsTotal.Add(1)
+		c.streamsActive.Add(1)
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			defer c.streamsActive.Add(-1)
+			c.serveStream(sessCtx, st)
+		}()
+	}
+
+	c.mu.Lock()
+	c.conn = nil
+	c.mu.Unlock()
+	mux.Close()
+	conn.Close()
+	streams.Wait()
+	cancel()
+	wg.Wait()
+	if c.cfg.OnDisconnect != nil {
+		c.cfg.OnDisconnect()
+	}
+	return fmt.Errorf("tunnel closed: %w", acceptErr)
+}
+
+// connect dials the gateway and reads gateway_hello.
+func (c *Client) connect(ctx context.Context) (*websocket.Conn, tunnel.GatewayHello, error) {
+	var hello tunnel.GatewayHello
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.HandshakeTimeout)
+	defer cancel()
+	d := websocket.Dialer{
+		Proxy:            http.ProxyFromEnvironment,
+		TLSClientConfig:  c.cfg.TLSConfig,
+		HandshakeTimeout: c.cfg.HandshakeTimeout,
+		ReadBufferSize:   32 << 10,
+		WriteBufferSize:  32 << 10,
+	}
+	h := http.Header{"Authorization": {"Bearer " + c.cfg.Token}}
+	ws, resp, err := d.DialContext(ctx, c.url, h)
+	if err != nil {
+		if resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
+			return nil, hello, fmt.Errorf("%w: %s", ErrUnauthorized, resp.Status)
+		}
+		if resp != nil {
+			return nil, hello, fmt.Errorf("dial gateway: %w (HTTP %s)", err, resp.Status)
+		}
+		return nil, hello, fmt.Errorf("dial gateway: %w", err)
+	}
+	deadline, _ := ctx.Deadline()
+	_ = ws.SetReadDeadline(deadline)
+	typ, b, err := ws.ReadMessage()
+	if err != nil {
+		ws.Close()
+		return nil, hello, fmt.Errorf("wait for gateway_hello: %w", err)
+	}
+	_ = ws.SetReadDeadline(time.Time{})
+	if typ != websocket.TextMessage {
+		ws.Close()
+		return nil, hello, errors.New("gateway sent binary data before gateway_hello")
+	}
+	msg, err := tunnel.DecodeMessage(b)
+	if err == nil && msg.Type != tunnel.TypeGatewayHello {
+		err = fmt.Errorf("first message is %q, want %q", msg.Type, tunnel.TypeGatewayHello)
+	}
+	if err == nil {
+		err = msg.DecodePayload(&hello)
+	}
+	if err == nil && !hello.UseYamux {
+		err = errors.New("gateway does not offer yamux")
+	}
+	if err != nil {
+		ws.Close()
+		return nil, hello, fmt.Errorf("gateway_hello: %w", err)
+	}
+	return ws, hello, nil
+}
+
+// serveStream reads the stream's header, connects the target, and joins them.
+func (c *Client) serveStream(ctx context.Context, st *yamux.Stream) {
+	_ = st.SetReadDeadline(time.Now().Add(c.cfg.HeaderTimeout))
+	h, err := tunnel.ReadStreamHeader(st)
+	if err != nil {
+		c.malformed.Add(1)
+		c.log.Warn("closing stream with a bad header", "stream", st.StreamID(), "err", err)
+		st.Close()
+		return
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	target, err := c.cfg.Dialer.DialStream(dctx, h)
+	cancel()
+	if err != nil {
+		if errors.Is(err, ErrTargetRefused) {
+			c.refused.Add(1)
+			c.log.Warn("refused stream target", "target", h.String(), "err", err)
+		} else {
+			c.failed.Add(1)
+			c.log.Info("stream target unreachable", "target", h.String(), "err", err)
+		}
+		st.Close()
+		return
+	}
+	join(st, target)
+}

@@ -1,0 +1,22 @@
+package session
+
+import (
+	"context"
+
+	"github.com/pipeops/tunnel/shared/auth"
+)
+
+// JWTAuthenticator accepts agent tokens issued by the control plane: the
+// token's cluster is the session's cluster.
+type JWTAuthenticator struct {
+	Verifier *auth.Verifier
+}
+
+// AuthenticateAgent implements Authenticator.
+func (a JWTAuthenticator) AuthenticateAgent(ctx context.Context, token string) (string, error) {
+	claims, err := a.Verifier.Verify(ctx, token, auth.KindAgent)
+	if err != nil {
+		return "", err
+	}
+	return claims.ClusterID, nil
+}

@@ -1,0 +1,299 @@
+// Package session is the gateway's side of the tunnel: the WebSocket endpoint
+// agents connect to, one yamux server session per connected cluster, and the
+// registry that opens streams to a cluster's agent.
+//
+// An agent connects to the endpoint with its Bearer token; the gateway
+// answers with gateway_hello, then runs yamux over the socket's binary
+// messages and receives JSON control messages (heartbeats) in its text
+// messages. The gateway is the only side that opens streams; each begins with
+// a tunnel.StreamHeader naming the target inside the cluster.
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pipeops/tunnel/shared/tunnel"
+)
+
+// ErrAgentOffline means the cluster has no connected agent.
+var ErrAgentOffline = errors.New("agent offline")
+
+// Authenticator checks an agent's Bearer token and says which cluster it
+// belongs to. An error means 401.
+type Authenticator interface {
+	AuthenticateAgent(ctx context.Context, token string) (cluster string, err error)
+}
+
+// ControlHandler receives the control messages (heartbeats, pings) agents
+// send. Calls for one session come from one goroutine, in order; a slow
+// handler delays only that session's control messages, never its streams.
+type ControlHandler interface {
+	HandleControl(ctx context.Context, s *Session, msg tunnel.Message)
+}
+
+// Config configures a Registry. Auth is required; the rest has defaults.
+type Config struct {
+	Auth    Authenticator
+	Control ControlHandler
+	// Yamux is announced to agents in gateway_hello and used for the
+	// gateway's own side (zero fields: tunnel defaults).
+	Yamux tunnel.YamuxConfig
+	// PingInterval and PingTimeout drive the WebSocket keepalive that notices
+	// a dead agent link (defaults 5 s and 12 s).
+	PingInterval, PingTimeout time.Duration
+	// ControlQueue bounds the control messages waiting for the handler per
+	// session (default 64); more are dropped and counted.
+	ControlQueue int
+	Logger       *slog.Logger
+	// Metrics, when set, is where the registry registers its collectors.
+	Metrics prometheus.Registerer
+}
+
+// Registry accepts agent connections (it is the http.Handler of the agent
+// endpoint) and keeps one session per cluster. Safe for concurrent use.
+type Registry struct {
+	cfg      Config
+	log      *slog.Logger
+	metrics  *metrics
+	upgrader websocket.Upgrader
+
+	mu       sync.Mutex
+	sessions map[string]*Session
+	closed   bool
+	wg       sync.WaitGroup // one per live session
+}
+
+// NewRegistry returns a Registry ready to serve agents.
+func NewRegistry(cfg Config) (*Registry, error) {
+	if cfg.Auth == nil {
+		return nil, errors.New("session: Config.Auth is required")
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 5 * time.Second
+	}
+	if cfg.PingTimeout <= 0 {
+		cfg.PingTimeout = 12 * time.Second
+	}
+	if cfg.ControlQueue <= 0 {
+		cfg.ControlQueue = 64
+	}
+	def := tunnel.DefaultYamuxConfig()
+	if cfg.Yamux.MaxStreamWindowSize == 0 {
+		cfg.Yamux.MaxStreamWindowSize = def.MaxStreamWindowSize
+	}
+	if cfg.Yamux.KeepAliveIntervalSeconds == 0 {
+		cfg.Yamux.KeepAliveIntervalSeconds = def.KeepAliveIntervalSeconds
+	}
+	if cfg.Yamux.ConnectionTimeoutSeconds == 0 {
+		cfg.Yamux.ConnectionTimeoutSeconds = def.ConnectionTimeoutSeconds
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if _, err := tunnel.MuxConfig(cfg.Yamux, log); err != nil {
+		return nil, err
+	}
+	r := &Registry{
+		cfg:      cfg,
+		log:      log,
+		sessions: make(map[string]*Session),
+		upgrader: websocket.Upgrader{
+			HandshakeTimeout: 10 * time.Second,
+			ReadBufferSize:   32 << 10,
+			WriteBufferSize:  32 << 10,
+		},
+	}
+	r.metrics = newMetrics(cfg.Metrics, r)
+	return r, nil
+}
+
+// ServeHTTP is the agent endpoint (conventionally /ws). It holds the request
+// until the agent's session ends.
+func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	token, ok := bearer(req)
+	if !ok {
+		r.metrics.refused.WithLabelValues("no_token").Inc()
+		http.Error(w, "missing Bearer token", http.StatusUnauthorized)
+		return
+	}
+	cluster, err := r.cfg.Auth.AuthenticateAgent(req.Context(), token)
+	if err != nil {
+		r.metrics.refused.WithLabelValues("bad_token").Inc()
+		r.log.Info("agent refused: bad token", "remote", req.RemoteAddr, "err", err)
+		http.Error(w, "invalid token", http.StatusUnauthorized)
+		return
+	}
+	q := req.URL.Query()
+	if uuid := q.Get("cluster_uuid"); uuid != "" && uuid != cluster {
+		r.metrics.refused.WithLabelValues("wrong_cluster").Inc()
+		http.Error(w, fmt.Sprintf("token is for another cluster than %q", uuid), http.StatusForbidden)
+		return
+	}
+	if q.Get("supports_yamux") != "true" {
+		r.metrics.refused.WithLabelValues("no_yamux").Inc()
+		http.Error(w, "this gateway requires supports_yamux=true", http.StatusBadRequest)
+		return
+	}
+	ws, err := r.upgrader.Upgrade(w, req, nil)
+	if err != nil {
+		return // the upgrader has answered the client
+	}
+	s, err := newSession(r, cluster, ws, AgentInfo{AgentVersion: q.Get("agent_version"), Remote: req.RemoteAddr})
+	if err != nil {
+		r.log.Warn("agent session setup failed", "cluster", cluster, "err", err)
+		return
+	}
+	if !r.add(s) {
+		s.Close()
+		return
+	}
+	defer r.wg.Done()
+	<-s.Done()
+	s.Close()
+	r.remove(s)
+}
+
+func bearer(req *http.Request) (string, bool) {
+	h := req.Header.Get("Authorization")
+	scheme, token, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
+		return "", false
+	}
+	return strings.TrimSpace(token), true
+}
+
+// add registers s, replacing (and closing) the cluster's previous session:
+// the newest connection of an agent wins, as after a reconnect the old one
+// may be a half-dead socket.
+func (r *Registry) add(s *Session) bool {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return false
+	}
+	old := r.sessions[s.Cluster]
+	r.sessions[s.Cluster] = s
+	r.wg.Add(1)
+	r.mu.Unlock()
+	r.metrics.sessions.Inc()
+	r.metrics.sessionsTotal.Inc()
+	if old != nil {
+		r.metrics.replaced.Inc()
+		r.log.Info("agent reconnected; closing its previous session", "cluster", s.Cluster)
+		old.Close()
+	}
+	r.log.Info("agent connected", "cluster", s.Cluster, "agent_version", s.Info.AgentVersion, "remote", s.Info.Remote)
+	return true
+}
+
+func (r *Registry) remove(s *Session) {
+	r.mu.Lock()
+	if r.sessions[s.Cluster] == s {
+		delete(r.sessions, s.Cluster)
+	}
+	r.mu.Unlock()
+	r.metrics.sessions.Dec()
+	r.log.Info("agent disconnected", "cluster", s.Cluster, "connected_for", time.Since(s.ConnectedAt).Round(time.Millisecond))
+}
+
+// Session returns the cluster's live session.
+func (r *Registry) Session(cluster string) (*Session, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.sessions[cluster]
+	return s, ok
+}
+
+// Clusters returns the clusters with a connected agent.
+func (r *Registry) Clusters() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.sessions))
+	for c := range r.sessions {
+		out = append(out, c)
+	}
+	return out
+}
+
+func (r *Registry) numStreams() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, s := range r.sessions {
+		n += s.NumStreams()
+	}
+	return n
+}
+
+// Dial opens a stream to the cluster's agent and writes h, so the agent
+// connects it to the target h names. The returned conn is the stream: closing
+// it closes only that stream (a half-close toward the agent).
+func (r *Registry) Dial(ctx context.Context, cluster string, h tunnel.StreamHeader) (net.Conn, error) {
+	s, ok := r.Session(cluster)
+	if !ok {
+		return nil, fmt.Errorf("dial %s in cluster %s: %w", h, cluster, ErrAgentOffline)
+	}
+	return s.Dial(ctx, h)
+}
+
+// Shutdown drains: it stops accepting agents, sends every session a yamux
+// GoAway (so agents stop expecting new streams and reconnect elsewhere once
+// they see the close), waits for open streams to finish until ctx is done,
+// then closes every session and waits for their goroutines.
+func (r *Registry) Shutdown(ctx context.Context) error {
+	r.mu.Lock()
+	r.closed = true
+	sessions := make([]*Session, 0, len(r.sessions))
+	for _, s := range r.sessions {
+		sessions = append(sessions, s)
+	}
+	r.mu.Unlock()
+	for _, s := range sessions {
+		s.goAway()
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+wait:
+	for {
+		busy := 0
+		for _, s := range sessions {
+			busy += s.NumStreams()
+		}
+		if busy == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			err = fmt.Errorf("shutdown: %d streams still open: %w", busy, ctx.Err())
+			break wait
+		case <-tick.C:
+		}
+	}
+	for _, s := range sessions {
+		s.Close()
+	}
+	r.wg.Wait()
+	return err
+}
+
+// Close closes every session at once and waits for them.
+func (r *Registry) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = r.Shutdown(ctx)
+	return nil
+}
