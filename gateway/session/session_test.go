@@ -291,9 +291,9 @@ func TestRefusedAndMalformedCloseOnlyTheirStream(t *testing.T) {
 	refused.Close()
 
 	for _, raw := range [][]byte{
-		{2, 1, 0, 80, 0, 0, 0, 0, 0, 0},   // version 2
-		{1, 9, 0, 80, 0, 0, 0, 0, 0, 0},   // unknown protocol
-		{1, 1, 0, 80, 0xff, 0xff, 'x'},    // string longer than allowed
+		{2, 1, 0, 80, 0, 0, 0, 0, 0, 0},              // version 2
+		{1, 9, 0, 80, 0, 0, 0, 0, 0, 0},              // unknown protocol
+		{1, 1, 0, 80, 0xff, 0xff, 'x'},               // string longer than allowed
 		append([]byte{1, 1, 0, 80, 0, 4}, "echo"...), // cut short, then closed
 	} {
 		st, err := s.mux.OpenStream()
@@ -590,5 +590,63 @@ func TestTargetHost(t *testing.T) {
 		if _, _, err := parseTargetHost(bad); err == nil {
 			t.Errorf("parseTargetHost(%q) accepted", bad)
 		}
+	}
+}
+
+// TestTargetResetEndsOnlyItsStream: a target that resets its connection
+// mid-stream ends that stream with an error or EOF at the gateway, and the
+// tunnel carries on.
+func TestTargetResetEndsOnlyItsStream(t *testing.T) {
+	e := newEnv(t, false)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 5)
+		_, _ = io.ReadFull(c, buf)
+		_, _ = c.Write([]byte("partial"))
+		_ = c.(*net.TCPConn).SetLinger(0) // close with RST
+		c.Close()
+	}()
+	a := e.startAgent("c1", func(c *tunnelclient.Config) {
+		echo := e.dialer()
+		c.Dialer = tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+			if h.Service == "reset" {
+				var d net.Dialer
+				return d.DialContext(ctx, "tcp", l.Addr().String())
+			}
+			return echo.DialStream(ctx, h)
+		})
+	})
+	e.waitSession("c1", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := e.reg.Dial(ctx, "c1", tunnel.StreamHeader{Protocol: tunnel.ProtocolTCP, Port: 9, Service: "reset", Namespace: "default"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	_ = st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(st)
+	if err != nil && !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("read after target reset: %v", err)
+	}
+	if !strings.HasPrefix("partial", string(got)) {
+		t.Fatalf("read %q before the reset, want a prefix of %q", got, "partial")
+	}
+	if err := roundTrip(ctx, e.reg, "c1", []byte("tunnel still up")); err != nil {
+		t.Fatal(err)
+	}
+	if a.disconnect.Load() != 0 {
+		t.Fatal("a target reset brought the tunnel down")
 	}
 }

@@ -1,0 +1,59 @@
+package tunnelclient
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/pipeops/tunnel/shared/tunnel"
+)
+
+func TestNewValidates(t *testing.T) {
+	dialer := DialerFunc(func(context.Context, tunnel.StreamHeader) (net.Conn, error) { return nil, ErrTargetRefused })
+	cases := []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"ok", Config{GatewayURL: "https://gw.example.com", Token: "t", ClusterUUID: "c", Dialer: dialer}, true},
+		{"no token", Config{GatewayURL: "https://gw.example.com", ClusterUUID: "c", Dialer: dialer}, false},
+		{"no dialer", Config{GatewayURL: "https://gw.example.com", Token: "t", ClusterUUID: "c"}, false},
+		{"no cluster", Config{GatewayURL: "https://gw.example.com", Token: "t", Dialer: dialer}, false},
+		{"bad scheme", Config{GatewayURL: "ftp://gw.example.com", Token: "t", ClusterUUID: "c", Dialer: dialer}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cl, err := New(c.cfg)
+			if (err == nil) != c.ok {
+				t.Fatalf("New: err = %v, want ok=%v", err, c.ok)
+			}
+			if c.ok && cl.url != "wss://gw.example.com/ws?agent_version=&cluster_uuid=c&supports_binary=true&supports_response_streaming=true&supports_streaming=true&supports_websocket=true&supports_yamux=true" {
+				t.Fatalf("url = %s", cl.url)
+			}
+		})
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	c := &Client{cfg: Config{BackoffInitial: 500 * time.Millisecond, BackoffMax: 30 * time.Second}}
+	for attempt, want := range []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second} {
+		for range 50 {
+			got := c.backoff(attempt)
+			if got < want/2 || got > want {
+				t.Fatalf("attempt %d: backoff %s outside [%s, %s]", attempt, got, want/2, want)
+			}
+		}
+	}
+	seen := map[time.Duration]bool{}
+	for range 50 {
+		got := c.backoff(40)
+		if got < 15*time.Second || got > 30*time.Second {
+			t.Fatalf("capped backoff %s outside [15s, 30s]", got)
+		}
+		seen[got] = true
+	}
+	if len(seen) < 10 {
+		t.Fatalf("backoff has no jitter: %d distinct values in 50", len(seen))
+	}
+}
