@@ -1,0 +1,142 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pipeops/tunnel/controlplane"
+)
+
+// clusterNameRE is a DNS-1123 label: cluster names end up in hostnames and
+// Kubernetes object names.
+var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+const clusterColumns = `uuid::text, name, status, agent_id, agent_version, k8s_version, last_heartbeat,
+	metadata, public_endpoint, routing_mode, ingress_controller, created_at, updated_at`
+
+// CreateCluster creates a cluster named name in status pending, with a new
+// UUID. EINVALID when name is not a DNS-1123 label (lowercase letters, digits
+// and inner hyphens, at most 63), ECONFLICT when the name is taken.
+func (db *DB) CreateCluster(ctx context.Context, name string) (*controlplane.Cluster, error) {
+	if !clusterNameRE.MatchString(name) {
+		return nil, controlplane.Errorf(controlplane.EINVALID,
+			"cluster name %q is not valid: use 1-63 lowercase letters, digits and hyphens, starting and ending with a letter or digit", name)
+	}
+	now := db.now()
+	row := db.pool.QueryRow(ctx, `
+		INSERT INTO clusters (name, status, created_at, updated_at) VALUES ($1, $2, $3, $3)
+		RETURNING `+clusterColumns, name, controlplane.ClusterPending, now)
+	c, err := scanCluster(row)
+	if err != nil {
+		if pgCode(err) == codeUniqueViolation {
+			return nil, controlplane.Errorf(controlplane.ECONFLICT, "cluster name %q is taken", name)
+		}
+		return nil, fmt.Errorf("create cluster %q: %w", name, err)
+	}
+	return c, nil
+}
+
+// Cluster returns the cluster with the given UUID; ENOTFOUND when there is
+// none, including when uuid is not a UUID at all.
+func (db *DB) Cluster(ctx context.Context, uuid string) (*controlplane.Cluster, error) {
+	c, err := scanCluster(db.pool.QueryRow(ctx, `SELECT `+clusterColumns+` FROM clusters WHERE uuid = $1`, uuid))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, clusterNotFound(uuid)
+	}
+	if err != nil {
+		return nil, clusterErr(err, uuid, "get cluster")
+	}
+	return c, nil
+}
+
+// ClusterByName returns the cluster named name; ENOTFOUND when there is none.
+func (db *DB) ClusterByName(ctx context.Context, name string) (*controlplane.Cluster, error) {
+	c, err := scanCluster(db.pool.QueryRow(ctx, `SELECT `+clusterColumns+` FROM clusters WHERE name = $1`, name))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, controlplane.Errorf(controlplane.ENOTFOUND, "cluster named %q not found", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get cluster %q: %w", name, err)
+	}
+	return c, nil
+}
+
+// Clusters returns all clusters ordered by name.
+func (db *DB) Clusters(ctx context.Context) ([]*controlplane.Cluster, error) {
+	rows, err := db.pool.Query(ctx, `SELECT `+clusterColumns+` FROM clusters ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("list clusters: %w", err)
+	}
+	clusters, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*controlplane.Cluster, error) {
+		return scanCluster(row)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list clusters: %w", err)
+	}
+	return clusters, nil
+}
+
+// UpdateAgent records the agent's id and versions; ENOTFOUND for an unknown
+// cluster.
+func (db *DB) UpdateAgent(ctx context.Context, uuid, agentID, agentVersion, k8sVersion string) error {
+	tag, err := db.pool.Exec(ctx, `
+		UPDATE clusters SET agent_id = $2, agent_version = $3, k8s_version = $4, updated_at = $5
+		WHERE uuid = $1`, uuid, agentID, agentVersion, k8sVersion, db.now())
+	if err != nil {
+		return clusterErr(err, uuid, "update agent")
+	}
+	if tag.RowsAffected() == 0 {
+		return clusterNotFound(uuid)
+	}
+	return nil
+}
+
+// RecordHeartbeat stores status, metadata (replacing the previous) and the
+// heartbeat time at (Now when zero). EINVALID for a status other than
+// pending, connected or disconnected; ENOTFOUND for an unknown cluster.
+func (db *DB) RecordHeartbeat(ctx context.Context, uuid, status string, metadata map[string]any, at time.Time) error {
+	switch status {
+	case controlplane.ClusterPending, controlplane.ClusterConnected, controlplane.ClusterDisconnected:
+	default:
+		return controlplane.Errorf(controlplane.EINVALID, "cluster status %q is not %q, %q or %q",
+			status, controlplane.ClusterPending, controlplane.ClusterConnected, controlplane.ClusterDisconnected)
+	}
+	if metadata == nil {
+		metadata = map[string]any{}
+	}
+	now := db.now()
+	if at.IsZero() {
+		at = now
+	}
+	tag, err := db.pool.Exec(ctx, `
+		UPDATE clusters SET status = $2, metadata = $3, last_heartbeat = $4, updated_at = $5
+		WHERE uuid = $1`, uuid, status, metadata, at, now)
+	if err != nil {
+		return clusterErr(err, uuid, "record heartbeat")
+	}
+	if tag.RowsAffected() == 0 {
+		return clusterNotFound(uuid)
+	}
+	return nil
+}
+
+func scanCluster(row pgx.Row) (*controlplane.Cluster, error) {
+	var (
+		c         controlplane.Cluster
+		heartbeat *time.Time
+	)
+	err := row.Scan(&c.UUID, &c.Name, &c.Status, &c.AgentID, &c.AgentVersion, &c.K8sVersion, &heartbeat,
+		&c.Metadata, &c.PublicEndpoint, &c.RoutingMode, &c.IngressController, &c.CreatedAt, &c.UpdatedAt)
+	if err != nil {
+		return nil, err
+	}
+	if heartbeat != nil {
+		c.LastHeartbeat = *heartbeat
+	}
+	return &c, nil
+}

@@ -1,0 +1,129 @@
+package postgres
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pipeops/tunnel/controlplane"
+)
+
+func TestCreateCluster(t *testing.T) {
+	ctx := context.Background()
+	db, clk := newDB(t)
+
+	c, err := db.CreateCluster(ctx, "prod-eu-1")
+	if err != nil {
+		t.Fatalf("CreateCluster: %v", err)
+	}
+	if c.UUID == "" || c.Name != "prod-eu-1" || c.Status != controlplane.ClusterPending ||
+		c.RoutingMode != controlplane.RoutingTunnel || !c.CreatedAt.Equal(clk.Now()) || !c.UpdatedAt.Equal(clk.Now()) ||
+		!c.LastHeartbeat.IsZero() || c.IngressController != nil || len(c.Metadata) != 0 {
+		t.Errorf("created %+v", c)
+	}
+
+	tests := []struct {
+		name string
+		code string
+	}{
+		{"prod-eu-1", controlplane.ECONFLICT},
+		{"a", ""},
+		{"0", ""},
+		{strings.Repeat("a", 63), ""},
+		{strings.Repeat("a", 64), controlplane.EINVALID},
+		{"", controlplane.EINVALID},
+		{"Prod", controlplane.EINVALID},
+		{"-prod", controlplane.EINVALID},
+		{"prod-", controlplane.EINVALID},
+		{"prod.eu", controlplane.EINVALID},
+		{"prod_eu", controlplane.EINVALID},
+		{"prod eu", controlplane.EINVALID},
+	}
+	for _, tt := range tests {
+		t.Run("name="+tt.name, func(t *testing.T) {
+			_, err := db.CreateCluster(ctx, tt.name)
+			wantCode(t, err, tt.code)
+			if tt.code != "" && !strings.Contains(controlplane.ErrorMessage(err), tt.name) {
+				t.Errorf("message %q does not name %q", controlplane.ErrorMessage(err), tt.name)
+			}
+		})
+	}
+}
+
+func TestClusterLookups(t *testing.T) {
+	ctx := context.Background()
+	db, _ := newDB(t)
+	b := mustCluster(t, db, "bravo")
+	a := mustCluster(t, db, "alpha")
+
+	t.Run("by uuid", func(t *testing.T) {
+		got, err := db.Cluster(ctx, b.UUID)
+		if err != nil || got.Name != "bravo" || got.UUID != b.UUID {
+			t.Fatalf("Cluster = %+v, %v", got, err)
+		}
+	})
+	t.Run("by name", func(t *testing.T) {
+		got, err := db.ClusterByName(ctx, "alpha")
+		if err != nil || got.UUID != a.UUID {
+			t.Fatalf("ClusterByName = %+v, %v", got, err)
+		}
+	})
+	t.Run("all, by name", func(t *testing.T) {
+		all, err := db.Clusters(ctx)
+		if err != nil || len(all) != 2 || all[0].Name != "alpha" || all[1].Name != "bravo" {
+			t.Fatalf("Clusters = %+v, %v", all, err)
+		}
+	})
+
+	notFound := []struct {
+		name string
+		err  func() error
+	}{
+		{"unknown uuid", func() error { _, err := db.Cluster(ctx, "00000000-0000-0000-0000-000000000000"); return err }},
+		{"malformed uuid", func() error { _, err := db.Cluster(ctx, "bravo"); return err }},
+		{"empty uuid", func() error { _, err := db.Cluster(ctx, ""); return err }},
+		{"unknown name", func() error { _, err := db.ClusterByName(ctx, "charlie"); return err }},
+		{"update agent, unknown", func() error {
+			return db.UpdateAgent(ctx, "00000000-0000-0000-0000-000000000000", "agent", "v1", "v1.31")
+		}},
+		{"update agent, malformed", func() error { return db.UpdateAgent(ctx, "x", "agent", "v1", "v1.31") }},
+		{"heartbeat, unknown", func() error {
+			return db.RecordHeartbeat(ctx, "00000000-0000-0000-0000-000000000000", controlplane.ClusterConnected, nil, time.Time{})
+		}},
+		{"heartbeat, malformed", func() error {
+			return db.RecordHeartbeat(ctx, "x", controlplane.ClusterConnected, nil, time.Time{})
+		}},
+	}
+	for _, tt := range notFound {
+		t.Run(tt.name, func(t *testing.T) { wantCode(t, tt.err(), controlplane.ENOTFOUND) })
+	}
+}
+
+func TestUpdateAgentAndHeartbeat(t *testing.T) {
+	ctx := context.Background()
+	db, clk := newDB(t)
+	c := mustCluster(t, db, "alpha")
+
+	clk.Add(time.Minute)
+	if err := db.UpdateAgent(ctx, c.UUID, "agent-7", "v2.1.0", "v1.31.2"); err != nil {
+		t.Fatalf("UpdateAgent: %v", err)
+	}
+	at := clk.Now().Add(-time.Second)
+	meta := map[string]any{"nodes": float64(3), "region": "eu", "labels": map[string]any{"tier": "gold"}}
+	if err := db.RecordHeartbeat(ctx, c.UUID, controlplane.ClusterConnected, meta, at); err != nil {
+		t.Fatalf("RecordHeartbeat: %v", err)
+	}
+	got, err := db.Cluster(ctx, c.UUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.AgentID != "agent-7" || got.AgentVersion != "v2.1.0" || got.K8sVersion != "v1.31.2" ||
+		got.Status != controlplane.ClusterConnected || !got.LastHeartbeat.Equal(at) || !got.UpdatedAt.Equal(clk.Now()) ||
+		got.Metadata["region"] != "eu" || got.Metadata["nodes"] != float64(3) ||
+		got.Metadata["labels"].(map[string]any)["tier"] != "gold" {
+		t.Errorf("after agent update and heartbeat: %+v", got)
+	}
+
+	wantCode(t, db.RecordHeartbeat(ctx, c.UUID, "on-fire", nil, at), controlplane.EINVALID)
+}

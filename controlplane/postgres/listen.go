@@ -1,0 +1,72 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pipeops/tunnel/controlplane"
+)
+
+// Listener follows route changes announced on controlplane.RouteNotifyChannel.
+// Set its fields before Run; one Listener runs in one goroutine at a time.
+type Listener struct {
+	// Pool lends the dedicated connection the Listener holds while it runs.
+	Pool *pgxpool.Pool
+	// OnListening, if set, is called once LISTEN is in effect: every change
+	// committed after the call is delivered. Changes committed before it (or
+	// while no Listener ran) are not, so a route cache loads its full state
+	// here, not before.
+	OnListening func()
+	// OnChange is called for each change, in commit order, on Run's
+	// goroutine; Run waits for it to return. An empty Hostnames means any of
+	// the cluster's routes may have changed: reload all of them.
+	OnChange func(controlplane.RouteChange)
+}
+
+// Listen runs a Listener on pool calling onChange; see Listener.Run.
+func Listen(ctx context.Context, pool *pgxpool.Pool, onChange func(controlplane.RouteChange)) error {
+	return (&Listener{Pool: pool, OnChange: onChange}).Run(ctx)
+}
+
+// Run listens on a connection of its own until ctx ends, returning ctx's
+// error, or until the connection fails, returning that error; then it is
+// up to the caller to run it again (after a pause), and to reload, since
+// changes made in between are lost. Payloads that do not decode are skipped:
+// only this package announces on the channel, so they are not route changes.
+func (l *Listener) Run(ctx context.Context) error {
+	pc, err := l.Pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("listen: acquire connection: %w", err)
+	}
+	// A connection that has run LISTEN keeps queueing notifications, so it
+	// must never go back to the pool for other work.
+	conn := pc.Hijack()
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{controlplane.RouteNotifyChannel}.Sanitize()); err != nil {
+		return fmt.Errorf("listen on %s: %w", controlplane.RouteNotifyChannel, err)
+	}
+	if l.OnListening != nil {
+		l.OnListening()
+	}
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("listen on %s: %w", controlplane.RouteNotifyChannel, err)
+		}
+		var change controlplane.RouteChange
+		if err := json.Unmarshal([]byte(n.Payload), &change); err != nil || change.ClusterUUID == "" {
+			continue
+		}
+		if l.OnChange != nil {
+			l.OnChange(change)
+		}
+	}
+}

@@ -1,0 +1,556 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pipeops/tunnel/controlplane"
+)
+
+// Route path types, as in a Kubernetes Ingress.
+const (
+	PathTypePrefix                 = "Prefix"
+	PathTypeExact                  = "Exact"
+	PathTypeImplementationSpecific = "ImplementationSpecific"
+)
+
+// maxNotifyPayload is PostgreSQL's limit on a NOTIFY payload (8000 bytes);
+// a longer one fails the transaction, so longer changes are announced as
+// "all of the cluster" instead.
+const maxNotifyPayload = 8000
+
+// claimAttempts bounds the retries of a hostname claim that lost a race with
+// a release (see claimHostnames).
+const claimAttempts = 5
+
+const routeColumns = `hostname, path, path_type, cluster_uuid, namespace, service_name, service_port,
+	ingress_name, tls, annotations, public_endpoint, routing_mode, deployment_id, deployment_name,
+	updated_at, expires_at`
+
+// RegisterRoute upserts r and sets its expiry to Now+RouteTTL. The hostname
+// is claimed for r.ClusterUUID if no cluster owns it. EINVALID for a bad
+// route, ENOTFOUND for an unknown cluster, ECONFLICT (with nothing changed)
+// when another cluster owns the hostname. The change is announced on
+// controlplane.RouteNotifyChannel when the transaction commits.
+func (db *DB) RegisterRoute(ctx context.Context, r controlplane.Route) error {
+	if r.ClusterUUID == "" {
+		return controlplane.Errorf(controlplane.EINVALID, "route has no cluster_uuid")
+	}
+	if err := normalizeRoute(&r, controlplane.RoutingTunnel); err != nil {
+		return err
+	}
+	now := db.now()
+	return db.inTx(ctx, func(tx pgx.Tx) error {
+		if err := lockCluster(ctx, tx, r.ClusterUUID); err != nil {
+			return err
+		}
+		if err := claimHostnames(ctx, tx, r.ClusterUUID, []string{r.Hostname}); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, upsertRouteSQL, routeArgs(r, now, now.Add(db.routeTTL()))...); err != nil {
+			return fmt.Errorf("register route %s%s: %w", r.Hostname, r.Path, err)
+		}
+		return notify(ctx, tx, r.ClusterUUID, []string{r.Hostname})
+	})
+}
+
+// UnregisterRoute releases hostname from clusterUUID, deleting all of the
+// cluster's routes for it. ENOTFOUND when the cluster does not exist or does
+// not own the hostname; another cluster's hostname is left alone. The change
+// is announced on controlplane.RouteNotifyChannel.
+func (db *DB) UnregisterRoute(ctx context.Context, clusterUUID, hostname string) error {
+	hostname = strings.ToLower(hostname)
+	return db.inTx(ctx, func(tx pgx.Tx) error {
+		if err := lockCluster(ctx, tx, clusterUUID); err != nil {
+			return err
+		}
+		// Routes go with the hostname row (ON DELETE CASCADE).
+		tag, err := tx.Exec(ctx, `DELETE FROM hostnames WHERE hostname = $1 AND cluster_uuid = $2`, hostname, clusterUUID)
+		if err != nil {
+			return fmt.Errorf("unregister %s: %w", hostname, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return controlplane.Errorf(controlplane.ENOTFOUND, "cluster %q has no routes for hostname %q", clusterUUID, hostname)
+		}
+		return notify(ctx, tx, clusterUUID, []string{hostname})
+	})
+}
+
+// SyncRoutes replaces all of s.ClusterUUID's routes with s.Routes in one
+// transaction: routes and hostnames not in the set are deleted, the set is
+// upserted with a fresh expiry, and the cluster's public endpoint, routing
+// mode and ingress controller are recorded. Routes without a RoutingMode or
+// PublicEndpoint take the sync's, so that a route alone says where to send
+// its traffic. EINVALID naming the first bad route (or a duplicate
+// hostname and path), ENOTFOUND for an unknown cluster, ECONFLICT naming the
+// first hostname, in sorted order, that another cluster owns; on any error
+// nothing is applied. One change covering the whole cluster is announced.
+func (db *DB) SyncRoutes(ctx context.Context, s controlplane.RouteSync) error {
+	if s.ClusterUUID == "" {
+		return controlplane.Errorf(controlplane.EINVALID, "sync has no cluster_uuid")
+	}
+	if s.RoutingMode == "" {
+		s.RoutingMode = controlplane.RoutingTunnel
+	}
+	if err := validRoutingMode(s.RoutingMode); err != nil {
+		return err
+	}
+	if ic := s.IngressController; ic != nil && (ic.Port < 0 || ic.Port > 65535) {
+		return controlplane.Errorf(controlplane.EINVALID, "ingress controller port %d is out of range 0-65535", ic.Port)
+	}
+	routes := make([]controlplane.Route, len(s.Routes))
+	copy(routes, s.Routes)
+	type key struct{ hostname, path string }
+	seen := make(map[key]bool, len(routes))
+	claimed := make(map[string]bool)
+	var hostnames []string
+	for i := range routes {
+		r := &routes[i]
+		if r.ClusterUUID != "" && r.ClusterUUID != s.ClusterUUID {
+			return controlplane.Errorf(controlplane.EINVALID, "route %d: hostname %q path %q names cluster %q, not the syncing cluster", i, r.Hostname, r.Path, r.ClusterUUID)
+		}
+		r.ClusterUUID = s.ClusterUUID
+		if r.PublicEndpoint == "" {
+			r.PublicEndpoint = s.PublicEndpoint
+		}
+		if err := normalizeRoute(r, s.RoutingMode); err != nil {
+			var e *controlplane.Error
+			if errors.As(err, &e) {
+				return controlplane.Errorf(e.Code, "route %d: %s", i, e.Message)
+			}
+			return err
+		}
+		k := key{r.Hostname, r.Path}
+		if seen[k] {
+			return controlplane.Errorf(controlplane.EINVALID, "route %d: hostname %q path %q appears more than once", i, r.Hostname, r.Path)
+		}
+		seen[k] = true
+		if !claimed[r.Hostname] {
+			claimed[r.Hostname] = true
+			hostnames = append(hostnames, r.Hostname)
+		}
+	}
+	paths := make([]string, len(routes))
+	routeHosts := make([]string, len(routes))
+	for i, r := range routes {
+		routeHosts[i], paths[i] = r.Hostname, r.Path
+	}
+
+	now := db.now()
+	expires := now.Add(db.routeTTL())
+	return db.inTx(ctx, func(tx pgx.Tx) error {
+		if err := lockCluster(ctx, tx, s.ClusterUUID); err != nil {
+			return err
+		}
+		if err := claimHostnames(ctx, tx, s.ClusterUUID, hostnames); err != nil {
+			return err
+		}
+		// Releasing a hostname deletes its routes too (ON DELETE CASCADE).
+		if _, err := tx.Exec(ctx, `DELETE FROM hostnames WHERE cluster_uuid = $1 AND hostname <> ALL($2::text[])`,
+			s.ClusterUUID, nonNil(hostnames)); err != nil {
+			return fmt.Errorf("sync: release hostnames: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `
+			DELETE FROM routes r
+			WHERE r.cluster_uuid = $1
+			  AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS n(hostname, path)
+			                  WHERE n.hostname = r.hostname AND n.path = r.path)`,
+			s.ClusterUUID, routeHosts, paths); err != nil {
+			return fmt.Errorf("sync: delete routes: %w", err)
+		}
+		if len(routes) > 0 {
+			batch := &pgx.Batch{}
+			for _, r := range routes {
+				batch.Queue(upsertRouteSQL, routeArgs(r, now, expires)...)
+			}
+			if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+				return fmt.Errorf("sync: upsert routes: %w", err)
+			}
+		}
+		if _, err := tx.Exec(ctx, `
+			UPDATE clusters SET public_endpoint = $2, routing_mode = $3, ingress_controller = $4, updated_at = $5
+			WHERE uuid = $1`,
+			s.ClusterUUID, s.PublicEndpoint, s.RoutingMode, s.IngressController, now); err != nil {
+			return fmt.Errorf("sync: update cluster: %w", err)
+		}
+		return notify(ctx, tx, s.ClusterUUID, nil)
+	})
+}
+
+// Routes lists routes ordered by hostname and path: all of them when
+// clusterUUID is empty, else the cluster's (none for an unknown or
+// malformed UUID).
+func (db *DB) Routes(ctx context.Context, clusterUUID string) ([]controlplane.Route, error) {
+	var (
+		rows pgx.Rows
+		err  error
+	)
+	if clusterUUID == "" {
+		rows, err = db.pool.Query(ctx, `SELECT `+routeColumns+` FROM routes ORDER BY hostname, path`)
+	} else {
+		rows, err = db.pool.Query(ctx, `SELECT `+routeColumns+` FROM routes WHERE cluster_uuid = $1 ORDER BY hostname, path`, clusterUUID)
+	}
+	if err != nil {
+		return nil, listErr(err, "list routes")
+	}
+	routes, err := pgx.CollectRows(rows, scanRoute)
+	if err != nil {
+		return nil, listErr(err, "list routes")
+	}
+	return routes, nil
+}
+
+// DeleteExpiredRoutes deletes the routes whose expires_at is before now and
+// releases the hostnames left without routes, one transaction per affected
+// cluster, and returns the number of routes deleted. Each cluster's deletion
+// is announced with the hostnames it touched. On error, the clusters already
+// done stay done.
+func (db *DB) DeleteExpiredRoutes(ctx context.Context, now time.Time) (int, error) {
+	rows, err := db.pool.Query(ctx, `SELECT DISTINCT cluster_uuid::text FROM routes WHERE expires_at < $1`, now)
+	if err != nil {
+		return 0, fmt.Errorf("find expired routes: %w", err)
+	}
+	clusters, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("find expired routes: %w", err)
+	}
+	total := 0
+	for _, cluster := range clusters {
+		n, err := db.deleteExpired(ctx, cluster, now)
+		if err != nil {
+			return total, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
+func (db *DB) deleteExpired(ctx context.Context, cluster string, now time.Time) (int, error) {
+	deleted := 0
+	err := db.inTx(ctx, func(tx pgx.Tx) error {
+		// The cluster lock keeps a concurrent register or sync of this
+		// cluster from claiming a hostname that the release below would
+		// then see without routes and delete.
+		if err := lockCluster(ctx, tx, cluster); err != nil {
+			var e *controlplane.Error
+			if errors.As(err, &e) && e.Code == controlplane.ENOTFOUND {
+				return nil // deleted meanwhile, routes and all
+			}
+			return err
+		}
+		rows, err := tx.Query(ctx, `DELETE FROM routes WHERE cluster_uuid = $1 AND expires_at < $2 RETURNING hostname`, cluster, now)
+		if err != nil {
+			return fmt.Errorf("delete expired routes of %s: %w", cluster, err)
+		}
+		hosts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("delete expired routes of %s: %w", cluster, err)
+		}
+		if len(hosts) == 0 {
+			return nil
+		}
+		deleted = len(hosts)
+		hosts = uniqueSorted(hosts)
+		if _, err := tx.Exec(ctx, `
+			DELETE FROM hostnames h
+			WHERE h.cluster_uuid = $1 AND h.hostname = ANY($2::text[])
+			  AND NOT EXISTS (SELECT 1 FROM routes r WHERE r.hostname = h.hostname)`,
+			cluster, hosts); err != nil {
+			return fmt.Errorf("release hostnames of %s: %w", cluster, err)
+		}
+		return notify(ctx, tx, cluster, hosts)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return deleted, nil
+}
+
+// RunReaper deletes the routes expired by db.Now at once and then every
+// interval until ctx ends. It blocks; the caller owns the goroutine.
+// Failures are logged to logger (slog.Default() when nil) and retried on the
+// next tick.
+func (db *DB) RunReaper(ctx context.Context, interval time.Duration, logger *slog.Logger) {
+	(&Reaper{Store: db, Interval: interval, Logger: logger, Now: db.now}).Run(ctx)
+}
+
+// Reaper deletes expired routes periodically. Set its fields before Run;
+// one Reaper runs in one goroutine at a time. Several reapers on one
+// database (one per control plane replica) are harmless.
+type Reaper struct {
+	Store    controlplane.RouteStore
+	Interval time.Duration    // defaults to a minute
+	Logger   *slog.Logger     // defaults to slog.Default()
+	Now      func() time.Time // what "expired" is measured against; defaults to time.Now
+}
+
+// Run deletes expired routes at once and then every Interval until ctx
+// ends. It blocks; the caller owns the goroutine.
+func (r *Reaper) Run(ctx context.Context) {
+	interval := r.Interval
+	if interval <= 0 {
+		interval = time.Minute
+	}
+	logger := r.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	now := r.Now
+	if now == nil {
+		now = time.Now
+	}
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		n, err := r.Store.DeleteExpiredRoutes(ctx, now())
+		switch {
+		case err != nil && ctx.Err() == nil:
+			logger.Error("delete expired routes", "err", err)
+		case n > 0:
+			logger.Info("deleted expired routes", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+	}
+}
+
+// lockCluster locks the cluster's row for the rest of the transaction, so
+// that route changes of one cluster take turns: a sync then sees the routes
+// it replaces, and the reaper never releases a hostname a register is about
+// to use. FOR NO KEY UPDATE rather than FOR UPDATE: inserts referencing the
+// cluster (tokens, hostnames) need not wait. ENOTFOUND when there is no such
+// cluster.
+func lockCluster(ctx context.Context, tx pgx.Tx, uuid string) error {
+	var one int
+	err := tx.QueryRow(ctx, `SELECT 1 FROM clusters WHERE uuid = $1 FOR NO KEY UPDATE`, uuid).Scan(&one)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return clusterNotFound(uuid)
+	}
+	if err != nil {
+		return clusterErr(err, uuid, "lock cluster")
+	}
+	return nil
+}
+
+// claimHostnames makes cluster the owner of every hostname in hostnames that
+// has no owner, and fails with ECONFLICT when another cluster owns one.
+//
+// Claims are inserted in sorted order so that two clusters claiming
+// overlapping sets wait on each other in one direction only, never in a
+// cycle (which PostgreSQL would break by aborting one with a deadlock
+// error). ON CONFLICT DO NOTHING leaves another cluster's row unlocked,
+// so a claim that is about to fail never blocks that cluster's own changes.
+// An insert racing another cluster's claim of the same hostname waits for
+// that transaction and then sees its row: the primary key is the arbiter.
+func claimHostnames(ctx context.Context, tx pgx.Tx, cluster string, hostnames []string) error {
+	if len(hostnames) == 0 {
+		return nil
+	}
+	sorted := uniqueSorted(append([]string(nil), hostnames...))
+	for attempt := 0; attempt < claimAttempts; attempt++ {
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO hostnames (hostname, cluster_uuid)
+			SELECT h, $1 FROM unnest($2::text[]) AS h ORDER BY h
+			ON CONFLICT (hostname) DO NOTHING`, cluster, sorted); err != nil {
+			if pgCode(err) == codeUniqueViolation {
+				return controlplane.Errorf(controlplane.ECONFLICT, "a hostname of this cluster is registered to another cluster")
+			}
+			return clusterErr(err, cluster, "claim hostnames")
+		}
+		rows, err := tx.Query(ctx, `SELECT hostname, cluster_uuid::text FROM hostnames WHERE hostname = ANY($1::text[])`, sorted)
+		if err != nil {
+			return fmt.Errorf("claim hostnames: %w", err)
+		}
+		owners := make(map[string]string, len(sorted))
+		var h, owner string
+		_, err = pgx.ForEachRow(rows, []any{&h, &owner}, func() error {
+			owners[h] = owner
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("claim hostnames: %w", err)
+		}
+		missing := false
+		for _, h := range sorted {
+			switch owner, ok := owners[h]; {
+			case !ok:
+				// Owned by another cluster when we inserted, released
+				// before we looked: try the insert again.
+				missing = true
+			case owner != cluster:
+				return controlplane.Errorf(controlplane.ECONFLICT, "hostname %q is registered to another cluster", h)
+			}
+		}
+		if !missing {
+			return nil
+		}
+	}
+	return controlplane.Errorf(controlplane.ECONFLICT, "hostnames of this cluster keep changing owner; retry")
+}
+
+// notify announces a change of cluster's routes (of the given hostnames, or
+// all of them when none are given) to Listen. pg_notify inside the
+// transaction delivers only if, and when, the transaction commits.
+func notify(ctx context.Context, tx pgx.Tx, cluster string, hostnames []string) error {
+	payload, err := json.Marshal(controlplane.RouteChange{ClusterUUID: cluster, Hostnames: hostnames})
+	if err != nil {
+		return fmt.Errorf("encode route change: %w", err)
+	}
+	if len(payload) >= maxNotifyPayload {
+		// Too many hostnames for one notification: "all of the cluster"
+		// makes listeners reload more than they need, but nothing less.
+		payload, err = json.Marshal(controlplane.RouteChange{ClusterUUID: cluster})
+		if err != nil {
+			return fmt.Errorf("encode route change: %w", err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, controlplane.RouteNotifyChannel, string(payload)); err != nil {
+		return fmt.Errorf("notify route change: %w", err)
+	}
+	return nil
+}
+
+const upsertRouteSQL = `
+	INSERT INTO routes (` + routeColumns + `)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+	ON CONFLICT (hostname, path) DO UPDATE SET
+		path_type = EXCLUDED.path_type,
+		cluster_uuid = EXCLUDED.cluster_uuid,
+		namespace = EXCLUDED.namespace,
+		service_name = EXCLUDED.service_name,
+		service_port = EXCLUDED.service_port,
+		ingress_name = EXCLUDED.ingress_name,
+		tls = EXCLUDED.tls,
+		annotations = EXCLUDED.annotations,
+		public_endpoint = EXCLUDED.public_endpoint,
+		routing_mode = EXCLUDED.routing_mode,
+		deployment_id = EXCLUDED.deployment_id,
+		deployment_name = EXCLUDED.deployment_name,
+		updated_at = EXCLUDED.updated_at,
+		expires_at = EXCLUDED.expires_at`
+
+func routeArgs(r controlplane.Route, updated, expires time.Time) []any {
+	annotations := r.Annotations
+	if annotations == nil {
+		annotations = map[string]string{}
+	}
+	return []any{r.Hostname, r.Path, r.PathType, r.ClusterUUID, r.Namespace, r.ServiceName, r.ServicePort,
+		r.IngressName, r.TLS, annotations, r.PublicEndpoint, r.RoutingMode, r.DeploymentID, r.DeploymentName,
+		updated, expires}
+}
+
+func scanRoute(row pgx.CollectableRow) (controlplane.Route, error) {
+	var r controlplane.Route
+	err := row.Scan(&r.Hostname, &r.Path, &r.PathType, &r.ClusterUUID, &r.Namespace, &r.ServiceName, &r.ServicePort,
+		&r.IngressName, &r.TLS, &r.Annotations, &r.PublicEndpoint, &r.RoutingMode, &r.DeploymentID, &r.DeploymentName,
+		&r.UpdatedAt, &r.ExpiresAt)
+	if len(r.Annotations) == 0 {
+		r.Annotations = nil // as callers send "none": omitted, not {}
+	}
+	return r, err
+}
+
+// normalizeRoute fills r's defaults (path "/", path type Prefix, routing
+// mode defaultMode) and lowercases its hostname, or returns EINVALID.
+func normalizeRoute(r *controlplane.Route, defaultMode string) error {
+	host, err := normalizeHostname(r.Hostname)
+	if err != nil {
+		return err
+	}
+	r.Hostname = host
+	if r.Path == "" {
+		r.Path = "/"
+	}
+	if !strings.HasPrefix(r.Path, "/") {
+		return controlplane.Errorf(controlplane.EINVALID, "hostname %q: path %q does not start with \"/\"", r.Hostname, r.Path)
+	}
+	switch r.PathType {
+	case "":
+		r.PathType = PathTypePrefix
+	case PathTypePrefix, PathTypeExact, PathTypeImplementationSpecific:
+	default:
+		return controlplane.Errorf(controlplane.EINVALID, "hostname %q path %q: path type %q is not Prefix, Exact or ImplementationSpecific", r.Hostname, r.Path, r.PathType)
+	}
+	if r.ServicePort < 0 || r.ServicePort > 65535 {
+		return controlplane.Errorf(controlplane.EINVALID, "hostname %q path %q: service port %d is out of range 0-65535", r.Hostname, r.Path, r.ServicePort)
+	}
+	if r.RoutingMode == "" {
+		r.RoutingMode = defaultMode
+	}
+	if err := validRoutingMode(r.RoutingMode); err != nil {
+		return controlplane.Errorf(controlplane.EINVALID, "hostname %q path %q: %s", r.Hostname, r.Path, controlplane.ErrorMessage(err))
+	}
+	return nil
+}
+
+func validRoutingMode(mode string) error {
+	if mode != controlplane.RoutingTunnel && mode != controlplane.RoutingDirect {
+		return controlplane.Errorf(controlplane.EINVALID, "routing mode %q is not %q or %q", mode, controlplane.RoutingTunnel, controlplane.RoutingDirect)
+	}
+	return nil
+}
+
+// normalizeHostname lowercases h and checks that it is a DNS name, or a
+// wildcard "*." followed by one.
+func normalizeHostname(h string) (string, error) {
+	h = strings.ToLower(h)
+	if h == "" {
+		return "", controlplane.Errorf(controlplane.EINVALID, "route has no hostname")
+	}
+	if len(h) > 253 {
+		return "", controlplane.Errorf(controlplane.EINVALID, "hostname of %d characters is longer than 253", len(h))
+	}
+	name := strings.TrimPrefix(h, "*.")
+	for _, label := range strings.Split(name, ".") {
+		if !validLabel(label) {
+			return "", controlplane.Errorf(controlplane.EINVALID, "hostname %q is not a DNS name (or *. and one)", h)
+		}
+	}
+	return h, nil
+}
+
+// validLabel reports whether s is a DNS label: 1-63 letters, digits and
+// inner hyphens (lowercase: names are lowercased first).
+func validLabel(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func uniqueSorted(s []string) []string {
+	sort.Strings(s)
+	out := s[:0]
+	for i, v := range s {
+		if i == 0 || v != s[i-1] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// nonNil keeps an empty list an empty array rather than NULL, which would
+// make "<> ALL" unknown and match nothing.
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
