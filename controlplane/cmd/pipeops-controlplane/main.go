@@ -1,22 +1,21 @@
-// Command pipeops-controlplane is the control plane: route store, cluster registry and token service.
-//
-// Only --version works so far; the component is built up in later changes.
+// Command pipeops-controlplane is the control plane: route store, cluster
+// registry and token service. See `pipeops-controlplane help`.
 package main
 
 import (
-	"flag"
-	"fmt"
+	"context"
 	"os"
+	"os/signal"
+	"syscall"
 
-	"github.com/pipeops/tunnel/shared/version"
+	"github.com/pipeops/tunnel/controlplane/cli"
 )
 
 func main() {
-	showVersion := flag.Bool("version", false, "print the version and exit")
-	flag.Parse()
-	fmt.Println(version.String("pipeops-controlplane"))
-	if !*showVersion {
-		fmt.Fprintln(os.Stderr, "pipeops-controlplane: not implemented yet; only --version is supported")
-		os.Exit(2)
-	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // the first signal drains; a second one kills at once
+	}()
+	os.Exit(cli.Run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }

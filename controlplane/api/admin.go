@@ -1,0 +1,270 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/controlplane/tokens"
+	"github.com/pipeops/tunnel/shared/auth"
+)
+
+// clusterView is a cluster as the admin API shows it.
+type clusterView struct {
+	UUID              string                          `json:"uuid"`
+	Name              string                          `json:"name"`
+	Status            string                          `json:"status"`
+	AgentVersion      string                          `json:"agent_version,omitempty"`
+	K8sVersion        string                          `json:"k8s_version,omitempty"`
+	LastHeartbeat     *time.Time                      `json:"last_heartbeat,omitempty"`
+	Metadata          map[string]any                  `json:"metadata,omitempty"`
+	PublicEndpoint    string                          `json:"public_endpoint,omitempty"`
+	RoutingMode       string                          `json:"routing_mode,omitempty"`
+	IngressController *controlplane.IngressController `json:"ingress_controller,omitempty"`
+	CreatedAt         time.Time                       `json:"created_at"`
+}
+
+func viewOf(c *controlplane.Cluster) clusterView {
+	v := clusterView{UUID: c.UUID, Name: c.Name, Status: c.Status, AgentVersion: c.AgentVersion, K8sVersion: c.K8sVersion,
+		Metadata: c.Metadata, PublicEndpoint: c.PublicEndpoint, RoutingMode: c.RoutingMode,
+		IngressController: c.IngressController, CreatedAt: c.CreatedAt}
+	if !c.LastHeartbeat.IsZero() {
+		t := c.LastHeartbeat
+		v.LastHeartbeat = &t
+	}
+	return v
+}
+
+// CreatedCluster is the answer to creating a cluster: the agent token is
+// shown once and never again.
+type CreatedCluster struct {
+	Cluster        clusterView `json:"cluster"`
+	AgentToken     string      `json:"agent_token"`
+	InstallCommand string      `json:"install_command"`
+}
+
+func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Name string `json:"name"`
+	}
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	out, err := CreateCluster(r.Context(), s.clusters, s.issuer, s.cfg.APIURL, req.Name)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	writeJSON(w, http.StatusCreated, out)
+}
+
+// CreateCluster creates a cluster and its agent token. The CLI calls it too.
+func CreateCluster(ctx context.Context, clusters controlplane.ClusterStore, issuer *tokens.Issuer, apiURL, name string) (*CreatedCluster, error) {
+	c, err := clusters.CreateCluster(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	tok, _, err := issuer.Issue(ctx, tokens.Request{Kind: auth.KindAgent, ClusterUUID: c.UUID, Subject: "agent:" + c.Name})
+	if err != nil {
+		return nil, err
+	}
+	return &CreatedCluster{Cluster: viewOf(c), AgentToken: tok, InstallCommand: InstallCommand(apiURL, tok)}, nil
+}
+
+// InstallCommand is the Helm command that installs the agent for a token.
+func InstallCommand(apiURL, token string) string {
+	if apiURL == "" {
+		apiURL = "https://CONTROL-PLANE-URL"
+	}
+	return fmt.Sprintf("helm upgrade --install pipeops-agent deploy/helm/pipeops-agent --namespace pipeops-system --create-namespace --set agent.pipeops.apiUrl=%s --set agent.pipeops.token=%s", apiURL, token)
+}
+
+func (s *Server) findCluster(ctx context.Context, ref string) (*controlplane.Cluster, error) {
+	c, err := s.clusters.ClusterByName(ctx, ref)
+	if controlplane.ErrorCode(err) == controlplane.ENOTFOUND {
+		c, err = s.clusters.Cluster(ctx, ref)
+	}
+	if controlplane.ErrorCode(err) == controlplane.ENOTFOUND {
+		return nil, controlplane.Errorf(controlplane.ENOTFOUND, "no cluster named or with id %q", ref)
+	}
+	return c, err
+}
+
+func (s *Server) listClusters(w http.ResponseWriter, r *http.Request) {
+	cs, err := s.clusters.Clusters(r.Context())
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	out := make([]clusterView, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, viewOf(c))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"clusters": out})
+}
+
+func (s *Server) getCluster(w http.ResponseWriter, r *http.Request) {
+	c, err := s.findCluster(r.Context(), chi.URLParam(r, "cluster"))
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	writeJSON(w, http.StatusOK, viewOf(c))
+}
+
+func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) {
+	cluster := r.URL.Query().Get("cluster")
+	if cluster != "" {
+		c, err := s.findCluster(r.Context(), cluster)
+		if err != nil {
+			writeError(w, r, err, s.log)
+			return
+		}
+		cluster = c.UUID
+	}
+	routes, err := s.routes.Routes(r.Context(), cluster)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	if routes == nil {
+		routes = []controlplane.Route{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"routes": routes})
+}
+
+type tokenView struct {
+	ID          string     `json:"id"`
+	Kind        string     `json:"kind"`
+	ClusterUUID string     `json:"cluster_uuid,omitempty"`
+	Clusters    []string   `json:"clusters,omitempty"`
+	Subject     string     `json:"subject,omitempty"`
+	IssuedAt    time.Time  `json:"issued_at"`
+	ExpiresAt   time.Time  `json:"expires_at"`
+	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
+}
+
+func tokenViewOf(t controlplane.Token) tokenView {
+	v := tokenView{ID: t.ID, Kind: t.Kind, ClusterUUID: t.ClusterUUID, Clusters: t.Clusters, Subject: t.Subject, IssuedAt: t.IssuedAt, ExpiresAt: t.ExpiresAt}
+	if !t.RevokedAt.IsZero() {
+		at := t.RevokedAt
+		v.RevokedAt = &at
+	}
+	return v
+}
+
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Kind     string   `json:"kind"`
+		Cluster  string   `json:"cluster"`
+		Clusters []string `json:"clusters"`
+		Subject  string   `json:"subject"`
+		TTL      string   `json:"ttl"`
+	}
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	issue := tokens.Request{Kind: auth.Kind(req.Kind), Subject: req.Subject}
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 {
+			writeError(w, r, controlplane.Errorf(controlplane.EINVALID, "ttl %q is not a positive duration (like 720h)", req.TTL), nil)
+			return
+		}
+		issue.TTL = d
+	}
+	if req.Cluster != "" {
+		c, err := s.findCluster(r.Context(), req.Cluster)
+		if err != nil {
+			writeError(w, r, err, s.log)
+			return
+		}
+		issue.ClusterUUID = c.UUID
+	}
+	for _, ref := range req.Clusters {
+		if ref == "*" {
+			issue.Clusters = append(issue.Clusters, ref)
+			continue
+		}
+		c, err := s.findCluster(r.Context(), ref)
+		if err != nil {
+			writeError(w, r, err, s.log)
+			return
+		}
+		issue.Clusters = append(issue.Clusters, c.UUID)
+	}
+	tok, rec, err := s.issuer.Issue(r.Context(), issue)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"token": tok, "record": tokenViewOf(rec)})
+}
+
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
+	ts, err := s.tokens.Tokens(r.Context(), r.URL.Query().Get("cluster"))
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	out := make([]tokenView, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, tokenViewOf(t))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"tokens": out})
+}
+
+func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	if err := s.tokens.RevokeToken(r.Context(), id, time.Now()); err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "revoked", "id": id})
+}
+
+// kubeconfig mints a user token for the cluster and returns a kubeconfig
+// that reaches its Kubernetes API through the gateway.
+func (s *Server) kubeconfig(w http.ResponseWriter, r *http.Request) {
+	c, err := s.findCluster(r.Context(), chi.URLParam(r, "cluster"))
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	if s.cfg.GatewayURL == "" {
+		writeError(w, r, controlplane.Errorf(controlplane.EUNAVAILABLE, "the control plane has no public gateway URL configured (GATEWAY_URL)"), nil)
+		return
+	}
+	tok, _, err := s.issuer.Issue(r.Context(), tokens.Request{Kind: auth.KindUser, Clusters: []string{c.UUID}, Subject: "kubeconfig:" + c.Name})
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	b, err := Kubeconfig(s.cfg.GatewayURL, c, tok)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Write(b)
+}
+
+// Kubeconfig renders a kubeconfig for cluster c through the gateway at
+// gatewayURL, authenticated with token.
+func Kubeconfig(gatewayURL string, c *controlplane.Cluster, token string) ([]byte, error) {
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters[c.Name] = &clientcmdapi.Cluster{Server: strings.TrimSuffix(gatewayURL, "/") + "/k8s/" + c.UUID}
+	kc.AuthInfos[c.Name] = &clientcmdapi.AuthInfo{Token: token}
+	kc.Contexts[c.Name] = &clientcmdapi.Context{Cluster: c.Name, AuthInfo: c.Name}
+	kc.CurrentContext = c.Name
+	return clientcmd.Write(*kc)
+}

@@ -1,0 +1,176 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/pipeops/tunnel/controlplane"
+)
+
+// Payloads of the PipeOps routes API (field names are the protocol's).
+
+type registerRouteRequest struct {
+	Hostname       string            `json:"hostname"`
+	ClusterUUID    string            `json:"cluster_uuid"`
+	Namespace      string            `json:"namespace"`
+	ServiceName    string            `json:"service_name"`
+	ServicePort    int               `json:"service_port"`
+	IngressName    string            `json:"ingress_name"`
+	Path           string            `json:"path"`
+	PathType       string            `json:"path_type"`
+	TLS            bool              `json:"tls"`
+	Annotations    map[string]string `json:"annotations"`
+	PublicEndpoint string            `json:"public_endpoint"`
+	RoutingMode    string            `json:"routing_mode"`
+	DeploymentID   string            `json:"deployment_id"`
+	DeploymentName string            `json:"deployment_name"`
+}
+
+type syncRequest struct {
+	ClusterUUID       string                          `json:"cluster_uuid"`
+	PublicEndpoint    string                          `json:"public_endpoint"`
+	RoutingMode       string                          `json:"routing_mode"`
+	IngressController *controlplane.IngressController `json:"ingress_controller"`
+	Ingresses         []syncIngress                   `json:"ingresses"`
+}
+
+type syncIngress struct {
+	Namespace   string            `json:"namespace"`
+	IngressName string            `json:"ingress_name"`
+	Annotations map[string]string `json:"annotations"`
+	Rules       []syncRule        `json:"rules"`
+}
+
+type syncRule struct {
+	Host  string     `json:"host"`
+	TLS   bool       `json:"tls"`
+	Paths []syncPath `json:"paths"`
+}
+
+type syncPath struct {
+	Path        string `json:"path"`
+	PathType    string `json:"path_type"`
+	ServiceName string `json:"service_name"`
+	ServicePort int    `json:"service_port"`
+}
+
+type unregisterRequest struct {
+	Hostname    string `json:"hostname"`
+	ClusterUUID string `json:"cluster_uuid"`
+}
+
+// ownCluster returns the cluster of the agent token, refusing a body that
+// names another cluster (an agent acts only on its own).
+func ownCluster(r *http.Request, named string) (string, error) {
+	mine := claimsFrom(r.Context()).ClusterID
+	if named != "" && named != mine {
+		return "", controlplane.Errorf(controlplane.EFORBIDDEN, "this token belongs to cluster %s, not %s", mine, named)
+	}
+	return mine, nil
+}
+
+func (s *Server) registerRoute(w http.ResponseWriter, r *http.Request) {
+	var req registerRouteRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	cluster, err := ownCluster(r, req.ClusterUUID)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	mode, err := routingMode(req.RoutingMode, req.PublicEndpoint)
+	if err != nil {
+		writeError(w, r, err, nil)
+		return
+	}
+	route := controlplane.Route{
+		Hostname: req.Hostname, Path: req.Path, PathType: req.PathType, ClusterUUID: cluster,
+		Namespace: req.Namespace, ServiceName: req.ServiceName, ServicePort: req.ServicePort,
+		IngressName: req.IngressName, TLS: req.TLS, Annotations: req.Annotations,
+		PublicEndpoint: req.PublicEndpoint, RoutingMode: mode,
+		DeploymentID: req.DeploymentID, DeploymentName: req.DeploymentName,
+	}
+	if err := s.routes.RegisterRoute(r.Context(), route); err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "registered", "hostname": req.Hostname})
+}
+
+func (s *Server) syncRoutes(w http.ResponseWriter, r *http.Request) {
+	var req syncRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	cluster, err := ownCluster(r, req.ClusterUUID)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	mode, err := routingMode(req.RoutingMode, req.PublicEndpoint)
+	if err != nil {
+		writeError(w, r, err, nil)
+		return
+	}
+	sync := controlplane.RouteSync{ClusterUUID: cluster, PublicEndpoint: req.PublicEndpoint, RoutingMode: mode, IngressController: req.IngressController}
+	for _, ing := range req.Ingresses {
+		for _, rule := range ing.Rules {
+			for _, p := range rule.Paths {
+				sync.Routes = append(sync.Routes, controlplane.Route{
+					Hostname: rule.Host, Path: p.Path, PathType: p.PathType, ClusterUUID: cluster,
+					Namespace: ing.Namespace, ServiceName: p.ServiceName, ServicePort: p.ServicePort,
+					IngressName: ing.IngressName, TLS: rule.TLS, Annotations: ing.Annotations,
+					PublicEndpoint: req.PublicEndpoint, RoutingMode: mode,
+				})
+			}
+		}
+	}
+	if err := s.routes.SyncRoutes(r.Context(), sync); err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "synced", "routes": len(sync.Routes)})
+}
+
+func (s *Server) unregisterRoute(w http.ResponseWriter, r *http.Request) {
+	var req unregisterRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	cluster, err := ownCluster(r, req.ClusterUUID)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	if req.Hostname == "" {
+		writeError(w, r, controlplane.Errorf(controlplane.EINVALID, "hostname is required"), nil)
+		return
+	}
+	if err := s.routes.UnregisterRoute(r.Context(), cluster, req.Hostname); err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "unregistered", "hostname": req.Hostname})
+}
+
+// routingMode checks the mode, defaulting it: direct when the cluster has a
+// public endpoint, tunnel otherwise.
+func routingMode(mode, publicEndpoint string) (string, error) {
+	switch {
+	case mode == controlplane.RoutingTunnel:
+		return mode, nil
+	case mode == controlplane.RoutingDirect && publicEndpoint == "":
+		return "", controlplane.Errorf(controlplane.EINVALID, "routing_mode direct needs a public_endpoint")
+	case mode == controlplane.RoutingDirect:
+		return mode, nil
+	case mode != "":
+		return "", controlplane.Errorf(controlplane.EINVALID, "routing_mode %q is not tunnel or direct", mode)
+	case publicEndpoint != "":
+		return controlplane.RoutingDirect, nil
+	default:
+		return controlplane.RoutingTunnel, nil
+	}
+}

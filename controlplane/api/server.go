@@ -1,0 +1,287 @@
+// Package api is the control plane's HTTP API: agent registration over
+// WebSocket, the PipeOps routes API, the admin API, health, metrics and the
+// JWKS the gateway verifies tokens with.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/controlplane/tokens"
+	"github.com/pipeops/tunnel/shared/auth"
+)
+
+// MaxBodySize bounds every JSON request body. A route sync of a large
+// cluster (thousands of Ingresses) fits; anything bigger is refused (413).
+const MaxBodySize = 4 << 20
+
+// Pinger reports whether the database answers.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// Config is what the API needs to know about the deployment.
+type Config struct {
+	// GatewayWSURL is handed to agents in register_success (gateway_ws_url).
+	GatewayWSURL string
+	// GatewayURL is the gateway's public HTTPS base URL; kubeconfigs point at
+	// GatewayURL/k8s/{cluster}.
+	GatewayURL string
+	// APIURL is this control plane's public URL, for install commands.
+	APIURL string
+}
+
+// Server serves the API. Build it with New; all fields are required.
+type Server struct {
+	cfg      Config
+	clusters controlplane.ClusterStore
+	routes   controlplane.RouteStore
+	tokens   controlplane.TokenStore
+	issuer   *tokens.Issuer
+	verifier *auth.Verifier
+	db       Pinger
+	log      *slog.Logger
+	metrics  *metrics
+
+	closing   chan struct{} // closed by Close: ends agent sockets
+	closeOnce sync.Once
+	sockets   sync.WaitGroup
+}
+
+// Deps are the services the Server uses.
+type Deps struct {
+	Clusters controlplane.ClusterStore
+	Routes   controlplane.RouteStore
+	Tokens   controlplane.TokenStore
+	Issuer   *tokens.Issuer
+	DB       Pinger
+	Logger   *slog.Logger
+	// Registry is where the API registers its metrics and which /metrics
+	// serves; nil makes a private one.
+	Registry *prometheus.Registry
+}
+
+// New returns a Server.
+func New(cfg Config, d Deps) (*Server, error) {
+	if d.Clusters == nil || d.Routes == nil || d.Tokens == nil || d.Issuer == nil || d.DB == nil {
+		return nil, errors.New("api: Clusters, Routes, Tokens, Issuer and DB are required")
+	}
+	if cfg.GatewayWSURL == "" {
+		return nil, errors.New("api: Config.GatewayWSURL is required (agents are told to connect there)")
+	}
+	log := d.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	reg := d.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	return &Server{
+		cfg: cfg, clusters: d.Clusters, routes: d.Routes, tokens: d.Tokens, issuer: d.Issuer,
+		verifier: d.Issuer.Verifier(), db: d.DB, log: log, metrics: newMetrics(reg),
+		closing: make(chan struct{}),
+	}, nil
+}
+
+// Close ends the agent registration sockets (which http.Server.Shutdown
+// does not track, being hijacked) and waits for their handlers.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() { close(s.closing) })
+	s.sockets.Wait()
+}
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer)
+	r.Use(s.metrics.instrument)
+
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	r.Get("/readyz", s.readyz)
+	r.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	r.Get("/.well-known/jwks.json", s.jwks)
+
+	r.Route("/api/v1", func(r chi.Router) {
+		r.With(s.requireToken(auth.KindAgent)).Get("/clusters/agent/ws", s.agentWS)
+		r.Route("/gateway/routes", func(r chi.Router) {
+			r.Use(s.requireToken(auth.KindAgent))
+			r.Post("/register", s.registerRoute)
+			r.Post("/sync", s.syncRoutes)
+			r.Post("/unregister", s.unregisterRoute)
+		})
+		r.Route("/admin", func(r chi.Router) {
+			r.Use(s.requireToken(auth.KindAdmin))
+			r.Post("/clusters", s.createCluster)
+			r.Get("/clusters", s.listClusters)
+			r.Get("/clusters/{cluster}", s.getCluster)
+			r.Get("/clusters/{cluster}/kubeconfig", s.kubeconfig)
+			r.Get("/routes", s.listRoutes)
+			r.Post("/tokens", s.createToken)
+			r.Get("/tokens", s.listTokens)
+			r.Post("/tokens/{id}/revoke", s.revokeToken)
+		})
+	})
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, controlplane.Errorf(controlplane.ENOTFOUND, "no such endpoint: %s %s", r.Method, r.URL.Path), nil)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, &controlplane.Error{Code: "method_not_allowed", Message: r.Method + " is not allowed on " + r.URL.Path}, nil)
+	})
+	return r
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.db.Ping(ctx); err != nil {
+		s.log.Warn("readyz: database unreachable", "err", err)
+		writeError(w, r, controlplane.Errorf(controlplane.EUNAVAILABLE, "database unreachable"), nil)
+		return
+	}
+	w.Write([]byte("ok\n"))
+}
+
+func (s *Server) jwks(w http.ResponseWriter, r *http.Request) {
+	b, err := s.issuer.JWKS()
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	w.Write(b)
+}
+
+// claimsKey is the context key of the verified token's claims.
+type claimsKey struct{}
+
+func claimsFrom(ctx context.Context) *auth.Claims {
+	c, _ := ctx.Value(claimsKey{}).(*auth.Claims)
+	return c
+}
+
+// requireToken admits requests with a valid Bearer token of one of kinds.
+// Every failure is 401 with the same message: which check failed is logged,
+// not told.
+func (s *Server) requireToken(kinds ...auth.Kind) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			scheme, raw, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+			if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(raw) == "" {
+				writeError(w, r, controlplane.Errorf(controlplane.EUNAUTHORIZED, "missing Bearer token"), nil)
+				return
+			}
+			claims, err := s.verifier.Verify(r.Context(), strings.TrimSpace(raw), kinds...)
+			if err != nil {
+				if !errors.Is(err, auth.ErrInvalidToken) && !errors.Is(err, auth.ErrRevoked) && !errors.Is(err, auth.ErrWrongKind) {
+					// The revocation check itself failed: not the caller's fault.
+					writeError(w, r, fmt.Errorf("verify token: %w", err), s.log)
+					return
+				}
+				s.log.Info("token refused", "path", r.URL.Path, "err", err)
+				writeError(w, r, controlplane.Errorf(controlplane.EUNAUTHORIZED, "invalid token"), nil)
+				return
+			}
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), claimsKey{}, claims)))
+		})
+	}
+}
+
+// statusOf maps error codes to HTTP statuses: the one place that does.
+func statusOf(code string) int {
+	switch code {
+	case controlplane.EINVALID:
+		return http.StatusBadRequest
+	case controlplane.EUNAUTHORIZED:
+		return http.StatusUnauthorized
+	case controlplane.EFORBIDDEN:
+		return http.StatusForbidden
+	case controlplane.ENOTFOUND:
+		return http.StatusNotFound
+	case controlplane.ECONFLICT:
+		return http.StatusConflict
+	case controlplane.ETOOLARGE:
+		return http.StatusRequestEntityTooLarge
+	case controlplane.EUNAVAILABLE:
+		return http.StatusServiceUnavailable
+	case "method_not_allowed":
+		return http.StatusMethodNotAllowed
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// writeError answers with the one error shape. Internal errors are logged
+// (when log is given) and their details withheld from the caller.
+func writeError(w http.ResponseWriter, r *http.Request, err error, log *slog.Logger) {
+	code := controlplane.ErrorCode(err)
+	if code == controlplane.EINTERNAL && log != nil {
+		log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	var body errorBody
+	body.Error.Code = code
+	body.Error.Message = controlplane.ErrorMessage(err)
+	if code == controlplane.EUNAUTHORIZED {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="pipeops"`)
+	}
+	writeJSON(w, statusOf(code), body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// decode reads a JSON body into v: bounded, unknown fields refused, one
+// value only.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	body := http.MaxBytesReader(w, r.Body, MaxBodySize)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		var syntax *json.SyntaxError
+		var typeErr *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &tooBig):
+			return controlplane.Errorf(controlplane.ETOOLARGE, "request body over %d bytes", MaxBodySize)
+		case errors.Is(err, io.EOF):
+			return controlplane.Errorf(controlplane.EINVALID, "request body is empty; expected JSON")
+		case errors.As(err, &syntax):
+			return controlplane.Errorf(controlplane.EINVALID, "malformed JSON at byte %d", syntax.Offset)
+		case errors.As(err, &typeErr):
+			return controlplane.Errorf(controlplane.EINVALID, "field %q: expected %s", typeErr.Field, typeErr.Type)
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			return controlplane.Errorf(controlplane.EINVALID, "unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		default:
+			return controlplane.Errorf(controlplane.EINVALID, "bad JSON: %v", err)
+		}
+	}
+	if dec.More() {
+		return controlplane.Errorf(controlplane.EINVALID, "request body holds more than one JSON value")
+	}
+	return nil
+}

@@ -1,0 +1,294 @@
+// Package cli is the pipeops-controlplane command: serve, migrate, and the
+// admin subcommands that work on the database directly (so the first
+// cluster and the first admin token can be made before anyone has a token).
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/pipeops/tunnel/controlplane/api"
+	"github.com/pipeops/tunnel/controlplane/postgres"
+	"github.com/pipeops/tunnel/controlplane/tokens"
+	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/version"
+)
+
+const usage = `pipeops-controlplane: route store, cluster registry and token service.
+
+Usage:
+  pipeops-controlplane serve                      run the API (migrates the database first)
+  pipeops-controlplane migrate                    apply database migrations and exit
+  pipeops-controlplane cluster create NAME        create a cluster; prints its agent token and install command
+  pipeops-controlplane cluster list               list clusters and their status
+  pipeops-controlplane token create --kind KIND [--cluster C]... [--ttl D] [--subject S]
+                                                  mint a token: admin, user (reaches the named clusters'
+                                                  Kubernetes API through the gateway) or agent (one cluster)
+  pipeops-controlplane token revoke ID            revoke a token by id
+  pipeops-controlplane kubeconfig CLUSTER         print a kubeconfig reaching CLUSTER through the gateway
+  pipeops-controlplane version                    print the version
+
+Configuration comes from the environment: DATABASE_URL (required), LISTEN_ADDR,
+GATEWAY_WS_URL (required by serve), GATEWAY_URL, API_URL, ROUTE_TTL,
+REAPER_INTERVAL, TLS_CERT_FILE, TLS_KEY_FILE, SHUTDOWN_TIMEOUT, LOG_LEVEL,
+LOG_FORMAT. See docs/controlplane.md.
+`
+
+// Run runs the command line args (without the program name) and returns the
+// exit code. When ctx ends, serve drains for SHUTDOWN_TIMEOUT.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stdout, usage)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	if args[0] == "version" || args[0] == "--version" {
+		fmt.Fprintln(stdout, version.String("pipeops-controlplane"))
+		return 0
+	}
+	cfg, err := LoadConfig(getenv)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	log := newLogger(cfg, stderr)
+	err = dispatch(ctx, cfg, log, args, stdout)
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "%v\n\n%s", err, usage)
+		return 2
+	default:
+		fmt.Fprintln(stderr, "error:", err)
+		return 1
+	}
+}
+
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg }
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, stdout io.Writer) error {
+	cmd, rest := args[0], args[1:]
+	if cmd == "serve" {
+		if err := cfg.ValidateServe(); err != nil {
+			return err
+		}
+	}
+	db, err := postgres.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	db.RouteTTL = cfg.RouteTTL
+	applied, err := postgres.Migrate(ctx, db.Pool())
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	for _, name := range applied {
+		log.Info("applied migration", "name", name)
+	}
+	if cmd == "migrate" {
+		fmt.Fprintf(stdout, "database is up to date (%d migrations applied now)\n", len(applied))
+		return nil
+	}
+	issuer, err := tokens.NewIssuer(ctx, db, db)
+	if err != nil {
+		return err
+	}
+	switch cmd {
+	case "serve":
+		return serve(ctx, cfg, log, db, issuer)
+	case "cluster":
+		return clusterCmd(ctx, cfg, db, issuer, rest, stdout)
+	case "token":
+		return tokenCmd(ctx, db, issuer, rest, stdout)
+	case "kubeconfig":
+		if len(rest) != 1 {
+			return usageError{"kubeconfig takes one argument: the cluster name or id"}
+		}
+		if cfg.GatewayURL == "" {
+			return errors.New("GATEWAY_URL is not set: a kubeconfig must point at the gateway's public URL")
+		}
+		c, err := db.ClusterByName(ctx, rest[0])
+		if err != nil {
+			if c, err = db.Cluster(ctx, rest[0]); err != nil {
+				return fmt.Errorf("cluster %q: %w", rest[0], err)
+			}
+		}
+		tok, _, err := issuer.Issue(ctx, tokens.Request{Kind: auth.KindUser, Clusters: []string{c.UUID}, Subject: "kubeconfig:" + c.Name})
+		if err != nil {
+			return err
+		}
+		b, err := api.Kubeconfig(cfg.GatewayURL, c, tok)
+		if err != nil {
+			return err
+		}
+		_, err = stdout.Write(b)
+		return err
+	default:
+		return usageError{fmt.Sprintf("unknown command %q", cmd)}
+	}
+}
+
+func clusterCmd(ctx context.Context, cfg Config, db *postgres.DB, issuer *tokens.Issuer, args []string, stdout io.Writer) error {
+	switch {
+	case len(args) == 2 && args[0] == "create":
+		out, err := api.CreateCluster(ctx, db, issuer, cfg.APIURL, args[1])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "cluster %s created (id %s)\n\nagent token (shown once; keep it secret):\n%s\n\ninstall the agent:\n%s\n",
+			out.Cluster.Name, out.Cluster.UUID, out.AgentToken, out.InstallCommand)
+		return nil
+	case len(args) == 1 && args[0] == "list":
+		cs, err := db.Clusters(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%-36s  %-24s  %-12s  %s\n", "ID", "NAME", "STATUS", "LAST HEARTBEAT")
+		for _, c := range cs {
+			hb := "never"
+			if !c.LastHeartbeat.IsZero() {
+				hb = c.LastHeartbeat.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(stdout, "%-36s  %-24s  %-12s  %s\n", c.UUID, c.Name, c.Status, hb)
+		}
+		return nil
+	}
+	return usageError{"usage: cluster create NAME | cluster list"}
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+func tokenCmd(ctx context.Context, db *postgres.DB, issuer *tokens.Issuer, args []string, stdout io.Writer) error {
+	if len(args) == 2 && args[0] == "revoke" {
+		if err := db.RevokeToken(ctx, args[1], time.Now()); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "token %s revoked\n", args[1])
+		return nil
+	}
+	if len(args) < 1 || args[0] != "create" {
+		return usageError{"usage: token create --kind KIND [--cluster C]... [--ttl D] | token revoke ID"}
+	}
+	fs := flag.NewFlagSet("token create", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	kind := fs.String("kind", "", "admin, user or agent")
+	ttl := fs.Duration("ttl", 0, "lifetime (default: agent 8760h, user 720h, admin 2160h)")
+	subject := fs.String("subject", "", "who the token is for")
+	asJSON := fs.Bool("json", false, "print the token and its record as JSON")
+	var clusters multiFlag
+	fs.Var(&clusters, "cluster", "cluster name or id (repeatable; '*' for all, user tokens)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageError{"token create: " + err.Error()}
+	}
+	req := tokens.Request{Kind: auth.Kind(*kind), TTL: *ttl, Subject: *subject}
+	for _, ref := range clusters {
+		uuid := ref
+		if ref != "*" {
+			c, err := db.ClusterByName(ctx, ref)
+			if err != nil {
+				if c, err = db.Cluster(ctx, ref); err != nil {
+					return fmt.Errorf("cluster %q: %w", ref, err)
+				}
+			}
+			uuid = c.UUID
+		}
+		if req.Kind == auth.KindAgent {
+			req.ClusterUUID = uuid
+		} else {
+			req.Clusters = append(req.Clusters, uuid)
+		}
+	}
+	tok, rec, err := issuer.Issue(ctx, req)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(map[string]any{"token": tok, "id": rec.ID, "expires_at": rec.ExpiresAt})
+	}
+	fmt.Fprintln(stdout, tok)
+	return nil
+}
+
+// serve runs the API until ctx ends, then drains for ShutdownTimeout.
+func serve(ctx context.Context, cfg Config, log *slog.Logger, db *postgres.DB, issuer *tokens.Issuer) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := api.New(api.Config{GatewayWSURL: cfg.GatewayWSURL, GatewayURL: cfg.GatewayURL, APIURL: cfg.APIURL},
+		api.Deps{Clusters: db, Routes: db, Tokens: db, Issuer: issuer, DB: db, Logger: log, Registry: reg})
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen on LISTEN_ADDR=%s: %w", cfg.ListenAddr, err)
+	}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+
+	reaperCtx, stopReaper := context.WithCancel(context.Background())
+	reaperDone := make(chan struct{})
+	go func() {
+		defer close(reaperDone)
+		db.RunReaper(reaperCtx, cfg.ReaperInterval, log)
+	}()
+	defer func() { stopReaper(); <-reaperDone }()
+
+	errc := make(chan error, 1)
+	go func() {
+		scheme := "http"
+		var err error
+		if cfg.TLSCertFile != "" {
+			scheme = "https"
+			log.Info("control plane listening", "addr", l.Addr().String(), "scheme", scheme, "gateway_ws_url", cfg.GatewayWSURL)
+			err = hs.ServeTLS(l, cfg.TLSCertFile, cfg.TLSKeyFile)
+		} else {
+			log.Info("control plane listening", "addr", l.Addr().String(), "scheme", scheme, "gateway_ws_url", cfg.GatewayWSURL)
+			err = hs.Serve(l)
+		}
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: draining requests", "timeout", cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		log.Warn("drain cut short; closing", "err", err)
+		hs.Close()
+	}
+	srv.Close() // agent sockets: hijacked, so Shutdown does not see them
+	<-errc
+	return nil
+}
