@@ -566,8 +566,13 @@ func TestTransportReusesStreams(t *testing.T) {
 	if failures.Load() != 0 {
 		t.Fatalf("%d of %d requests failed", failures.Load(), workers*perWorker)
 	}
-	if opened := a.c.Stats().StreamsTotal; opened > workers {
-		t.Fatalf("%d requests opened %d streams; want at most %d (one per worker)", workers*perWorker, opened, workers)
+	// One stream per worker is the ideal; http.Transport may dial a spare
+	// when a request starts just before the previous one's stream is back
+	// in the pool, so allow that, but not a stream per request.
+	opened := a.c.Stats().StreamsTotal
+	t.Logf("%d requests from %d workers opened %d streams", workers*perWorker, workers, opened)
+	if opened > 2*workers {
+		t.Fatalf("%d requests opened %d streams; want at most %d: streams are not reused", workers*perWorker, opened, 2*workers)
 	}
 }
 
