@@ -13,10 +13,10 @@ type JWTAuthenticator struct {
 }
 
 // AuthenticateAgent implements Authenticator.
-func (a JWTAuthenticator) AuthenticateAgent(ctx context.Context, token string) (string, error) {
+func (a JWTAuthenticator) AuthenticateAgent(ctx context.Context, token string) (AgentIdentity, error) {
 	claims, err := a.Verifier.Verify(ctx, token, auth.KindAgent)
 	if err != nil {
-		return "", err
+		return AgentIdentity{}, err
 	}
-	return claims.ClusterID, nil
+	return AgentIdentity{Cluster: claims.ClusterID, TokenID: claims.ID}, nil
 }

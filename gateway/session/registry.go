@@ -30,10 +30,18 @@ import (
 // ErrAgentOffline means the cluster has no connected agent.
 var ErrAgentOffline = errors.New("agent offline")
 
+// AgentIdentity is what an agent's token says about it.
+type AgentIdentity struct {
+	Cluster string
+	// TokenID names the token (jti), so a session can be closed when its
+	// token is revoked.
+	TokenID string
+}
+
 // Authenticator checks an agent's Bearer token and says which cluster it
 // belongs to. An error means 401.
 type Authenticator interface {
-	AuthenticateAgent(ctx context.Context, token string) (cluster string, err error)
+	AuthenticateAgent(ctx context.Context, token string) (AgentIdentity, error)
 }
 
 // ControlHandler receives the control messages (heartbeats, pings) agents
@@ -59,6 +67,9 @@ type Config struct {
 	Logger       *slog.Logger
 	// Metrics, when set, is where the registry registers its collectors.
 	Metrics prometheus.Registerer
+	// OnConnect and OnDisconnect, when set, are told of sessions starting
+	// and ending (a replaced session ends too). They must not block.
+	OnConnect, OnDisconnect func(*Session)
 }
 
 // Registry accepts agent connections (it is the http.Handler of the agent
@@ -129,7 +140,8 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "missing Bearer token", http.StatusUnauthorized)
 		return
 	}
-	cluster, err := r.cfg.Auth.AuthenticateAgent(req.Context(), token)
+	id, err := r.cfg.Auth.AuthenticateAgent(req.Context(), token)
+	cluster := id.Cluster
 	if err != nil {
 		r.metrics.refused.WithLabelValues("bad_token").Inc()
 		r.log.Info("agent refused: bad token", "remote", req.RemoteAddr, "err", err)
@@ -151,7 +163,7 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		return // the upgrader has answered the client
 	}
-	s, err := newSession(r, cluster, ws, AgentInfo{AgentVersion: q.Get("agent_version"), Remote: req.RemoteAddr})
+	s, err := newSession(r, cluster, ws, AgentInfo{AgentVersion: q.Get("agent_version"), Remote: req.RemoteAddr, TokenID: id.TokenID})
 	if err != nil {
 		r.log.Warn("agent session setup failed", "cluster", cluster, "err", err)
 		return
@@ -196,6 +208,9 @@ func (r *Registry) add(s *Session) bool {
 		old.Close()
 	}
 	r.log.Info("agent connected", "cluster", s.Cluster, "agent_version", s.Info.AgentVersion, "remote", s.Info.Remote)
+	if r.cfg.OnConnect != nil {
+		r.cfg.OnConnect(s)
+	}
 	return true
 }
 
@@ -206,6 +221,9 @@ func (r *Registry) remove(s *Session) {
 	}
 	r.mu.Unlock()
 	r.metrics.sessions.Dec()
+	if r.cfg.OnDisconnect != nil {
+		r.cfg.OnDisconnect(s)
+	}
 	r.log.Info("agent disconnected", "cluster", s.Cluster, "connected_for", time.Since(s.ConnectedAt).Round(time.Millisecond))
 }
 
@@ -215,6 +233,17 @@ func (r *Registry) Session(cluster string) (*Session, bool) {
 	defer r.mu.Unlock()
 	s, ok := r.sessions[cluster]
 	return s, ok
+}
+
+// Sessions returns the live sessions.
+func (r *Registry) Sessions() []*Session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Session, 0, len(r.sessions))
+	for _, s := range r.sessions {
+		out = append(out, s)
+	}
+	return out
 }
 
 // Clusters returns the clusters with a connected agent.

@@ -20,6 +20,7 @@ import (
 type AgentInfo struct {
 	AgentVersion string
 	Remote       string
+	TokenID      string // the jti of the token it connected with
 }
 
 // Session is one agent's connected tunnel. It owns the WebSocket, the yamux

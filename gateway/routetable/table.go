@@ -1,0 +1,268 @@
+// Package routetable is the gateway's in-memory route table: which cluster,
+// Service and ingress controller a request for a host and path goes to.
+//
+// A Table is an immutable snapshot built from the control plane's routes and
+// clusters; lookups need no lock and allocate nothing in the common case. A
+// Store keeps the current Table, loads it from PostgreSQL, follows the
+// control plane's route notifications (LISTEN/NOTIFY) and swaps in a new
+// Table after each change, so that the request path never waits for the
+// database. When PostgreSQL is unreachable the Store keeps serving its last
+// Table and says so in its Status.
+//
+// Matching follows Kubernetes Ingress semantics:
+//
+//   - The request host is lowercased, its port and a trailing dot removed.
+//   - An exact hostname is tried first, then a wildcard "*.example.com",
+//     which covers exactly one more label: a.example.com, not
+//     a.b.example.com nor example.com.
+//   - Among a host's routes, an Exact path matches only the identical path;
+//     a Prefix path matches by path elements ("/api" matches "/api",
+//     "/api/" and "/api/v1", not "/apiv1"; "/" matches every path), a
+//     trailing slash on the route's path being ignored.
+//     ImplementationSpecific is treated as Prefix. An Exact match beats any
+//     Prefix match, and the longest Prefix wins.
+//   - When the exact hostname has routes but none of their paths matches,
+//     the wildcard's routes are tried next. Kubernetes leaves this case to
+//     the implementation; falling through means a wildcard can serve the
+//     paths a specific host does not claim (say *.example.com serving "/"
+//     while api.example.com only claims "/v1"), which is what a user who
+//     registered both most likely wants, and never takes a path the
+//     specific host does claim.
+package routetable
+
+import (
+	"bytes"
+	"cmp"
+	"slices"
+	"strings"
+
+	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/controlplane/postgres"
+)
+
+// maxHostLen is the longest DNS name. Stored hostnames are never longer, so
+// a longer request host cannot match and need not be lowercased.
+const maxHostLen = 253
+
+// Match is a lookup result. It shares the Table's data: the Route's
+// Annotations map and the IngressController are read-only for the caller.
+type Match struct {
+	// Route is the matched route. Its Hostname is the route's, which may be
+	// a wildcard such as *.example.com, not the request's host.
+	Route controlplane.Route
+	// IngressController is the route's cluster's ingress controller as of
+	// the cluster's last route sync; nil when the cluster never reported
+	// one (or is not in the cluster list the Table was built from).
+	IngressController *controlplane.IngressController
+}
+
+// entry is one route of a host, prepared for matching.
+type entry struct {
+	match Match
+	exact bool
+	// prefix is the route's path without trailing slashes, for Prefix
+	// matching: "" for "/", "/api" for both "/api" and "/api/".
+	prefix string
+}
+
+// Table is an immutable snapshot of the routes: safe for any number of
+// concurrent lookups without locks. Build one with NewTable; the zero value
+// and a nil *Table are empty tables.
+type Table struct {
+	// hosts holds the routes of exact hostnames, wildcards the routes of
+	// "*.<suffix>" keyed by suffix. Each slice is in match order (see
+	// compareEntries), so a lookup takes the first entry that matches.
+	hosts     map[string][]entry
+	wildcards map[string][]entry
+	n         int
+}
+
+// NewTable builds a Table from routes and the clusters they belong to (for
+// their ingress controllers). Hostnames are lowercased and stripped of a
+// trailing dot; an empty path is "/" and an empty path type Prefix, as the
+// control plane stores them. Routes without a hostname are left out. When
+// two routes have the same hostname and path (the control plane never
+// stores such a pair), the first one given wins.
+//
+// The Table keeps the routes' Annotations maps; neither the caller nor any
+// reader may change them afterwards. Ingress controllers are copied.
+func NewTable(routes []controlplane.Route, clusters []*controlplane.Cluster) *Table {
+	ingress := make(map[string]*controlplane.IngressController, len(clusters))
+	for _, c := range clusters {
+		if c != nil && c.IngressController != nil {
+			ic := *c.IngressController
+			ingress[c.UUID] = &ic
+		}
+	}
+	t := &Table{
+		hosts:     make(map[string][]entry),
+		wildcards: make(map[string][]entry),
+	}
+	for _, r := range routes {
+		host := strings.TrimSuffix(strings.ToLower(r.Hostname), ".")
+		if host == "" {
+			continue
+		}
+		r.Hostname = host
+		if r.Path == "" {
+			r.Path = "/"
+		}
+		if r.PathType == "" {
+			r.PathType = postgres.PathTypePrefix
+		}
+		e := entry{match: Match{Route: r, IngressController: ingress[r.ClusterUUID]}}
+		if r.PathType == postgres.PathTypeExact {
+			e.exact = true
+		} else {
+			// Prefix, ImplementationSpecific, and anything newer this
+			// gateway does not know: a prefix is the broader reading.
+			e.prefix = strings.TrimRight(r.Path, "/")
+		}
+		if suffix, ok := strings.CutPrefix(host, "*."); ok {
+			t.wildcards[suffix] = append(t.wildcards[suffix], e)
+		} else {
+			t.hosts[host] = append(t.hosts[host], e)
+		}
+		t.n++
+	}
+	for _, m := range []map[string][]entry{t.hosts, t.wildcards} {
+		for _, es := range m {
+			// Stable, so that of two identical routes the first given wins.
+			slices.SortStableFunc(es, compareEntries)
+		}
+	}
+	return t
+}
+
+// compareEntries orders a host's routes so that the first one matching a
+// path is the one that should win: Exact paths before Prefix paths, then
+// longer prefixes first. Of "/api" and "/api/", equal as prefixes, the one
+// written with the slash goes first, being the more specific. The last
+// comparison only makes the order deterministic.
+func compareEntries(a, b entry) int {
+	if a.exact != b.exact {
+		if a.exact {
+			return -1
+		}
+		return 1
+	}
+	if !a.exact {
+		if c := cmp.Compare(len(b.prefix), len(a.prefix)); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(len(b.match.Route.Path), len(a.match.Route.Path)); c != 0 {
+			return c
+		}
+	}
+	return strings.Compare(a.match.Route.Path, b.match.Route.Path)
+}
+
+// Len returns the number of routes in the table.
+func (t *Table) Len() int {
+	if t == nil {
+		return 0
+	}
+	return t.n
+}
+
+// Lookup finds the route for a request's host (the Host header or the
+// URL's host, port allowed) and path (the URL's path; empty means "/"),
+// following the rules in the package documentation. It allocates nothing.
+func (t *Table) Lookup(host, path string) (Match, bool) {
+	if t == nil || t.n == 0 {
+		return Match{}, false
+	}
+	if path == "" {
+		path = "/"
+	}
+	host = trimHost(host)
+	if !hasUpper(host) {
+		if e := matchPath(t.hosts[host], path); e != nil {
+			return e.match, true
+		}
+		if i := strings.IndexByte(host, '.'); i > 0 {
+			if e := matchPath(t.wildcards[host[i+1:]], path); e != nil {
+				return e.match, true
+			}
+		}
+		return Match{}, false
+	}
+	// Same as above on a lowercased copy in a stack buffer: a map index by
+	// string(bytes) does not allocate, so mixed-case hosts cost nothing
+	// extra either.
+	if len(host) > maxHostLen {
+		return Match{}, false
+	}
+	var buf [maxHostLen]byte
+	b := buf[:len(host)]
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b[i] = c
+	}
+	if e := matchPath(t.hosts[string(b)], path); e != nil {
+		return e.match, true
+	}
+	if i := bytes.IndexByte(b, '.'); i > 0 {
+		if e := matchPath(t.wildcards[string(b[i+1:])], path); e != nil {
+			return e.match, true
+		}
+	}
+	return Match{}, false
+}
+
+// matchPath returns the first of es (in match order) that matches path.
+func matchPath(es []entry, path string) *entry {
+	for i := range es {
+		e := &es[i]
+		if e.exact {
+			if path == e.match.Route.Path {
+				return e
+			}
+			continue
+		}
+		if prefixMatches(e.prefix, path) {
+			return e
+		}
+	}
+	return nil
+}
+
+// prefixMatches reports whether path is prefix or lies below it, element by
+// element. prefix has no trailing slash; "" is the root, matching all.
+func prefixMatches(prefix, path string) bool {
+	if !strings.HasPrefix(path, prefix) {
+		return false
+	}
+	return len(path) == len(prefix) || path[len(prefix)] == '/' || prefix == ""
+}
+
+// trimHost removes a port and a trailing dot from a request host without
+// allocating. A bracketed IPv6 literal loses its brackets; it matches no
+// route anyway, since routes are DNS names.
+func trimHost(h string) string {
+	if strings.HasPrefix(h, "[") {
+		if i := strings.IndexByte(h, ']'); i > 0 {
+			return h[1:i]
+		}
+		return h
+	}
+	if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		h = h[:i]
+	}
+	return strings.TrimSuffix(h, ".")
+}
+
+// hasUpper reports whether s has an ASCII uppercase letter. Non-ASCII bytes
+// are left alone: no stored hostname has them, so no lowercasing could make
+// such a host match.
+func hasUpper(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return true
+		}
+	}
+	return false
+}
