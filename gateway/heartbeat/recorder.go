@@ -1,0 +1,423 @@
+// Package heartbeat records what agents report in their heartbeats, and
+// whether they are connected, in the control plane's cluster store, in
+// batches: the gateway answers every heartbeat at once but writes each
+// cluster's state at most once per flush interval.
+package heartbeat
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/gateway/session"
+	"github.com/pipeops/tunnel/shared/tunnel"
+)
+
+// Defaults and limits.
+const (
+	// DefaultFlushInterval is how often Run writes, and so how stale the
+	// stored state of a cluster can be.
+	DefaultFlushInterval = 5 * time.Second
+	// finalFlushTimeout bounds the flush Run makes on its way out, when
+	// its own context has already ended.
+	finalFlushTimeout = 5 * time.Second
+	// minFlushTimeout is the least a periodic flush is given before the
+	// clusters it has not written yet wait for the next one.
+	minFlushTimeout = 10 * time.Second
+	// maxTextLen bounds the strings of a heartbeat kept in the store (a
+	// version or a status is short), so that an agent cannot fill the
+	// cluster row with a megabyte of text.
+	maxTextLen = 256
+)
+
+// Recorder is a session.ControlHandler: it acknowledges heartbeats at once
+// and writes each cluster's latest heartbeat to the ClusterStore in batches,
+// every FlushInterval, so a thousand agents heartbeating every 5 s cost a
+// bounded number of writes, not one per message: at most one per cluster
+// per flush, and none for a cluster that said nothing new.
+//
+// Build it as a struct literal with at least Store; the other exported
+// fields have defaults for their zero values and must not change once it is
+// in use, and a Recorder must not be copied after first use. Give it to
+// session.Config.Control, and its SessionStarted and SessionEnded to
+// session.Config.OnConnect and OnDisconnect; run Run in a goroutine of the
+// caller's for as long as the gateway serves agents, and stop it after the
+// registry. Its methods are safe for concurrent use, and none of them waits
+// for the store but Flush (and Run).
+//
+// What is stored is what the control plane's registration socket stores for
+// a heartbeat: status connected (disconnected when the agent says so) and
+// the same metadata map. The heartbeat's time is when the gateway received
+// it; the agent's clock is not trusted. Between flushes the state lives only
+// in memory: a gateway that crashes loses at most one interval of it, which
+// the agents' next heartbeats restore.
+type Recorder struct {
+	// Store is where cluster states are written (required).
+	Store controlplane.ClusterStore
+	// FlushInterval is how often Run flushes (default 5 s).
+	FlushInterval time.Duration
+	// Logger receives malformed heartbeats and failed writes; nil discards.
+	Logger *slog.Logger
+	// Now is the clock for heartbeat times (default time.Now); for tests.
+	Now func() time.Time
+	// Metrics counts heartbeats and writes; nil counts nothing.
+	Metrics *Metrics
+
+	// flushMu makes flushes take turns: two flushes at once could write an
+	// older snapshot of a cluster after a newer one.
+	flushMu sync.Mutex
+
+	mu sync.Mutex
+	// pending is what the next flush writes, per cluster.
+	pending map[string]update
+	// last is the latest heartbeat of each connected cluster, so that a
+	// status change without a heartbeat keeps the metadata it had.
+	last map[string]snapshot
+	// current is each cluster's session, as SessionStarted was told.
+	current map[string]*session.Session
+}
+
+// snapshot is one heartbeat as stored.
+type snapshot struct {
+	meta map[string]any // never changed once made: the store may read it while new heartbeats come
+	at   time.Time
+}
+
+// update is a cluster's state waiting to be written.
+type update struct {
+	status string
+	// hb is the heartbeat to store with status; nil when this gateway has
+	// none for the cluster, in which case the flush keeps what the store
+	// has.
+	hb *snapshot
+}
+
+// initLocked makes the maps of a Recorder built as a struct literal.
+// r.mu is held.
+func (r *Recorder) initLocked() {
+	if r.pending == nil {
+		r.pending = make(map[string]update)
+		r.last = make(map[string]snapshot)
+		r.current = make(map[string]*session.Session)
+	}
+}
+
+func (r *Recorder) interval() time.Duration {
+	if r.FlushInterval > 0 {
+		return r.FlushInterval
+	}
+	return DefaultFlushInterval
+}
+
+var discard = slog.New(slog.DiscardHandler)
+
+func (r *Recorder) log() *slog.Logger {
+	if r.Logger != nil {
+		return r.Logger
+	}
+	return discard
+}
+
+func (r *Recorder) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+var _ session.ControlHandler = (*Recorder)(nil)
+
+// HandleControl implements session.ControlHandler. A heartbeat is decoded
+// (a malformed one is logged and dropped, the session carries on), kept as
+// its cluster's latest, and answered with heartbeat_ack carrying its
+// request_id. Other messages are not the Recorder's and are ignored. The
+// cluster is the session's, which its token proved; the payload's
+// cluster_id is not trusted.
+func (r *Recorder) HandleControl(_ context.Context, s *session.Session, msg tunnel.Message) {
+	if msg.Type != tunnel.TypeHeartbeat {
+		return
+	}
+	if !r.heartbeat(s.Cluster, msg) {
+		return
+	}
+	if err := s.Send(tunnel.TypeHeartbeatAck, tunnel.HeartbeatAck{}, msg.RequestID); err != nil {
+		// The session is ending; its end is handled elsewhere.
+		r.log().Debug("send heartbeat_ack", "cluster", s.Cluster, "err", err)
+	}
+}
+
+// heartbeat decodes msg and keeps it as cluster's latest heartbeat. It
+// reports whether msg was a valid heartbeat.
+func (r *Recorder) heartbeat(cluster string, msg tunnel.Message) bool {
+	var hb tunnel.Heartbeat
+	if err := msg.DecodePayload(&hb); err != nil {
+		r.Metrics.heartbeat("malformed")
+		r.log().Warn("dropping malformed heartbeat", "cluster", cluster, "msg", msg.String(), "err", err)
+		return false
+	}
+	r.Metrics.heartbeat("ok")
+	status, meta := stored(hb)
+	snap := snapshot{meta: meta, at: r.now()}
+	r.mu.Lock()
+	r.initLocked()
+	r.pending[cluster] = update{status: status, hb: &snap}
+	r.last[cluster] = snap
+	r.Metrics.setPending(len(r.pending))
+	r.mu.Unlock()
+	return true
+}
+
+// stored is what the store keeps of a heartbeat: the status and metadata
+// map the control plane's registration socket stores, so that a cluster
+// looks the same whichever of the two its agent last spoke to.
+func stored(hb tunnel.Heartbeat) (status string, meta map[string]any) {
+	status = controlplane.ClusterConnected
+	if hb.Status == tunnel.StatusDisconnected {
+		status = controlplane.ClusterDisconnected
+	}
+	m := hb.Metadata
+	meta = map[string]any{
+		"k8s_nodes":      m.K8sNodes,
+		"k8s_pods":       m.K8sPods,
+		"cpu_usage":      m.CPUUsage.String(),
+		"memory_usage":   m.MemoryUsage.String(),
+		"is_private":     m.IsPrivate,
+		"gateway_routes": m.GatewayRoutes,
+		"agent_version":  truncate(m.AgentVersion),
+		"k8s_version":    truncate(m.K8sVersion),
+		"tunnel_status":  truncate(hb.TunnelStatus),
+	}
+	return status, meta
+}
+
+// truncate cuts s to at most maxTextLen bytes, on a character boundary.
+func truncate(s string) string {
+	if len(s) <= maxTextLen {
+		return s
+	}
+	n := maxTextLen
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// SessionStarted is for session.Config.OnConnect: it records that the
+// session's cluster is connected, and remembers the session as the
+// cluster's current one for SessionEnded.
+func (r *Recorder) SessionStarted(s *session.Session) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.initLocked()
+	r.current[s.Cluster] = s
+	r.setStatusLocked(s.Cluster, controlplane.ClusterConnected)
+}
+
+// SessionEnded is for session.Config.OnDisconnect: it records that the
+// session's cluster is disconnected, unless the session had been replaced
+// by a newer one of the same cluster (the registry ends the old session of
+// an agent that reconnects, and that does not mean the agent is gone).
+//
+// The registry tells of the new session and of the end of the old one from
+// two goroutines, in either order. When the end comes first, the cluster is
+// briefly disconnected and connected again; a flush that falls in between
+// writes "disconnected", and the next one sets it right.
+func (r *Recorder) SessionEnded(s *session.Session) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.initLocked()
+	if cur, ok := r.current[s.Cluster]; ok && cur != s {
+		return
+	}
+	delete(r.current, s.Cluster)
+	r.disconnectedLocked(s.Cluster)
+}
+
+// Connected records, in the next flush, that cluster's agent has a session
+// on this gateway. SessionStarted calls it; call it directly only when not
+// using SessionStarted and SessionEnded.
+func (r *Recorder) Connected(cluster string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.initLocked()
+	r.setStatusLocked(cluster, controlplane.ClusterConnected)
+}
+
+// Disconnected records, in the next flush, that cluster's agent has no
+// session on this gateway any more; the stored metadata and heartbeat time
+// stay those of its last heartbeat. SessionEnded calls it, when the session
+// that ended was the cluster's current one. Call it directly only after a
+// session has ended (after Session.Close returned, so that no heartbeat of
+// that session can come after it), and only when the cluster has no newer
+// session.
+func (r *Recorder) Disconnected(cluster string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.initLocked()
+	r.disconnectedLocked(cluster)
+}
+
+func (r *Recorder) disconnectedLocked(cluster string) {
+	r.setStatusLocked(cluster, controlplane.ClusterDisconnected)
+	// Keep last bounded by the clusters connected here; the pending update
+	// already holds what it needs.
+	delete(r.last, cluster)
+}
+
+// setStatusLocked makes status the cluster's pending status, with the
+// pending heartbeat or else the latest one seen here. r.mu is held.
+func (r *Recorder) setStatusLocked(cluster, status string) {
+	u, ok := r.pending[cluster]
+	if !ok {
+		if snap, ok := r.last[cluster]; ok {
+			u.hb = &snap
+		}
+	}
+	u.status = status
+	r.pending[cluster] = u
+	r.Metrics.setPending(len(r.pending))
+}
+
+// Run flushes every FlushInterval until ctx ends, then flushes once more
+// (with a fresh context of a few seconds, since ctx has ended) and returns.
+// Cancel ctx only once no more heartbeats can come (after the session
+// registry has shut down), so that the last flush has them all. Flush
+// failures are logged; what failed is retried in the next flush.
+func (r *Recorder) Run(ctx context.Context) {
+	t := time.NewTicker(r.interval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalFlushTimeout)
+			defer cancel()
+			if err := r.Flush(fctx); err != nil {
+				r.log().Error("final heartbeat flush", "err", err)
+			}
+			return
+		case <-t.C:
+			// A flush that hangs on the database must not hold up the
+			// ones after it forever; what it could not write is retried.
+			fctx, cancel := context.WithTimeout(ctx, max(4*r.interval(), minFlushTimeout))
+			err := r.Flush(fctx)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				r.log().Warn("heartbeat flush", "err", err)
+			}
+		}
+	}
+}
+
+// Flush writes every cluster's pending state now, one RecordHeartbeat per
+// cluster. Writes for clusters the store does not know (deleted since their
+// agent connected) are dropped quietly; other failed writes are kept for the
+// next flush, unless a newer state has come meanwhile, and reported in the
+// error. Flushes take turns.
+func (r *Recorder) Flush(ctx context.Context) error {
+	r.flushMu.Lock()
+	defer r.flushMu.Unlock()
+
+	if r.Store == nil {
+		return errors.New("heartbeat: Recorder.Store is not set")
+	}
+	r.mu.Lock()
+	r.initLocked()
+	batch := r.pending
+	r.pending = make(map[string]update, len(batch))
+	r.Metrics.setPending(0)
+	r.mu.Unlock()
+	if len(batch) == 0 {
+		return nil
+	}
+
+	start := time.Now()
+	defer func() { r.Metrics.flushed(time.Since(start)) }()
+	var (
+		failed   int
+		firstErr error
+	)
+	clusters := slices.Sorted(maps.Keys(batch)) // a stable order makes logs comparable
+	for i, cluster := range clusters {
+		if err := ctx.Err(); err != nil {
+			for _, c := range clusters[i:] {
+				r.requeue(c, batch[c])
+			}
+			failed += len(clusters) - i
+			firstErr = cmp.Or(firstErr, err)
+			break
+		}
+		err := r.write(ctx, cluster, batch[cluster])
+		switch code := controlplane.ErrorCode(err); {
+		case err == nil:
+			r.Metrics.write("ok")
+		case code == controlplane.ENOTFOUND:
+			// The cluster was deleted while its agent was connected;
+			// nothing to record.
+			r.Metrics.write("not_found")
+			r.log().Debug("heartbeat of an unknown cluster dropped", "cluster", cluster)
+		case code == controlplane.EINVALID:
+			// Retrying cannot help; this is a bug, not an outage.
+			r.Metrics.write("error")
+			r.log().Error("heartbeat refused by the store", "cluster", cluster, "err", err)
+		default:
+			r.Metrics.write("error")
+			r.requeue(cluster, batch[cluster])
+			failed++
+			firstErr = cmp.Or(firstErr, err)
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("heartbeat flush: %d of %d clusters not written, kept for the next flush: %w", failed, len(clusters), firstErr)
+	}
+	return nil
+}
+
+// write stores one cluster's state.
+func (r *Recorder) write(ctx context.Context, cluster string, u update) error {
+	hb := u.hb
+	if hb == nil {
+		// A status change with no heartbeat seen here (the agent
+		// connected and has not heartbeated yet, or this gateway
+		// restarted): keep the stored metadata and heartbeat time (the
+		// store takes a zero time, a cluster that never heartbeated, as
+		// now).
+		c, err := r.Store.Cluster(ctx, cluster)
+		if err != nil {
+			return err
+		}
+		hb = &snapshot{meta: c.Metadata, at: c.LastHeartbeat}
+	}
+	return r.Store.RecordHeartbeat(ctx, cluster, u.status, hb.meta, hb.at)
+}
+
+// requeue puts back an update a flush could not write, unless a newer one
+// has come meanwhile.
+func (r *Recorder) requeue(cluster string, u update) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	newer, ok := r.pending[cluster]
+	switch {
+	case !ok:
+		r.pending[cluster] = u
+	case newer.hb == nil:
+		// A status change came; the heartbeat not written goes with it.
+		newer.hb = u.hb
+		r.pending[cluster] = newer
+	}
+	r.Metrics.setPending(len(r.pending))
+}
+
+// numPending is the number of clusters waiting for a flush.
+func (r *Recorder) numPending() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pending)
+}

@@ -1,0 +1,274 @@
+// Package server wires the gateway together: the route table following
+// PostgreSQL, agent sessions, the public proxy, the Kubernetes API path, the
+// admin endpoints, and graceful shutdown.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pipeops/tunnel/controlplane/postgres"
+	"github.com/pipeops/tunnel/gateway/authn"
+	"github.com/pipeops/tunnel/gateway/heartbeat"
+	"github.com/pipeops/tunnel/gateway/proxy"
+	"github.com/pipeops/tunnel/gateway/routetable"
+	"github.com/pipeops/tunnel/gateway/session"
+	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/tunnel"
+)
+
+// Gateway is a running gateway's parts, for tests and for Run.
+type Gateway struct {
+	cfg      Config
+	log      *slog.Logger
+	db       *postgres.DB
+	routes   *routetable.Store
+	sessions *session.Registry
+	proxy    *proxy.Proxy
+	k8s      *proxy.K8s
+	recorder *heartbeat.Recorder
+	revs     *authn.Revocations
+	registry *prometheus.Registry
+	draining atomic.Bool
+	gwHosts  map[string]bool
+}
+
+// New builds a gateway; Run starts it.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
+	db, err := postgres.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g := &Gateway{cfg: cfg, log: log, db: db, registry: reg, gwHosts: map[string]bool{}}
+	for _, h := range cfg.GatewayHosts {
+		g.gwHosts[h] = true
+	}
+	authMetrics := authn.NewMetrics(reg)
+	jwks := &authn.JWKS{URL: cfg.ControlPlaneURL + "/.well-known/jwks.json", Logger: log, Metrics: authMetrics}
+	if err := jwks.Refresh(ctx); err != nil {
+		// Not fatal: the control plane may start after us; tokens are
+		// refused until the keys arrive, and that is logged on each try.
+		log.Warn("control plane keys not available yet", "url", jwks.URL, "err", err)
+	}
+	g.revs = &authn.Revocations{Store: db, Logger: log, Metrics: authMetrics}
+	verifier := &auth.Verifier{Keys: jwks, Revoked: g.revs}
+	g.routes = routetable.NewStore(db, routetable.Options{ReloadInterval: cfg.ReloadInterval, Logger: log, Metrics: reg})
+	g.recorder = &heartbeat.Recorder{Store: db, Logger: log, Metrics: heartbeat.NewMetrics(reg)}
+	g.sessions, err = session.NewRegistry(session.Config{
+		Auth:    session.JWTAuthenticator{Verifier: verifier},
+		Control: g.recorder,
+		Yamux:   tunnel.YamuxConfig{MaxStreamWindowSize: cfg.StreamWindow},
+		Logger:  log,
+		Metrics: reg,
+		// The session hooks, unlike Connected/Disconnected, ignore the end of
+		// a session replaced by the same agent's reconnect.
+		OnConnect:    g.recorder.SessionStarted,
+		OnDisconnect: g.recorder.SessionEnded,
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	g.proxy, err = proxy.New(proxy.Config{Routes: g.routes, Tunnels: g.sessions, ResponseHeaderTimeout: cfg.HeaderTimeout, Logger: log, Metrics: reg})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	g.k8s = proxy.NewK8s(verifier, g.sessions, log)
+	return g, nil
+}
+
+// Handler is the public handler: the gateway's own endpoints (/ws for
+// agents, /k8s/ for the Kubernetes API) on the gateway hosts, everything
+// else routed by Host. Without GATEWAY_HOSTS, the gateway's endpoints answer
+// on any host that has no route, so an application's own /ws is never
+// shadowed.
+func (g *Gateway) Handler() http.Handler {
+	own := http.NewServeMux()
+	own.Handle("/ws", g.sessions)
+	own.Handle(proxy.K8sPrefix, g.k8s)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := strings.ToLower(r.Host)
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		isOwnPath := r.URL.Path == "/ws" || strings.HasPrefix(r.URL.Path, proxy.K8sPrefix)
+		if isOwnPath {
+			if len(g.gwHosts) > 0 && g.gwHosts[host] {
+				own.ServeHTTP(w, r)
+				return
+			}
+			if len(g.gwHosts) == 0 {
+				if _, routed := g.routes.Lookup(r.Host, r.URL.Path); !routed {
+					own.ServeHTTP(w, r)
+					return
+				}
+			}
+		}
+		g.proxy.ServeHTTP(w, r)
+	})
+}
+
+// AdminHandler serves /healthz, /readyz and /metrics.
+func (g *Gateway) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		st := g.routes.Status()
+		switch {
+		case g.draining.Load():
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case !st.Loaded:
+			http.Error(w, "route table not loaded yet: "+st.LastError, http.StatusServiceUnavailable)
+		default:
+			// A stale table still serves: ready, but say so.
+			fmt.Fprintf(w, "ok routes=%d listening=%v stale=%v last_error=%q agents=%d\n",
+				st.Routes, st.Listening, st.Stale, st.LastError, len(g.sessions.Clusters()))
+		}
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(g.registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// Run serves until ctx ends, then shuts down in phases: fail readiness, stop
+// accepting, GoAway to agents and drain in-flight requests up to
+// SHUTDOWN_TIMEOUT, close.
+func (g *Gateway) Run(ctx context.Context) error {
+	defer g.db.Close()
+	bgCtx, stopBg := context.WithCancel(context.Background())
+	var bg sync.WaitGroup
+	start := func(name string, f func(context.Context)) {
+		bg.Add(1)
+		go func() { defer bg.Done(); f(bgCtx) }()
+	}
+	start("routes", func(ctx context.Context) { _ = g.routes.Run(ctx) })
+	start("heartbeats", g.recorder.Run)
+	start("revocations", g.closeRevokedSessions)
+
+	var servers []*http.Server
+	errc := make(chan error, 3)
+	serve := func(name, addr string, h http.Handler, tlsCfg *tls.Config) error {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s listener on %s: %w", name, addr, err)
+		}
+		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: g.cfg.IdleTimeout, TLSConfig: tlsCfg,
+			ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelDebug)}
+		servers = append(servers, hs)
+		g.log.Info("listening", "listener", name, "addr", l.Addr().String())
+		go func() {
+			if tlsCfg != nil {
+				errc <- hs.ServeTLS(l, "", "")
+			} else {
+				errc <- hs.Serve(l)
+			}
+		}()
+		return nil
+	}
+	public := g.Handler()
+	var err error
+	if g.cfg.HTTPSAddr != "" {
+		var tlsCfg *tls.Config
+		if tlsCfg, err = LoadTLS(g.cfg); err == nil {
+			err = serve("https", g.cfg.HTTPSAddr, public, tlsCfg)
+		}
+	}
+	plain := public
+	if g.cfg.RedirectHTTPS {
+		plain = redirectHTTPS(g.cfg.HTTPSAddr)
+	}
+	if err == nil {
+		err = serve("http", g.cfg.HTTPAddr, plain, nil)
+	}
+	if err == nil {
+		err = serve("admin", g.cfg.AdminAddr, g.AdminHandler(), nil)
+	}
+	if err == nil {
+		select {
+		case <-ctx.Done():
+		case err = <-errc:
+			err = fmt.Errorf("serve: %w", err)
+		}
+	}
+
+	g.log.Info("shutting down: draining", "timeout", g.cfg.ShutdownTimeout)
+	g.draining.Store(true)
+	sctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, hs := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := hs.Shutdown(sctx); err != nil {
+				hs.Close()
+			}
+		}()
+	}
+	if derr := g.sessions.Shutdown(sctx); derr != nil {
+		g.log.Warn("agent sessions cut before their streams finished", "err", derr)
+	}
+	wg.Wait()
+	g.proxy.Close()
+	g.k8s.Close()
+	stopBg()
+	bg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// closeRevokedSessions closes, every RevokeInterval, the sessions whose
+// agent token has been revoked since they connected.
+func (g *Gateway) closeRevokedSessions(ctx context.Context) {
+	t := time.NewTicker(g.cfg.RevokeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, s := range g.sessions.Sessions() {
+			revoked, err := g.revs.RevokedFresh(ctx, s.Info.TokenID)
+			if err != nil {
+				g.log.Warn("revocation check failed", "cluster", s.Cluster, "err", err)
+				continue
+			}
+			if revoked {
+				g.log.Warn("closing session: its agent token was revoked", "cluster", s.Cluster, "token", s.Info.TokenID)
+				s.Close()
+			}
+		}
+	}
+}
+
+func redirectHTTPS(httpsAddr string) http.Handler {
+	_, port, _ := net.SplitHostPort(httpsAddr)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		if port != "" && port != "443" {
+			host = net.JoinHostPort(host, port)
+		}
+		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusPermanentRedirect)
+	})
+}

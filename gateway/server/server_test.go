@@ -1,0 +1,243 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pipeops/tunnel/agent/tunnelclient"
+	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/controlplane/postgres"
+	"github.com/pipeops/tunnel/controlplane/tokens"
+	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/testenv"
+	"github.com/pipeops/tunnel/shared/testenv/pgtest"
+	"github.com/pipeops/tunnel/shared/tunnel"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m, pgtest.Stop) }
+
+func freeAddr(t *testing.T) string {
+	p, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", p)
+}
+
+// jwksServer serves the issuer's JWKS, as the control plane does.
+func jwksServer(t *testing.T, iss *tokens.Issuer) string {
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := iss.JWKS()
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		w.Write(b)
+	}))
+	t.Cleanup(s.Close)
+	return s.URL
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestGatewayEndToEnd runs the gateway as it runs in production (its own
+// listeners, the real database, keys from a JWKS endpoint) with a real agent
+// tunnel: routes synced into the database go live through NOTIFY, traffic
+// flows, heartbeats land in the database, a revoked agent token's session
+// is closed, and shutdown drains.
+func TestGatewayEndToEnd(t *testing.T) {
+	ctx := context.Background()
+	dbURL := pgtest.URL(t)
+	db, err := postgres.Open(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := postgres.Migrate(ctx, db.Pool()); err != nil {
+		t.Fatal(err)
+	}
+	iss, err := tokens.NewIssuer(ctx, db, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster, err := db.CreateCluster(ctx, "edge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentTok, agentRec, err := iss.Issue(ctx, tokens.Request{Kind: auth.KindAgent, ClusterUUID: cluster.UUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "app saw host=%s path=%s", r.Host, r.URL.Path)
+	}))
+	defer app.Close()
+
+	cfg, err := LoadConfig(func(k string) string {
+		return map[string]string{
+			"DATABASE_URL": dbURL, "CONTROLPLANE_URL": jwksServer(t, iss),
+			"HTTP_ADDR": freeAddr(t), "ADMIN_ADDR": freeAddr(t), "GATEWAY_HOSTS": "gw.local,127.0.0.1",
+			"REVOCATION_CHECK_INTERVAL": "200ms", "SHUTDOWN_TIMEOUT": "5s",
+		}[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.recorder.FlushInterval = 100 * time.Millisecond
+	runCtx, stop := context.WithCancel(ctx)
+	runErr := make(chan error, 1)
+	go func() { runErr <- g.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	admin := "http://" + cfg.AdminAddr
+	waitFor(t, "readiness", 10*time.Second, func() bool {
+		resp, err := http.Get(admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+
+	// A bad agent token is refused on /ws.
+	req, _ := http.NewRequest("GET", "http://"+cfg.HTTPAddr+"/ws?supports_yamux=true", nil)
+	req.Host = "gw.local"
+	req.Header.Set("Authorization", "Bearer nope")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("bad agent token on /ws: %v %v", resp, err)
+	}
+
+	agentCtx, stopAgent := context.WithCancel(ctx)
+	defer stopAgent()
+	client, err := tunnelclient.New(tunnelclient.Config{
+		GatewayURL: "http://" + cfg.HTTPAddr, Token: agentTok, ClusterUUID: cluster.UUID, AgentVersion: "test",
+		Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", strings.TrimPrefix(app.URL, "http://"))
+		}),
+		BackoffInitial: time.Hour, BackoffMax: time.Hour, // one connection: the revocation must keep it out
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentDone := make(chan struct{})
+	go func() { defer close(agentDone); _ = client.Run(agentCtx) }()
+	defer func() { stopAgent(); <-agentDone }()
+	waitFor(t, "the agent's session", 10*time.Second, func() bool { _, ok := g.sessions.Session(cluster.UUID); return ok })
+
+	get := func(host, path string) (int, string) {
+		req, _ := http.NewRequest("GET", "http://"+cfg.HTTPAddr+path, nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("shop.example.com", "/"); code != 404 {
+		t.Fatalf("before the route exists: %d, want 404", code)
+	}
+	start := time.Now()
+	err = db.SyncRoutes(ctx, controlplane.RouteSync{ClusterUUID: cluster.UUID, RoutingMode: "tunnel",
+		IngressController: &controlplane.IngressController{Name: "ingress-nginx-controller", Namespace: "ingress-nginx", Port: 80},
+		Routes:            []controlplane.Route{{Hostname: "shop.example.com", Path: "/", PathType: "Prefix", Namespace: "shop", ServiceName: "web", ServicePort: 80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the synced route", time.Second, func() bool { code, _ := get("shop.example.com", "/cart"); return code == 200 })
+	t.Logf("route live %s after the sync", time.Since(start).Round(time.Millisecond))
+	if code, body := get("shop.example.com", "/cart"); code != 200 || body != "app saw host=shop.example.com path=/cart" {
+		t.Fatalf("through the tunnel: %d %q", code, body)
+	}
+
+	// The agent's heartbeat reaches the database through the gateway.
+	hb, _ := tunnel.NewMessage(tunnel.TypeHeartbeat, tunnel.Heartbeat{ClusterID: cluster.UUID, Status: tunnel.StatusHealthy,
+		Metadata: tunnel.HeartbeatMetadata{K8sNodes: 2, K8sPods: 9, CPUUsage: tunnel.UsageUnavailable, MemoryUsage: tunnel.Percent(40)}})
+	if err := client.Send(hb); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the heartbeat in the database", 5*time.Second, func() bool {
+		c, err := db.Cluster(ctx, cluster.UUID)
+		return err == nil && c.Status == controlplane.ClusterConnected && c.Metadata["k8s_pods"] == float64(9)
+	})
+
+	// Revoking the agent's token closes its live session.
+	if err := db.RevokeToken(ctx, agentRec.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the revoked session to close", 5*time.Second, func() bool { _, ok := g.sessions.Session(cluster.UUID); return !ok })
+	if code, _ := get("shop.example.com", "/"); code != 503 {
+		t.Fatalf("route of a cluster without agent: %d, want 503", code)
+	}
+	resp, err := http.Get(admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{"pipeops_gateway_tunnel_sessions_total 1", "pipeops_gateway_routes 1", `pipeops_gateway_proxy_requests_total{mode="tunnel",status="200"}`} {
+		if !strings.Contains(string(b), m) {
+			t.Errorf("metrics lack %q", m)
+		}
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	base := map[string]string{"DATABASE_URL": "postgres://x/y", "CONTROLPLANE_URL": "http://cp:8080"}
+	c, err := LoadConfig(func(k string) string { return base[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr != ":8080" || c.AdminAddr != "127.0.0.1:9090" || c.StreamWindow != 4<<20 || c.HeaderTimeout != time.Minute {
+		t.Fatalf("defaults: %+v", c)
+	}
+	for want, extra := range map[string]map[string]string{
+		"DATABASE_URL":        {"DATABASE_URL": ""},
+		"CONTROLPLANE_URL":    {"CONTROLPLANE_URL": "cp:8080"},
+		"HTTPS_ADDR":          {"HTTPS_ADDR": ":8443"},
+		"TLS_SELF_SIGNED":     {"TLS_SELF_SIGNED": "maybe"},
+		"STREAM_WINDOW":       {"STREAM_WINDOW": "1024"},
+		"SHUTDOWN_TIMEOUT":    {"SHUTDOWN_TIMEOUT": "0s"},
+		"HTTP_REDIRECT_HTTPS": {"HTTP_REDIRECT_HTTPS": "true"},
+	} {
+		env := map[string]string{}
+		for k, v := range base {
+			env[k] = v
+		}
+		for k, v := range extra {
+			env[k] = v
+		}
+		if _, err := LoadConfig(func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: err = %v, want one naming %s", extra, err, want)
+		}
+	}
+}

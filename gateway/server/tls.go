@@ -1,0 +1,112 @@
+package server
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// LoadTLS builds the HTTPS configuration: a certificate per hostname from
+// TLS_CERT_DIR (HOST.crt and HOST.key; a wildcard *.example.com is stored
+// as _.example.com.crt), picked by SNI; the default certificate
+// (TLS_CERT_FILE) for any other name; and, when TLS_SELF_SIGNED is set and
+// no default is given, a self-signed development certificate. TLS 1.2+.
+func LoadTLS(cfg Config) (*tls.Config, error) {
+	byName := map[string]*tls.Certificate{}
+	if cfg.TLSCertDir != "" {
+		certs, err := filepath.Glob(filepath.Join(cfg.TLSCertDir, "*.crt"))
+		if err != nil {
+			return nil, err
+		}
+		for _, crt := range certs {
+			key := strings.TrimSuffix(crt, ".crt") + ".key"
+			c, err := tls.LoadX509KeyPair(crt, key)
+			if err != nil {
+				return nil, fmt.Errorf("TLS_CERT_DIR: %s: %w", filepath.Base(crt), err)
+			}
+			name := strings.TrimSuffix(filepath.Base(crt), ".crt")
+			if rest, ok := strings.CutPrefix(name, "_."); ok {
+				name = "*." + rest
+			}
+			byName[strings.ToLower(name)] = &c
+		}
+	}
+	var def *tls.Certificate
+	switch {
+	case cfg.TLSCertFile != "":
+		c, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS_CERT_FILE/TLS_KEY_FILE: %w", err)
+		}
+		def = &c
+	case cfg.TLSSelfSigned:
+		c, err := SelfSigned(append([]string{"localhost"}, cfg.GatewayHosts...))
+		if err != nil {
+			return nil, err
+		}
+		def = c
+	}
+	if def == nil && len(byName) == 0 {
+		return nil, errors.New("no TLS certificate: set TLS_CERT_DIR, TLS_CERT_FILE/TLS_KEY_FILE or TLS_SELF_SIGNED=true")
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"http/1.1"},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
+			if c, ok := byName[name]; ok {
+				return c, nil
+			}
+			if i := strings.IndexByte(name, '.'); i > 0 {
+				if c, ok := byName["*"+name[i:]]; ok {
+					return c, nil
+				}
+			}
+			if def != nil {
+				return def, nil
+			}
+			return nil, fmt.Errorf("no certificate for %q", name)
+		},
+	}, nil
+}
+
+// SelfSigned makes a development certificate for names (DNS names or IPs)
+// and 127.0.0.1, valid for a year.
+func SelfSigned(names []string) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: "pipeops gateway (development)"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
