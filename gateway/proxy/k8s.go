@@ -52,6 +52,7 @@ func NewK8s(verifier *auth.Verifier, tunnels *session.Registry, logger *slog.Log
 			pr.SetXForwarded()
 		},
 		Transport:     k.tr,
+		BufferPool:    copyBuffers,
 		FlushInterval: -1, // watch events go out as they come
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {

@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -103,6 +104,7 @@ func New(cfg Config) (*Proxy, error) {
 		ExpectContinueTimeout: time.Second,
 	}
 	p.rp = &httputil.ReverseProxy{
+		BufferPool:   copyBuffers,
 		Rewrite:      p.rewrite,
 		Transport:    roundTripperFunc(p.roundTrip),
 		ErrorHandler: p.errorHandler,
@@ -116,6 +118,21 @@ func setDefault(d *time.Duration, v time.Duration) {
 		*d = v
 	}
 }
+
+// copyBuffers recycles the buffers ReverseProxy copies bodies with (32 KiB
+// each, otherwise allocated per request).
+var copyBuffers = &bufferPool{}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if buf, ok := b.p.Get().(*[]byte); ok {
+		return *buf
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
 
 type roundTripperFunc func(*http.Request) (*http.Response, error)
 

@@ -39,7 +39,7 @@ func (s *staticRoutes) Lookup(host, path string) (routetable.Match, bool) {
 }
 
 type fixture struct {
-	t       *testing.T
+	t       testing.TB
 	key     ed25519.PrivateKey
 	reg     *session.Registry
 	gw      *httptest.Server // the agent endpoint
@@ -51,7 +51,7 @@ type fixture struct {
 
 var ingressNginx = &controlplane.IngressController{Name: "ingress-nginx-controller", Namespace: "ingress-nginx", Port: 80, Type: "nginx"}
 
-func newFixture(t *testing.T, headerTimeout time.Duration) *fixture {
+func newFixture(t testing.TB, headerTimeout time.Duration) *fixture {
 	t.Helper()
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	reg, err := session.NewRegistry(session.Config{
@@ -131,7 +131,7 @@ func (f *fixture) startAgent(cluster, ingressAddr, apiAddr string) {
 
 // upstream is an ingress controller stand-in: it says who it is and echoes
 // what the proxy sent it.
-func upstream(t *testing.T, name string) *httptest.Server {
+func upstream(t testing.TB, name string) *httptest.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s host=%s path=%s xff=%s proto=%s xfh=%s", name, r.Host, r.URL.Path,

@@ -190,6 +190,28 @@ func TestGatewayEndToEnd(t *testing.T) {
 		return err == nil && c.Status == controlplane.ClusterConnected && c.Metadata["k8s_pods"] == float64(9)
 	})
 
+	// The Kubernetes path: a revoked or expired user token gets 401.
+	userTok, userRec, _ := iss.Issue(ctx, tokens.Request{Kind: auth.KindUser, Clusters: []string{cluster.UUID}})
+	if err := db.RevokeToken(ctx, userRec.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	iss.SetClock(func() time.Time { return time.Now().Add(-2 * time.Hour) })
+	expiredTok, _, _ := iss.Issue(ctx, tokens.Request{Kind: auth.KindUser, Clusters: []string{cluster.UUID}, TTL: time.Hour})
+	iss.SetClock(time.Now)
+	for name, tok := range map[string]string{"revoked": userTok, "expired": expiredTok} {
+		req, _ := http.NewRequest("GET", "http://"+cfg.HTTPAddr+"/k8s/"+cluster.UUID+"/api", nil)
+		req.Host = "gw.local"
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Errorf("%s user token on /k8s: %d, want 401", name, resp.StatusCode)
+		}
+	}
+
 	// Revoking the agent's token closes its live session.
 	if err := db.RevokeToken(ctx, agentRec.ID, time.Now()); err != nil {
 		t.Fatal(err)
