@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/testenv"
 )
 
 // keyServer stands in for the control plane's JWKS endpoint: it serves
@@ -65,7 +66,7 @@ func verify(ctx context.Context, keys auth.KeySet, tok string) error {
 }
 
 func TestJWKSVerifiesTokens(t *testing.T) {
-	leakCheck(t)
+	testenv.LeakCheck(t)
 	ctx := ctxT(t)
 	keys := []signingKey{newEd25519(t, "ed"), newP256(t, "ec")}
 	ks := newKeyServer(t, jwksOf(t, keys...))
@@ -101,9 +102,9 @@ func TestJWKSVerifiesTokens(t *testing.T) {
 }
 
 func TestJWKSRotation(t *testing.T) {
-	leakCheck(t)
+	testenv.LeakCheck(t)
 	ctx := ctxT(t)
-	clk := newClock()
+	clk := testenv.NewClock()
 	k1, k2 := newEd25519(t, "k1"), newEd25519(t, "k2")
 	ks := newKeyServer(t, jwksOf(t, k1))
 	j := &JWKS{URL: ks.url(), Now: clk.Now, MinRefresh: time.Minute, MaxAge: time.Hour}
@@ -147,9 +148,9 @@ func TestJWKSRotation(t *testing.T) {
 }
 
 func TestJWKSUnknownKidRateLimited(t *testing.T) {
-	leakCheck(t)
+	testenv.LeakCheck(t)
 	ctx := ctxT(t)
-	clk := newClock()
+	clk := testenv.NewClock()
 	k1 := newEd25519(t, "k1")
 	ks := newKeyServer(t, jwksOf(t, k1))
 	j := &JWKS{URL: ks.url(), Now: clk.Now, MinRefresh: 30 * time.Second, MaxAge: time.Hour}
@@ -211,10 +212,10 @@ func TestJWKSKeepsKeysWhenControlPlaneFails(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			leakCheck(t)
+			testenv.LeakCheck(t)
 			ctx := ctxT(t)
-			clk := newClock()
-			logs := &logBuffer{}
+			clk := testenv.NewClock()
+			logs := &testenv.LogBuffer{}
 			reg := prometheus.NewPedanticRegistry()
 			m := NewMetrics(reg)
 			ks := newKeyServer(t, jwksOf(t, k1))
@@ -293,11 +294,11 @@ func TestJWKSRefusesBadKeySets(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			leakCheck(t)
+			testenv.LeakCheck(t)
 			ctx := ctxT(t)
 			ks := newKeyServer(t, nil)
 			ks.serveFunc(tt.handler)
-			logs := &logBuffer{}
+			logs := &testenv.LogBuffer{}
 			j := &JWKS{URL: ks.url(), Logger: logs.Logger()}
 			err := j.Refresh(ctx)
 			if err == nil || tt.want != nil && !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.wantMsg) {
@@ -334,7 +335,7 @@ func chunks(s string, n int) func(func(string) bool) {
 }
 
 func TestJWKSSharesOneFetch(t *testing.T) {
-	leakCheck(t)
+	testenv.LeakCheck(t)
 	ctx := ctxT(t)
 	k1 := newEd25519(t, "k1")
 	body := jwksOf(t, k1)
@@ -379,7 +380,7 @@ func TestJWKSSharesOneFetch(t *testing.T) {
 }
 
 func TestJWKSCallerGivesUp(t *testing.T) {
-	leakCheck(t)
+	testenv.LeakCheck(t)
 	ctx := ctxT(t)
 	k1 := newEd25519(t, "k1")
 	body := jwksOf(t, k1)
@@ -429,7 +430,7 @@ func TestJWKSCallerGivesUp(t *testing.T) {
 }
 
 func TestJWKSFetchTimeout(t *testing.T) {
-	leakCheck(t)
+	testenv.LeakCheck(t)
 	ctx := ctxT(t)
 	ks := newKeyServer(t, nil)
 	ks.serveFunc(func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() })

@@ -14,6 +14,7 @@ import (
 	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/controlplane/postgres"
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/pgtest"
 )
 
@@ -42,7 +43,7 @@ type tokenDB struct {
 func newTokenDB(t *testing.T) *tokenDB {
 	t.Helper()
 	url := pgtest.URL(t)
-	leakCheck(t)
+	testenv.LeakCheck(t)
 	ctx := ctxT(t)
 	db, err := postgres.Open(ctx, url)
 	if err != nil {
@@ -84,8 +85,8 @@ func TestRevocations(t *testing.T) {
 		tdb.record(t, id)
 	}
 	store := &countingTokens{TokenStore: tdb.db}
-	clk := newClock()
-	logs := &logBuffer{}
+	clk := testenv.NewClock()
+	logs := &testenv.LogBuffer{}
 	m := NewMetrics(prometheus.NewPedanticRegistry())
 	r := &Revocations{Store: store, TTL: 10 * time.Second, Now: clk.Now, Logger: logs.Logger(), Metrics: m}
 
@@ -157,7 +158,7 @@ func TestRevocationsWithVerifier(t *testing.T) {
 	ctx := ctxT(t)
 	key := newEd25519(t, "k1")
 	ks := newKeyServer(t, jwksOf(t, key))
-	clk := newClock()
+	clk := testenv.NewClock()
 	v := &auth.Verifier{
 		Keys:    &JWKS{URL: ks.url()},
 		Revoked: &Revocations{Store: tdb.db, TTL: 10 * time.Second, Now: clk.Now},
@@ -199,7 +200,7 @@ func TestRevocationsBounded(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clk := newClock()
+			clk := testenv.NewClock()
 			r := &Revocations{Store: tdb.db, MaxEntries: tt.max, Now: clk.Now}
 			for i := range 3 * tt.max {
 				// Alternate revoked (unrecorded) and not-revoked tokens,

@@ -1,11 +1,9 @@
 package heartbeat
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,8 +11,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 
 	"github.com/pipeops/tunnel/agent/tunnelclient"
 	"github.com/pipeops/tunnel/controlplane"
@@ -26,16 +22,6 @@ import (
 )
 
 func TestMain(m *testing.M) { testenv.Main(m, pgtest.Stop) }
-
-// leakCheck fails t if goroutines started during t outlive it. Call it
-// before anything registers a cleanup, so that it runs after all of them;
-// goroutines already running (a PostgreSQL server started by an earlier
-// test, and its helpers) are not counted.
-func leakCheck(t *testing.T) {
-	t.Helper()
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-}
 
 // countingStore is the real cluster store with its writes recorded, so
 // that tests can count them. Setting fail makes writes fail as if the
@@ -102,28 +88,6 @@ func (c *clock) Now() time.Time {
 	return c.now
 }
 
-// logBuffer collects log output from any number of goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) Logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
 // env is a migrated database of the test's own with clusters in it.
 type env struct {
 	t        *testing.T
@@ -131,7 +95,7 @@ type env struct {
 	db       *postgres.DB
 	store    *countingStore
 	clusters []string // UUIDs
-	logs     *logBuffer
+	logs     *testenv.LogBuffer
 }
 
 // newEnv starts the leak check too: it must come after the database
@@ -140,7 +104,7 @@ type env struct {
 func newEnv(t *testing.T, clusters int) *env {
 	t.Helper()
 	url := pgtest.URL(t)
-	leakCheck(t)
+	testenv.LeakCheck(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	db, err := postgres.Open(ctx, url)
@@ -151,7 +115,7 @@ func newEnv(t *testing.T, clusters int) *env {
 	if _, err := postgres.Migrate(ctx, db.Pool()); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, ctx: ctx, db: db, store: &countingStore{ClusterStore: db}, logs: &logBuffer{}}
+	e := &env{t: t, ctx: ctx, db: db, store: &countingStore{ClusterStore: db}, logs: &testenv.LogBuffer{}}
 	for i := range clusters {
 		c, err := db.CreateCluster(ctx, fmt.Sprintf("cluster-%d", i))
 		if err != nil {

@@ -19,13 +19,14 @@ import (
 
 	"github.com/pipeops/tunnel/agent/tunnelclient"
 	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
 func TestHeartbeatsBatched(t *testing.T) {
 	e := newEnv(t, 1)
 	cluster := e.clusters[0]
-	clk := newClock()
+	clk := testenv.NewClock()
 	reg := prometheus.NewPedanticRegistry()
 	rec := e.recorder(&Recorder{FlushInterval: time.Hour, Now: clk.Now, Metrics: NewMetrics(reg)})
 	a, _ := e.gateway(rec, cluster).agent(nil)
@@ -526,7 +527,7 @@ func TestManyClusters(t *testing.T) {
 }
 
 func TestRecorderWithoutStore(t *testing.T) {
-	leakCheck(t)
+	testenv.LeakCheck(t)
 	var r Recorder // the zero value takes heartbeats, but cannot write them
 	r.Connected("c")
 	if err := r.Flush(context.Background()); err == nil {
