@@ -4,8 +4,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"strings"
 	"time"
+
+	"github.com/pipeops/tunnel/shared/envconfig"
 )
 
 // Config is the control plane's configuration, read from the environment.
@@ -28,65 +29,38 @@ type Config struct {
 // LoadConfig reads the configuration from getenv and validates what every
 // subcommand needs (the database). Each problem names its variable.
 func LoadConfig(getenv func(string) string) (Config, error) {
+	r := envconfig.New(getenv)
 	c := Config{
-		DatabaseURL:  strings.TrimSpace(getenv("DATABASE_URL")),
-		ListenAddr:   orString(getenv("LISTEN_ADDR"), ":8080"),
-		GatewayWSURL: strings.TrimSpace(getenv("GATEWAY_WS_URL")),
-		GatewayURL:   strings.TrimSpace(getenv("GATEWAY_URL")),
-		APIURL:       strings.TrimSpace(getenv("API_URL")),
-		TLSCertFile:  getenv("TLS_CERT_FILE"),
-		TLSKeyFile:   getenv("TLS_KEY_FILE"),
-		LogFormat:    orString(getenv("LOG_FORMAT"), "text"),
-	}
-	var errs []string
-	durations := []struct {
-		name string
-		dst  *time.Duration
-		def  time.Duration
-	}{
-		{"ROUTE_TTL", &c.RouteTTL, 24 * time.Hour},
-		{"REAPER_INTERVAL", &c.ReaperInterval, time.Minute},
-		{"SHUTDOWN_TIMEOUT", &c.ShutdownTimeout, 15 * time.Second},
-	}
-	for _, d := range durations {
-		v := strings.TrimSpace(getenv(d.name))
-		if v == "" {
-			*d.dst = d.def
-			continue
-		}
-		parsed, err := time.ParseDuration(v)
-		if err != nil || parsed <= 0 {
-			errs = append(errs, fmt.Sprintf("%s=%q is not a positive duration (like 24h or 90s)", d.name, v))
-			continue
-		}
-		*d.dst = parsed
-	}
-	if err := c.LogLevel.UnmarshalText([]byte(orString(getenv("LOG_LEVEL"), "info"))); err != nil {
-		errs = append(errs, fmt.Sprintf("LOG_LEVEL=%q is not debug, info, warn or error", getenv("LOG_LEVEL")))
-	}
-	if c.LogFormat != "text" && c.LogFormat != "json" {
-		errs = append(errs, fmt.Sprintf("LOG_FORMAT=%q is not text or json", c.LogFormat))
+		DatabaseURL:     r.String("DATABASE_URL", ""),
+		ListenAddr:      r.String("LISTEN_ADDR", ":8080"),
+		GatewayWSURL:    r.String("GATEWAY_WS_URL", ""),
+		GatewayURL:      r.String("GATEWAY_URL", ""),
+		APIURL:          r.String("API_URL", ""),
+		TLSCertFile:     r.String("TLS_CERT_FILE", ""),
+		TLSKeyFile:      r.String("TLS_KEY_FILE", ""),
+		RouteTTL:        r.Duration("ROUTE_TTL", 24*time.Hour),
+		ReaperInterval:  r.Duration("REAPER_INTERVAL", time.Minute),
+		ShutdownTimeout: r.Duration("SHUTDOWN_TIMEOUT", 15*time.Second),
+		LogLevel:        r.LogLevel("LOG_LEVEL", slog.LevelInfo),
+		LogFormat:       r.OneOf("LOG_FORMAT", "text", "text", "json"),
 	}
 	if c.DatabaseURL == "" {
-		errs = append(errs, "DATABASE_URL is required (postgres://user:password@host:5432/db)")
+		r.Failf("DATABASE_URL is required (postgres://user:password@host:5432/db)")
 	} else if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		errs = append(errs, "DATABASE_URL must be a postgres:// URL")
+		r.Failf("DATABASE_URL must be a postgres:// URL")
 	}
-	for name, v := range map[string]string{"GATEWAY_WS_URL": c.GatewayWSURL, "GATEWAY_URL": c.GatewayURL, "API_URL": c.APIURL} {
-		if v == "" {
+	for _, v := range []struct{ name, value string }{{"GATEWAY_WS_URL", c.GatewayWSURL}, {"GATEWAY_URL", c.GatewayURL}, {"API_URL", c.APIURL}} {
+		if v.value == "" {
 			continue
 		}
-		if u, err := url.Parse(v); err != nil || u.Host == "" || !validScheme(u.Scheme) {
-			errs = append(errs, fmt.Sprintf("%s=%q is not an absolute http(s) or ws(s) URL", name, v))
+		if u, err := url.Parse(v.value); err != nil || u.Host == "" || !validScheme(u.Scheme) {
+			r.Failf("%s=%q is not an absolute http(s) or ws(s) URL", v.name, v.value)
 		}
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
-		errs = append(errs, "TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+		r.Failf("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
 	}
-	if len(errs) > 0 {
-		return c, fmt.Errorf("configuration:\n  %s", strings.Join(errs, "\n  "))
-	}
-	return c, nil
+	return c, r.Err()
 }
 
 // ValidateServe checks what serve needs beyond LoadConfig.
@@ -95,13 +69,6 @@ func (c Config) ValidateServe() error {
 		return fmt.Errorf("configuration:\n  GATEWAY_WS_URL is required: agents are told to open their tunnel there (e.g. wss://gateway.example.com/ws)")
 	}
 	return nil
-}
-
-func orString(v, def string) string {
-	if v = strings.TrimSpace(v); v == "" {
-		return def
-	}
-	return v
 }
 
 func validScheme(s string) bool {
