@@ -24,6 +24,10 @@ type Config struct {
 	TLSKeyFile      string
 	TLSSelfSigned   bool          // TLS_SELF_SIGNED: make a development certificate when none is given
 	RedirectHTTPS   bool          // HTTP_REDIRECT_HTTPS: answer plain HTTP with a redirect
+	ACME            bool          // ACME: get certificates for routed hosts from an ACME CA
+	ACMEEmail       string        // ACME_EMAIL: contact for the CA
+	ACMECacheDir    string        // ACME_CACHE_DIR: where certificates and the account key are kept
+	ACMEDirectory   string        // ACME_DIRECTORY_URL: the CA (default Let's Encrypt production)
 	HeaderTimeout   time.Duration // RESPONSE_HEADER_TIMEOUT, default 60s
 	IdleTimeout     time.Duration // IDLE_TIMEOUT (visitor keep-alive), default 120s
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT, default 30s
@@ -49,6 +53,10 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		TLSKeyFile:      r.String("TLS_KEY_FILE", ""),
 		TLSSelfSigned:   r.Bool("TLS_SELF_SIGNED", false),
 		RedirectHTTPS:   r.Bool("HTTP_REDIRECT_HTTPS", false),
+		ACME:            r.Bool("ACME", false),
+		ACMEEmail:       r.String("ACME_EMAIL", ""),
+		ACMECacheDir:    r.String("ACME_CACHE_DIR", "/var/lib/pipeops-gateway/acme"),
+		ACMEDirectory:   r.String("ACME_DIRECTORY_URL", ""),
 		HeaderTimeout:   r.Duration("RESPONSE_HEADER_TIMEOUT", 60*time.Second),
 		IdleTimeout:     r.Duration("IDLE_TIMEOUT", 120*time.Second),
 		ShutdownTimeout: r.Duration("SHUTDOWN_TIMEOUT", 30*time.Second),
@@ -80,8 +88,11 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		r.Failf("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
 	}
-	if c.HTTPSAddr != "" && c.TLSCertDir == "" && c.TLSCertFile == "" && !c.TLSSelfSigned {
-		r.Failf("HTTPS_ADDR needs certificates: TLS_CERT_DIR, TLS_CERT_FILE/TLS_KEY_FILE, or TLS_SELF_SIGNED=true for development")
+	if c.HTTPSAddr != "" && c.TLSCertDir == "" && c.TLSCertFile == "" && !c.TLSSelfSigned && !c.ACME {
+		r.Failf("HTTPS_ADDR needs certificates: TLS_CERT_DIR, TLS_CERT_FILE/TLS_KEY_FILE, ACME=true, or TLS_SELF_SIGNED=true for development")
+	}
+	if c.ACME && c.HTTPSAddr == "" {
+		r.Failf("ACME needs HTTPS_ADDR (and HTTP_ADDR reachable on port 80 for the HTTP-01 challenge)")
 	}
 	if c.RedirectHTTPS && c.HTTPSAddr == "" {
 		r.Failf("HTTP_REDIRECT_HTTPS needs HTTPS_ADDR")

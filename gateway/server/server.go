@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/pipeops/tunnel/controlplane/postgres"
 	"github.com/pipeops/tunnel/gateway/authn"
@@ -182,15 +183,22 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	public := g.Handler()
 	var err error
+	var acmeMgr *autocert.Manager
+	if g.cfg.ACME {
+		acmeMgr = NewACME(g.cfg, g.allowCertificate)
+	}
 	if g.cfg.HTTPSAddr != "" {
 		var tlsCfg *tls.Config
-		if tlsCfg, err = LoadTLS(g.cfg); err == nil {
+		if tlsCfg, err = LoadTLS(g.cfg, acmeMgr); err == nil {
 			err = serve("https", g.cfg.HTTPSAddr, public, tlsCfg)
 		}
 	}
 	plain := public
 	if g.cfg.RedirectHTTPS {
 		plain = redirectHTTPS(g.cfg.HTTPSAddr)
+	}
+	if acmeMgr != nil {
+		plain = acmeMgr.HTTPHandler(plain) // HTTP-01 challenges first
 	}
 	if err == nil {
 		err = serve("http", g.cfg.HTTPAddr, plain, nil)
@@ -232,6 +240,16 @@ func (g *Gateway) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// allowCertificate says whether the ACME CA may be asked for host: one of
+// the gateway's own hosts, or a host with a route.
+func (g *Gateway) allowCertificate(host string) bool {
+	if g.gwHosts[host] {
+		return true
+	}
+	_, ok := g.routes.Lookup(host, "/")
+	return ok
 }
 
 // closeRevokedSessions closes, every RevokeInterval, the sessions whose

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -14,6 +15,9 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/crypto/acme"
+	"golang.org/x/crypto/acme/autocert"
 )
 
 // LoadTLS builds the HTTPS configuration: a certificate per hostname from
@@ -21,7 +25,10 @@ import (
 // as _.example.com.crt), picked by SNI; the default certificate
 // (TLS_CERT_FILE) for any other name; and, when TLS_SELF_SIGNED is set and
 // no default is given, a self-signed development certificate. TLS 1.2+.
-func LoadTLS(cfg Config) (*tls.Config, error) {
+//
+// With ACME, hosts that have no certificate of their own get one from the
+// ACME CA (acme, built by NewACME), before the default certificate is used.
+func LoadTLS(cfg Config, acme *autocert.Manager) (*tls.Config, error) {
 	byName := map[string]*tls.Certificate{}
 	if cfg.TLSCertDir != "" {
 		certs, err := filepath.Glob(filepath.Join(cfg.TLSCertDir, "*.crt"))
@@ -56,12 +63,12 @@ func LoadTLS(cfg Config) (*tls.Config, error) {
 		}
 		def = c
 	}
-	if def == nil && len(byName) == 0 {
+	if def == nil && len(byName) == 0 && acme == nil {
 		return nil, errors.New("no TLS certificate: set TLS_CERT_DIR, TLS_CERT_FILE/TLS_KEY_FILE or TLS_SELF_SIGNED=true")
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		NextProtos: []string{"http/1.1"},
+		NextProtos: []string{"http/1.1", acmeALPN},
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
 			if c, ok := byName[name]; ok {
@@ -70,6 +77,12 @@ func LoadTLS(cfg Config) (*tls.Config, error) {
 			if i := strings.IndexByte(name, '.'); i > 0 {
 				if c, ok := byName["*"+name[i:]]; ok {
 					return c, nil
+				}
+			}
+			if acme != nil {
+				c, err := acme.GetCertificate(hello)
+				if err == nil || def == nil {
+					return c, err
 				}
 			}
 			if def != nil {
@@ -109,4 +122,28 @@ func SelfSigned(names []string) (*tls.Certificate, error) {
 		return nil, err
 	}
 	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// acmeALPN is the TLS-ALPN-01 challenge protocol, answered by autocert.
+const acmeALPN = "acme-tls/1"
+
+// NewACME returns a certificate manager that asks the ACME CA only for hosts
+// allowed by allow (routed hosts and the gateway's own), so that a flood of
+// made-up names cannot exhaust the CA's rate limits.
+func NewACME(cfg Config, allow func(host string) bool) *autocert.Manager {
+	m := &autocert.Manager{
+		Prompt: autocert.AcceptTOS,
+		Cache:  autocert.DirCache(cfg.ACMECacheDir),
+		Email:  cfg.ACMEEmail,
+		HostPolicy: func(_ context.Context, host string) error {
+			if !allow(strings.ToLower(host)) {
+				return fmt.Errorf("acme: %q has no route on this gateway", host)
+			}
+			return nil
+		},
+	}
+	if cfg.ACMEDirectory != "" {
+		m.Client = &acme.Client{DirectoryURL: cfg.ACMEDirectory}
+	}
+	return m
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -27,7 +28,7 @@ func TestLoadTLS(t *testing.T) {
 	dir := t.TempDir()
 	writePair(t, dir, "shop.example.com", []string{"shop.example.com"})
 	writePair(t, dir, "_.apps.example.com", []string{"*.apps.example.com"})
-	cfg, err := LoadTLS(Config{TLSCertDir: dir, TLSSelfSigned: true, GatewayHosts: []string{"gw.example.com"}})
+	cfg, err := LoadTLS(Config{TLSCertDir: dir, TLSSelfSigned: true, GatewayHosts: []string{"gw.example.com"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,12 +51,43 @@ func TestLoadTLS(t *testing.T) {
 			t.Errorf("SNI %s got a certificate for %v, want one for %s", sni, leaf.DNSNames, want)
 		}
 	}
-	if _, err := LoadTLS(Config{}); err == nil {
+	if _, err := LoadTLS(Config{}, nil); err == nil {
 		t.Fatal("LoadTLS with no certificate source succeeded")
 	}
 	bad := t.TempDir()
 	os.WriteFile(filepath.Join(bad, "x.crt"), []byte("junk"), 0o600)
-	if _, err := LoadTLS(Config{TLSCertDir: bad}); err == nil {
+	if _, err := LoadTLS(Config{TLSCertDir: bad}, nil); err == nil {
 		t.Fatal("a broken certificate file was accepted")
+	}
+}
+
+// TestACMEHostPolicy: the CA is asked only for routed and gateway hosts, and
+// hosts with a certificate of their own never reach the ACME manager.
+func TestACMEHostPolicy(t *testing.T) {
+	allowed := map[string]bool{"shop.example.com": true}
+	m := NewACME(Config{ACMECacheDir: t.TempDir()}, func(h string) bool { return allowed[h] })
+	ctx := context.Background()
+	if err := m.HostPolicy(ctx, "SHOP.example.com"); err != nil {
+		t.Fatalf("routed host refused: %v", err)
+	}
+	if err := m.HostPolicy(ctx, "random.example.net"); err == nil {
+		t.Fatal("a host without a route was allowed to ask the CA")
+	}
+	dir := t.TempDir()
+	writePair(t, dir, "own.example.com", []string{"own.example.com"})
+	cfg, err := LoadTLS(Config{TLSCertDir: dir}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cfg.GetCertificate(&tls.ClientHelloInfo{ServerName: "own.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf, _ := x509.ParseCertificate(c.Certificate[0]); leaf.VerifyHostname("own.example.com") != nil {
+		t.Fatal("a host with its own certificate did not get it")
+	}
+	// No route and no default: refused before any CA traffic.
+	if _, err := cfg.GetCertificate(&tls.ClientHelloInfo{ServerName: "random.example.net"}); err == nil {
+		t.Fatal("a certificate was produced for a host without a route")
 	}
 }
