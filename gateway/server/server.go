@@ -45,6 +45,8 @@ type Gateway struct {
 	registry *prometheus.Registry
 	draining atomic.Bool
 	gwHosts  map[string]bool
+	// cpTransport carries the JWKS fetches to the control plane.
+	cpTransport *http.Transport
 }
 
 // New builds a gateway; Run starts it.
@@ -60,7 +62,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 		g.gwHosts[h] = true
 	}
 	authMetrics := authn.NewMetrics(reg)
-	jwks := &authn.JWKS{URL: cfg.ControlPlaneURL + "/.well-known/jwks.json", Logger: log, Metrics: authMetrics}
+	// A transport of its own, so shutdown can close its idle connection.
+	g.cpTransport = &http.Transport{Proxy: http.ProxyFromEnvironment, IdleConnTimeout: 90 * time.Second}
+	jwks := &authn.JWKS{URL: cfg.ControlPlaneURL + "/.well-known/jwks.json", Logger: log, Metrics: authMetrics,
+		Client: &http.Client{Timeout: authn.DefaultJWKSTimeout, Transport: g.cpTransport}}
 	if err := jwks.Refresh(ctx); err != nil {
 		// Not fatal: the control plane may start after us; tokens are
 		// refused until the keys arrive, and that is logged on each try.
@@ -236,6 +241,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.k8s.Close()
 	stopBg()
 	bg.Wait()
+	g.cpTransport.CloseIdleConnections()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

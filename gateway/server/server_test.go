@@ -64,7 +64,8 @@ func waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
 // is closed, and shutdown drains.
 func TestGatewayEndToEnd(t *testing.T) {
 	ctx := context.Background()
-	dbURL := pgtest.URL(t)
+	dbURL := pgtest.URL(t) // first: the shared server's goroutines are not this test's
+	testenv.LeakCheck(t)
 	db, err := postgres.Open(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
@@ -116,9 +117,11 @@ func TestGatewayEndToEnd(t *testing.T) {
 		}
 	}()
 
+	hc := &http.Client{Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
 	admin := "http://" + cfg.AdminAddr
 	waitFor(t, "readiness", 10*time.Second, func() bool {
-		resp, err := http.Get(admin + "/readyz")
+		resp, err := hc.Get(admin + "/readyz")
 		if err != nil {
 			return false
 		}
@@ -130,8 +133,13 @@ func TestGatewayEndToEnd(t *testing.T) {
 	req, _ := http.NewRequest("GET", "http://"+cfg.HTTPAddr+"/ws?supports_yamux=true", nil)
 	req.Host = "gw.local"
 	req.Header.Set("Authorization", "Bearer nope")
-	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 401 {
-		t.Fatalf("bad agent token on /ws: %v %v", resp, err)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("bad agent token on /ws: %s, want 401", resp.Status)
 	}
 
 	agentCtx, stopAgent := context.WithCancel(ctx)
@@ -155,7 +163,7 @@ func TestGatewayEndToEnd(t *testing.T) {
 	get := func(host, path string) (int, string) {
 		req, _ := http.NewRequest("GET", "http://"+cfg.HTTPAddr+path, nil)
 		req.Host = host
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -202,7 +210,7 @@ func TestGatewayEndToEnd(t *testing.T) {
 		req, _ := http.NewRequest("GET", "http://"+cfg.HTTPAddr+"/k8s/"+cluster.UUID+"/api", nil)
 		req.Host = "gw.local"
 		req.Header.Set("Authorization", "Bearer "+tok)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -220,7 +228,24 @@ func TestGatewayEndToEnd(t *testing.T) {
 	if code, _ := get("shop.example.com", "/"); code != 503 {
 		t.Fatalf("route of a cluster without agent: %d, want 503", code)
 	}
-	resp, err := http.Get(admin + "/metrics")
+	// The revoked token, and an expired one, cannot open a new session.
+	iss.SetClock(func() time.Time { return time.Now().Add(-2 * time.Hour) })
+	expiredAgent, _, _ := iss.Issue(ctx, tokens.Request{Kind: auth.KindAgent, ClusterUUID: cluster.UUID, TTL: time.Hour})
+	iss.SetClock(time.Now)
+	for name, tok := range map[string]string{"revoked": agentTok, "expired": expiredAgent} {
+		req, _ := http.NewRequest("GET", "http://"+cfg.HTTPAddr+"/ws?supports_yamux=true", nil)
+		req.Host = "gw.local"
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Errorf("%s agent token on /ws: %d, want 401", name, resp.StatusCode)
+		}
+	}
+	resp, err = hc.Get(admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
