@@ -1,0 +1,188 @@
+package kubeapi_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pipeops/tunnel/agent/kubeapi"
+	"github.com/pipeops/tunnel/agent/tunnelclient"
+	"github.com/pipeops/tunnel/gateway/proxy"
+	"github.com/pipeops/tunnel/gateway/session"
+	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/testenv"
+	"github.com/pipeops/tunnel/shared/testenv/kubetest"
+	"github.com/pipeops/tunnel/shared/tunnel"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m, kubetest.Stop) }
+
+// TestKubectlThroughTunnel runs the real kubectl against a real
+// kube-apiserver through the gateway's /k8s/ path, the yamux tunnel and the
+// agent's forwarder, with the agent holding only the RBAC it was granted
+// and the caller holding only a gateway user token.
+func TestKubectlThroughTunnel(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		testenv.Require(t, "kubectl", fmt.Errorf("%w: %v", testenv.ErrUnavailable, err))
+	}
+	env := kubetest.Start(t) // first: the shared server's goroutines are not this test's
+	testenv.LeakCheck(t)
+	ns := env.Namespace(t)
+	acct := env.ServiceAccount(t, ns, "agent",
+		kubetest.Grant{Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"list", "get"}}}},
+		kubetest.Grant{Namespace: ns, Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "create", "patch"}},
+		}})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	fwd, err := kubeapi.New(acct.Config, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fwd.Close()
+
+	// Gateway: the agent endpoint and the Kubernetes API path.
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	verifier := &auth.Verifier{Keys: auth.StaticKeys{"k": pub}}
+	reg, err := session.NewRegistry(session.Config{Auth: session.JWTAuthenticator{Verifier: verifier}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	k8s := proxy.NewK8s(verifier, reg, log)
+	defer k8s.Close()
+	mux := http.NewServeMux()
+	mux.Handle("/ws", reg)
+	mux.Handle(proxy.K8sPrefix, k8s)
+	// TLS, as in production: kubectl sends no token over plain HTTP.
+	gw := httptest.NewTLSServer(mux)
+	defer gw.Close()
+	caFile := filepath.Join(t.TempDir(), "gateway-ca.crt")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: gw.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	sign := func(c *auth.Claims) string {
+		c.RegisteredClaims = jwt.RegisteredClaims{ID: "id-" + string(c.Kind), ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}
+		tok, err := auth.Sign(priv, "k", c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	agent, err := tunnelclient.New(tunnelclient.Config{
+		GatewayURL: gw.URL, TLSConfig: &tls.Config{RootCAs: gw.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs}, Token: sign(&auth.Claims{Kind: auth.KindAgent, ClusterID: "c1"}), ClusterUUID: "c1",
+		Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+			if h.IsKubernetesAPI() {
+				return fwd.Dial(ctx)
+			}
+			return nil, tunnelclient.ErrTargetRefused
+		}),
+		Logger: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	agentDone := make(chan struct{})
+	go func() { defer close(agentDone); _ = agent.Run(ctx) }()
+	defer func() { cancel(); <-agentDone }()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := reg.Session("c1"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent did not connect")
+		}
+	}
+
+	user := sign(&auth.Claims{Kind: auth.KindUser, Clusters: []string{"c1"}})
+	kc := func(args ...string) *exec.Cmd {
+		base := []string{"--server", gw.URL + "/k8s/c1", "--certificate-authority", caFile, "--token", user, "--request-timeout", "0"}
+		cmd := exec.CommandContext(ctx, kubectl, append(base, args...)...)
+		cmd.Env = []string{"HOME=" + t.TempDir(), "KUBECONFIG=/dev/null"}
+		return cmd
+	}
+
+	out, err := kc("get", "namespaces", "-o", "name").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "namespace/"+ns) {
+		t.Fatalf("kubectl get namespaces: %v\n%s", err, out)
+	}
+	// The API server saw the agent's ServiceAccount, not the caller.
+	out, err = kc("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").CombinedOutput()
+	if err != nil || string(out) != "system:serviceaccount:"+ns+":agent" {
+		t.Fatalf("kubectl auth whoami: %v %q", err, out)
+	}
+	// Only what the agent was granted: no secrets.
+	if out, err := kc("get", "secrets", "-n", ns).CombinedOutput(); err == nil || !strings.Contains(string(out), "Forbidden") {
+		t.Fatalf("kubectl get secrets beyond the agent's RBAC: %v\n%s", err, out)
+	}
+
+	// kubectl apply through the tunnel.
+	apply := kc("apply", "-n", ns, "-f", "-")
+	apply.Stdin = strings.NewReader("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: through-tunnel\ndata:\n  k: v\n")
+	if out, err := apply.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	cm, err := env.Client.CoreV1().ConfigMaps(ns).Get(ctx, "through-tunnel", metav1.GetOptions{})
+	if err != nil || cm.Data["k"] != "v" {
+		t.Fatalf("configmap applied through the tunnel: %v %+v", err, cm)
+	}
+
+	// A watch stays open and delivers events as they happen.
+	watch := kc("get", "pods", "-n", ns, "--watch", "-o", "name")
+	stdout, _ := watch.StdoutPipe()
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = watch.Process.Kill(); _ = watch.Wait() }()
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	time.Sleep(1500 * time.Millisecond) // held open past any short client timeout, then an event
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "watched"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox"}}}}
+	if _, err := env.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("kubectl --watch ended before the event arrived")
+			}
+			if l == "pod/watched" {
+				return
+			}
+		case <-timeout:
+			t.Fatal("the watch did not deliver the new pod")
+		}
+	}
+}
