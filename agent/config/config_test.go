@@ -1,0 +1,37 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestLoad(t *testing.T) {
+	c, err := Load(nil, env(map[string]string{"PIPEOPS_API_URL": "https://cp.example.com", "PIPEOPS_TOKEN": "t", "PIPEOPS_AGENT_ID": "a1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.EnableIngress || c.Namespace != "pipeops-system" || c.HeartbeatMin != 5*time.Second || c.FullSync != 4*time.Hour {
+		t.Fatalf("defaults: %+v", c)
+	}
+	// ENABLE_INGRESS_SYNC=false is honoured, and a flag beats the environment.
+	c, err = Load([]string{"--cluster-name", "from-flag"}, env(map[string]string{"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN": "t",
+		"ENABLE_INGRESS_SYNC": "false", "PIPEOPS_CLUSTER_NAME": "from-env"}))
+	if err != nil || c.EnableIngress || c.ClusterName != "from-flag" {
+		t.Fatalf("override: %+v %v", c, err)
+	}
+	for want, e := range map[string]map[string]string{
+		"PIPEOPS_API_URL (--api-url) is required": {"PIPEOPS_TOKEN": "t"},
+		"PIPEOPS_TOKEN":              {"PIPEOPS_API_URL": "https://cp"},
+		"PIPEOPS_API_URL=":           {"PIPEOPS_API_URL": "cp:8080", "PIPEOPS_TOKEN": "t"},
+		"ENABLE_INGRESS_SYNC":        {"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN": "t", "ENABLE_INGRESS_SYNC": "nah"},
+		"INGRESS_CONTROLLER_SERVICE": {"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN": "t", "INGRESS_CONTROLLER_SERVICE": "nginx"},
+		"HEARTBEAT_MIN_INTERVAL":     {"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN": "t", "HEARTBEAT_MIN_INTERVAL": "1m"},
+	} {
+		if _, err := Load(nil, env(e)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: err = %v, want one containing %q", e, err, want)
+		}
+	}
+}
