@@ -1,0 +1,294 @@
+// Package routesapi is the agent's client of the control plane's routes API
+// (POST /api/v1/gateway/routes/register, /sync and /unregister), which tells
+// the control plane which hostnames of the cluster the gateways should route,
+// and to which Service.
+//
+// A Client is safe for concurrent use once configured; its fields must not
+// change after the first call.
+package routesapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// ErrUnauthorized means the control plane refused the agent token (HTTP 401
+// or 403). Retrying soon will not help: the token was revoked, expired or
+// belongs to another cluster, so callers should log it loudly and back off.
+// Errors returned for 401/403 are *APIError values that match it with
+// errors.Is.
+var ErrUnauthorized = errors.New("control plane refused the agent token")
+
+// maxErrorBody bounds how much of an error response is read, so a
+// misbehaving server cannot make the agent buffer an unbounded body.
+const maxErrorBody = 64 << 10
+
+// DefaultTimeout is the timeout of the HTTP client used when Client.HTTP is
+// nil. The calls are small and the control plane answers them from one
+// database transaction, so a long wait means something is wrong.
+const DefaultTimeout = 30 * time.Second
+
+var defaultHTTP = &http.Client{Timeout: DefaultTimeout}
+
+// APIError is a non-200 answer of the control plane, decoded from its error
+// body {"error":{"code":"...","message":"..."}}. Code and Message are empty
+// when the body was not of that shape; Message then holds the start of the
+// body.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string {
+	switch {
+	case e.Code != "" && e.Message != "":
+		return fmt.Sprintf("control plane: HTTP %d %s: %s", e.Status, e.Code, e.Message)
+	case e.Message != "":
+		return fmt.Sprintf("control plane: HTTP %d: %s", e.Status, e.Message)
+	default:
+		return fmt.Sprintf("control plane: HTTP %d", e.Status)
+	}
+}
+
+// Is lets errors.Is(err, ErrUnauthorized) recognise 401 and 403 answers.
+func (e *APIError) Is(target error) bool {
+	return target == ErrUnauthorized && (e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden)
+}
+
+// IsNotFound reports whether err is a 404 answer; for Unregister it means the
+// control plane holds no route for the hostname, which is what the caller
+// wanted anyway.
+func IsNotFound(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusNotFound
+}
+
+// Client calls the routes API of the control plane at BaseURL with the
+// agent's token.
+type Client struct {
+	// BaseURL is the control plane's URL, e.g. https://cp.example.com; the
+	// API paths are appended to it.
+	BaseURL string
+	// Token is the agent token, sent as a Bearer token.
+	Token string
+	// HTTP is the client used; nil means one with DefaultTimeout.
+	HTTP *http.Client
+}
+
+// Route is one hostname and path of the cluster, as Register sends it.
+type Route struct {
+	Hostname    string
+	Namespace   string
+	ServiceName string
+	ServicePort int
+	IngressName string
+	Path        string
+	PathType    string
+	TLS         bool
+	Annotations map[string]string
+	// PublicEndpoint and RoutingMode describe how the gateway reaches the
+	// cluster: "direct" to PublicEndpoint, or "tunnel" (empty endpoint).
+	PublicEndpoint string
+	RoutingMode    string
+}
+
+// IngressController is the in-cluster Service the gateway's traffic goes to.
+type IngressController struct {
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
+	Port      int    `json:"port"`
+	Type      string `json:"type"`
+}
+
+// Sync is the cluster's whole route set. The control plane replaces every
+// route of the cluster with it.
+type Sync struct {
+	ClusterUUID       string
+	PublicEndpoint    string
+	RoutingMode       string
+	IngressController *IngressController
+	Ingresses         []Ingress
+}
+
+// Ingress is one Ingress of a Sync.
+type Ingress struct {
+	Namespace   string
+	IngressName string
+	Annotations map[string]string
+	Rules       []Rule
+}
+
+// Rule is one host of an Ingress; TLS says whether the Ingress terminates
+// TLS for it.
+type Rule struct {
+	Host  string
+	TLS   bool
+	Paths []Path
+}
+
+// Path is one path of a Rule and the Service port it goes to.
+type Path struct {
+	Path        string
+	PathType    string
+	ServiceName string
+	ServicePort int
+}
+
+// Wire forms. They are separate from the exported types so that the field
+// names of the protocol are stated once, here, and so every map and slice
+// is sent as {} or [] rather than null.
+
+type registerBody struct {
+	Hostname       string            `json:"hostname"`
+	ClusterUUID    string            `json:"cluster_uuid"`
+	Namespace      string            `json:"namespace"`
+	ServiceName    string            `json:"service_name"`
+	ServicePort    int               `json:"service_port"`
+	IngressName    string            `json:"ingress_name"`
+	Path           string            `json:"path"`
+	PathType       string            `json:"path_type"`
+	TLS            bool              `json:"tls"`
+	Annotations    map[string]string `json:"annotations"`
+	PublicEndpoint string            `json:"public_endpoint"`
+	RoutingMode    string            `json:"routing_mode"`
+	DeploymentID   string            `json:"deployment_id"`
+	DeploymentName string            `json:"deployment_name"`
+}
+
+type unregisterBody struct {
+	Hostname    string `json:"hostname"`
+	ClusterUUID string `json:"cluster_uuid"`
+}
+
+type syncBody struct {
+	ClusterUUID       string             `json:"cluster_uuid"`
+	PublicEndpoint    string             `json:"public_endpoint"`
+	RoutingMode       string             `json:"routing_mode"`
+	IngressController *IngressController `json:"ingress_controller"`
+	Ingresses         []syncIngress      `json:"ingresses"`
+}
+
+type syncIngress struct {
+	Namespace   string            `json:"namespace"`
+	IngressName string            `json:"ingress_name"`
+	Annotations map[string]string `json:"annotations"`
+	Rules       []syncRule        `json:"rules"`
+}
+
+type syncRule struct {
+	Host  string     `json:"host"`
+	TLS   bool       `json:"tls"`
+	Paths []syncPath `json:"paths"`
+}
+
+type syncPath struct {
+	Path        string `json:"path"`
+	PathType    string `json:"path_type"`
+	ServiceName string `json:"service_name"`
+	ServicePort int    `json:"service_port"`
+}
+
+func orEmpty(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
+}
+
+// Register creates or updates the route r.Hostname + r.Path of the cluster.
+func (c *Client) Register(ctx context.Context, clusterUUID string, r Route) error {
+	return c.post(ctx, "/api/v1/gateway/routes/register", registerBody{
+		Hostname: r.Hostname, ClusterUUID: clusterUUID, Namespace: r.Namespace,
+		ServiceName: r.ServiceName, ServicePort: r.ServicePort, IngressName: r.IngressName,
+		Path: r.Path, PathType: r.PathType, TLS: r.TLS, Annotations: orEmpty(r.Annotations),
+		PublicEndpoint: r.PublicEndpoint, RoutingMode: r.RoutingMode,
+	})
+}
+
+// Unregister deletes every route of the cluster for hostname. A hostname the
+// control plane does not know gives an error for which IsNotFound is true.
+func (c *Client) Unregister(ctx context.Context, clusterUUID, hostname string) error {
+	return c.post(ctx, "/api/v1/gateway/routes/unregister", unregisterBody{Hostname: hostname, ClusterUUID: clusterUUID})
+}
+
+// Sync replaces the cluster's whole route set with s.
+func (c *Client) Sync(ctx context.Context, s Sync) error {
+	body := syncBody{
+		ClusterUUID: s.ClusterUUID, PublicEndpoint: s.PublicEndpoint, RoutingMode: s.RoutingMode,
+		IngressController: s.IngressController, Ingresses: make([]syncIngress, 0, len(s.Ingresses)),
+	}
+	for _, ing := range s.Ingresses {
+		si := syncIngress{Namespace: ing.Namespace, IngressName: ing.IngressName,
+			Annotations: orEmpty(ing.Annotations), Rules: make([]syncRule, 0, len(ing.Rules))}
+		for _, r := range ing.Rules {
+			sr := syncRule{Host: r.Host, TLS: r.TLS, Paths: make([]syncPath, 0, len(r.Paths))}
+			for _, p := range r.Paths {
+				sr.Paths = append(sr.Paths, syncPath(p))
+			}
+			si.Rules = append(si.Rules, sr)
+		}
+		body.Ingresses = append(body.Ingresses, si)
+	}
+	return c.post(ctx, "/api/v1/gateway/routes/sync", body)
+}
+
+func (c *Client) post(ctx context.Context, path string, body any) error {
+	data, err := json.Marshal(body)
+	if err != nil {
+		return fmt.Errorf("routes API %s: encode: %w", path, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(c.BaseURL, "/")+path, bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("routes API %s: %w", path, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	hc := c.HTTP
+	if hc == nil {
+		hc = defaultHTTP
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("routes API %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		// The success body carries nothing the agent needs; draining a
+		// little of it lets the connection be reused.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		return nil
+	}
+	return fmt.Errorf("routes API %s: %w", path, decodeError(resp))
+}
+
+func decodeError(resp *http.Response) *APIError {
+	ae := &APIError{Status: resp.StatusCode}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	var body struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(raw, &body) == nil && (body.Error.Code != "" || body.Error.Message != "") {
+		ae.Code, ae.Message = body.Error.Code, body.Error.Message
+		return ae
+	}
+	// Not the control plane's error shape (a proxy's page, say): keep the
+	// start of it for the log.
+	msg := strings.TrimSpace(string(raw))
+	if len(msg) > 512 {
+		msg = msg[:512] + "..."
+	}
+	ae.Message = msg
+	return ae
+}
