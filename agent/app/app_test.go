@@ -47,12 +47,22 @@ func eventually(t *testing.T, what string, d time.Duration, ok func() bool) {
 	}
 }
 
-// TestAgentEndToEnd runs the agent as in a cluster — its own ServiceAccount
-// with exactly the documented RBAC, state in its namespace — against the
-// real control plane and gateway: it registers, connects the tunnel,
-// heartbeats, syncs a managed Ingress (and not an unmanaged one), reports
-// ready, and after a restart resumes as the same cluster.
-func TestAgentEndToEnd(t *testing.T) {
+// stack is the control plane, the gateway and a cluster with the agent's
+// ServiceAccount (exactly the documented RBAC), ready to start agents.
+type stack struct {
+	db      *postgres.DB
+	uuid    string
+	token   string
+	gwAdmin string
+	env     *kubetest.Env
+	ns      string
+	cfg     config.Config
+	listen  string
+	start   func() (stop func())
+}
+
+func newStack(t *testing.T, extraEnv map[string]string) *stack {
+	t.Helper()
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -62,7 +72,7 @@ func TestAgentEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	t.Cleanup(db.Close)
 	if _, err := postgres.Migrate(ctx, db.Pool()); err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +86,7 @@ func TestAgentEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	cpSrv := httptest.NewServer(cp.Handler())
-	defer func() { cp.Close(); cpSrv.Close() }()
+	t.Cleanup(func() { cp.Close(); cpSrv.Close() })
 	created, err := api.CreateCluster(ctx, db, issuer, cpSrv.URL, "edge")
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +107,7 @@ func TestAgentEndToEnd(t *testing.T) {
 	gwCtx, stopGW := context.WithCancel(ctx)
 	gwDone := make(chan error, 1)
 	go func() { gwDone <- gw.Run(gwCtx) }()
-	defer func() { stopGW(); <-gwDone }()
+	t.Cleanup(func() { stopGW(); <-gwDone })
 
 	// The cluster.
 	env := kubetest.Start(t)
@@ -112,10 +122,14 @@ func TestAgentEndToEnd(t *testing.T) {
 
 	listen := freeAddr(t)
 	cfg, err := config.Load(nil, func(k string) string {
-		return map[string]string{"PIPEOPS_API_URL": cpSrv.URL, "PIPEOPS_TOKEN": created.AgentToken, "PIPEOPS_AGENT_ID": "agent-1",
+		m := map[string]string{"PIPEOPS_API_URL": cpSrv.URL, "PIPEOPS_TOKEN": created.AgentToken, "PIPEOPS_AGENT_ID": "agent-1",
 			"PIPEOPS_CLUSTER_NAME": "edge", "POD_NAMESPACE": ns, "AGENT_LISTEN_ADDR": listen,
 			"INGRESS_CONTROLLER_SERVICE": ns + "/ingress-nginx-controller",
-			"HEARTBEAT_MIN_INTERVAL":     "200ms", "HEARTBEAT_MAX_INTERVAL": "1s", "SHUTDOWN_DRAIN_TIMEOUT": "1s"}[k]
+			"HEARTBEAT_MIN_INTERVAL":     "200ms", "HEARTBEAT_MAX_INTERVAL": "1s", "SHUTDOWN_DRAIN_TIMEOUT": "1s"}
+		if v, ok := extraEnv[k]; ok {
+			return v
+		}
+		return m[k]
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -131,17 +145,32 @@ func TestAgentEndToEnd(t *testing.T) {
 			}
 		}
 	}
+	return &stack{db: db, uuid: created.Cluster.UUID, token: created.AgentToken, gwAdmin: gcfg.AdminAddr, env: env, ns: ns, cfg: cfg, listen: listen, start: start}
+}
+
+// agents returns the number of connected agents the gateway reports.
+func (s *stack) agents() string {
+	resp, err := http.Get("http://" + s.gwAdmin + "/readyz")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// TestAgentEndToEnd runs the agent as in a cluster — its own ServiceAccount
+// with exactly the documented RBAC, state in its namespace — against the
+// real control plane and gateway: it registers, connects the tunnel,
+// heartbeats, syncs a managed Ingress (and not an unmanaged one), reports
+// ready, and after a restart resumes as the same cluster.
+func TestAgentEndToEnd(t *testing.T) {
+	ctx := context.Background()
+	s := newStack(t, nil)
+	db, env, ns, listen, start := s.db, s.env, s.ns, s.listen, s.start
 	stopAgent := start()
-	uuid := created.Cluster.UUID
-	eventually(t, "the agent's tunnel", 20*time.Second, func() bool {
-		resp, err := http.Get("http://" + gcfg.AdminAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode == 200 && strings.Contains(string(b), "agents=1")
-	})
+	uuid := s.uuid
+	eventually(t, "the agent's tunnel", 20*time.Second, func() bool { return strings.Contains(s.agents(), "agents=1") })
 
 	// Heartbeats reach the database with the API server's pod count.
 	pods, _ := env.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
@@ -164,7 +193,7 @@ func TestAgentEndToEnd(t *testing.T) {
 		t.Fatalf("state ConfigMap: %v", err)
 	}
 	for k, v := range cm.Data {
-		if strings.Contains(v, created.AgentToken) {
+		if strings.Contains(v, s.token) {
 			t.Fatalf("the agent token is in ConfigMap key %s", k)
 		}
 	}
@@ -211,28 +240,41 @@ func TestAgentEndToEnd(t *testing.T) {
 
 	// Restart: the agent resumes as the same cluster.
 	stopAgent()
-	eventually(t, "the session to end", 10*time.Second, func() bool {
-		resp, err := http.Get("http://" + gcfg.AdminAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return strings.Contains(string(b), "agents=0")
-	})
+	eventually(t, "the session to end", 10*time.Second, func() bool { return strings.Contains(s.agents(), "agents=0") })
 	stopAgent = start()
 	defer stopAgent()
-	eventually(t, "the agent's tunnel after a restart", 20*time.Second, func() bool {
-		resp, err := http.Get("http://" + gcfg.AdminAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return strings.Contains(string(b), "agents=1")
-	})
+	eventually(t, "the agent's tunnel after a restart", 20*time.Second, func() bool { return strings.Contains(s.agents(), "agents=1") })
 	clusters, _ := db.Clusters(ctx)
 	if len(clusters) != 1 || clusters[0].UUID != uuid || clusters[0].AgentID != "agent-1" {
 		t.Fatalf("after a restart: clusters %+v", clusters)
+	}
+}
+
+// TestAgentIngressSyncDisabled: with ENABLE_INGRESS_SYNC=false the agent
+// connects and heartbeats but sends no route, even for managed Ingresses.
+func TestAgentIngressSyncDisabled(t *testing.T) {
+	ctx := context.Background()
+	s := newStack(t, map[string]string{"ENABLE_INGRESS_SYNC": "false"})
+	if s.cfg.EnableIngress {
+		t.Fatal("ENABLE_INGRESS_SYNC=false was not read")
+	}
+	pathType := networkingv1.PathTypePrefix
+	ing := &networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{Name: "shop", Namespace: s.ns, Labels: map[string]string{"pipeops.io/managed": "true"}},
+		Spec: networkingv1.IngressSpec{Rules: []networkingv1.IngressRule{{Host: "off." + s.ns + ".example.com", IngressRuleValue: networkingv1.IngressRuleValue{
+			HTTP: &networkingv1.HTTPIngressRuleValue{Paths: []networkingv1.HTTPIngressPath{{Path: "/", PathType: &pathType,
+				Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{Name: "web", Port: networkingv1.ServiceBackendPort{Number: 80}}}}}}}}}}}
+	if _, err := s.env.Client.NetworkingV1().Ingresses(s.ns).Create(ctx, ing, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	stop := s.start()
+	defer stop()
+	eventually(t, "the agent's tunnel", 20*time.Second, func() bool { return strings.Contains(s.agents(), "agents=1") })
+	eventually(t, "a heartbeat", 15*time.Second, func() bool {
+		c, err := s.db.Cluster(ctx, s.uuid)
+		return err == nil && c.Status == controlplane.ClusterConnected
+	})
+	time.Sleep(time.Second) // time enough for a sync, had one been started
+	if routes, _ := s.db.Routes(ctx, s.uuid); len(routes) != 0 {
+		t.Fatalf("routes sent with ENABLE_INGRESS_SYNC=false: %+v", routes)
 	}
 }
