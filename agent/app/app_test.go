@@ -30,7 +30,7 @@ import (
 
 func TestMain(m *testing.M) { testenv.Main(m, pgtest.Stop, kubetest.Stop) }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	p, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +38,7 @@ func freeAddr(t *testing.T) string {
 	return fmt.Sprintf("127.0.0.1:%d", p)
 }
 
-func eventually(t *testing.T, what string, d time.Duration, ok func() bool) {
+func eventually(t testing.TB, what string, d time.Duration, ok func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(d); !ok(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -58,10 +58,12 @@ type stack struct {
 	ns      string
 	cfg     config.Config
 	listen  string
-	start   func() (stop func())
+	// kubeconfig authenticates as the agent's ServiceAccount.
+	kubeconfig string
+	start      func() (stop func())
 }
 
-func newStack(t *testing.T, extraEnv map[string]string) *stack {
+func newStack(t testing.TB, extraEnv map[string]string) *stack {
 	t.Helper()
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -145,7 +147,7 @@ func newStack(t *testing.T, extraEnv map[string]string) *stack {
 			}
 		}
 	}
-	return &stack{db: db, uuid: created.Cluster.UUID, token: created.AgentToken, gwAdmin: gcfg.AdminAddr, env: env, ns: ns, cfg: cfg, listen: listen, start: start}
+	return &stack{db: db, uuid: created.Cluster.UUID, token: created.AgentToken, gwAdmin: gcfg.AdminAddr, env: env, ns: ns, cfg: cfg, listen: listen, kubeconfig: acct.Kubeconfig, start: start}
 }
 
 // agents returns the number of connected agents the gateway reports.
