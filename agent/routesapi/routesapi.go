@@ -17,6 +17,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/pipeops/tunnel/shared/routeproto"
 )
 
 // ErrUnauthorized means the control plane refused the agent token (HTTP 401
@@ -101,12 +103,7 @@ type Route struct {
 }
 
 // IngressController is the in-cluster Service the gateway's traffic goes to.
-type IngressController struct {
-	Name      string `json:"name"`
-	Namespace string `json:"namespace"`
-	Port      int    `json:"port"`
-	Type      string `json:"type"`
-}
+type IngressController = routeproto.IngressController
 
 // Sync is the cluster's whole route set. The control plane replaces every
 // route of the cluster with it.
@@ -142,60 +139,6 @@ type Path struct {
 	ServicePort int
 }
 
-// Wire forms. They are separate from the exported types so that the field
-// names of the protocol are stated once, here, and so every map and slice
-// is sent as {} or [] rather than null.
-
-type registerBody struct {
-	Hostname       string            `json:"hostname"`
-	ClusterUUID    string            `json:"cluster_uuid"`
-	Namespace      string            `json:"namespace"`
-	ServiceName    string            `json:"service_name"`
-	ServicePort    int               `json:"service_port"`
-	IngressName    string            `json:"ingress_name"`
-	Path           string            `json:"path"`
-	PathType       string            `json:"path_type"`
-	TLS            bool              `json:"tls"`
-	Annotations    map[string]string `json:"annotations"`
-	PublicEndpoint string            `json:"public_endpoint"`
-	RoutingMode    string            `json:"routing_mode"`
-	DeploymentID   string            `json:"deployment_id"`
-	DeploymentName string            `json:"deployment_name"`
-}
-
-type unregisterBody struct {
-	Hostname    string `json:"hostname"`
-	ClusterUUID string `json:"cluster_uuid"`
-}
-
-type syncBody struct {
-	ClusterUUID       string             `json:"cluster_uuid"`
-	PublicEndpoint    string             `json:"public_endpoint"`
-	RoutingMode       string             `json:"routing_mode"`
-	IngressController *IngressController `json:"ingress_controller"`
-	Ingresses         []syncIngress      `json:"ingresses"`
-}
-
-type syncIngress struct {
-	Namespace   string            `json:"namespace"`
-	IngressName string            `json:"ingress_name"`
-	Annotations map[string]string `json:"annotations"`
-	Rules       []syncRule        `json:"rules"`
-}
-
-type syncRule struct {
-	Host  string     `json:"host"`
-	TLS   bool       `json:"tls"`
-	Paths []syncPath `json:"paths"`
-}
-
-type syncPath struct {
-	Path        string `json:"path"`
-	PathType    string `json:"path_type"`
-	ServiceName string `json:"service_name"`
-	ServicePort int    `json:"service_port"`
-}
-
 func orEmpty(m map[string]string) map[string]string {
 	if m == nil {
 		return map[string]string{}
@@ -205,7 +148,7 @@ func orEmpty(m map[string]string) map[string]string {
 
 // Register creates or updates the route r.Hostname + r.Path of the cluster.
 func (c *Client) Register(ctx context.Context, clusterUUID string, r Route) error {
-	return c.post(ctx, "/api/v1/gateway/routes/register", registerBody{
+	return c.post(ctx, routeproto.RegisterURLPath, routeproto.RegisterRequest{
 		Hostname: r.Hostname, ClusterUUID: clusterUUID, Namespace: r.Namespace,
 		ServiceName: r.ServiceName, ServicePort: r.ServicePort, IngressName: r.IngressName,
 		Path: r.Path, PathType: r.PathType, TLS: r.TLS, Annotations: orEmpty(r.Annotations),
@@ -216,28 +159,28 @@ func (c *Client) Register(ctx context.Context, clusterUUID string, r Route) erro
 // Unregister deletes every route of the cluster for hostname. A hostname the
 // control plane does not know gives an error for which IsNotFound is true.
 func (c *Client) Unregister(ctx context.Context, clusterUUID, hostname string) error {
-	return c.post(ctx, "/api/v1/gateway/routes/unregister", unregisterBody{Hostname: hostname, ClusterUUID: clusterUUID})
+	return c.post(ctx, routeproto.UnregisterURLPath, routeproto.UnregisterRequest{Hostname: hostname, ClusterUUID: clusterUUID})
 }
 
 // Sync replaces the cluster's whole route set with s.
 func (c *Client) Sync(ctx context.Context, s Sync) error {
-	body := syncBody{
+	body := routeproto.SyncRequest{
 		ClusterUUID: s.ClusterUUID, PublicEndpoint: s.PublicEndpoint, RoutingMode: s.RoutingMode,
-		IngressController: s.IngressController, Ingresses: make([]syncIngress, 0, len(s.Ingresses)),
+		IngressController: s.IngressController, Ingresses: make([]routeproto.SyncIngress, 0, len(s.Ingresses)),
 	}
 	for _, ing := range s.Ingresses {
-		si := syncIngress{Namespace: ing.Namespace, IngressName: ing.IngressName,
-			Annotations: orEmpty(ing.Annotations), Rules: make([]syncRule, 0, len(ing.Rules))}
+		si := routeproto.SyncIngress{Namespace: ing.Namespace, IngressName: ing.IngressName,
+			Annotations: orEmpty(ing.Annotations), Rules: make([]routeproto.SyncRule, 0, len(ing.Rules))}
 		for _, r := range ing.Rules {
-			sr := syncRule{Host: r.Host, TLS: r.TLS, Paths: make([]syncPath, 0, len(r.Paths))}
+			sr := routeproto.SyncRule{Host: r.Host, TLS: r.TLS, Paths: make([]routeproto.SyncPath, 0, len(r.Paths))}
 			for _, p := range r.Paths {
-				sr.Paths = append(sr.Paths, syncPath(p))
+				sr.Paths = append(sr.Paths, routeproto.SyncPath(p))
 			}
 			si.Rules = append(si.Rules, sr)
 		}
 		body.Ingresses = append(body.Ingresses, si)
 	}
-	return c.post(ctx, "/api/v1/gateway/routes/sync", body)
+	return c.post(ctx, routeproto.SyncURLPath, body)
 }
 
 func (c *Client) post(ctx context.Context, path string, body any) error {

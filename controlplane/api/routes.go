@@ -4,59 +4,8 @@ import (
 	"net/http"
 
 	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/shared/routeproto"
 )
-
-// Payloads of the PipeOps routes API (field names are the protocol's).
-
-type registerRouteRequest struct {
-	Hostname       string            `json:"hostname"`
-	ClusterUUID    string            `json:"cluster_uuid"`
-	Namespace      string            `json:"namespace"`
-	ServiceName    string            `json:"service_name"`
-	ServicePort    int               `json:"service_port"`
-	IngressName    string            `json:"ingress_name"`
-	Path           string            `json:"path"`
-	PathType       string            `json:"path_type"`
-	TLS            bool              `json:"tls"`
-	Annotations    map[string]string `json:"annotations"`
-	PublicEndpoint string            `json:"public_endpoint"`
-	RoutingMode    string            `json:"routing_mode"`
-	DeploymentID   string            `json:"deployment_id"`
-	DeploymentName string            `json:"deployment_name"`
-}
-
-type syncRequest struct {
-	ClusterUUID       string                          `json:"cluster_uuid"`
-	PublicEndpoint    string                          `json:"public_endpoint"`
-	RoutingMode       string                          `json:"routing_mode"`
-	IngressController *controlplane.IngressController `json:"ingress_controller"`
-	Ingresses         []syncIngress                   `json:"ingresses"`
-}
-
-type syncIngress struct {
-	Namespace   string            `json:"namespace"`
-	IngressName string            `json:"ingress_name"`
-	Annotations map[string]string `json:"annotations"`
-	Rules       []syncRule        `json:"rules"`
-}
-
-type syncRule struct {
-	Host  string     `json:"host"`
-	TLS   bool       `json:"tls"`
-	Paths []syncPath `json:"paths"`
-}
-
-type syncPath struct {
-	Path        string `json:"path"`
-	PathType    string `json:"path_type"`
-	ServiceName string `json:"service_name"`
-	ServicePort int    `json:"service_port"`
-}
-
-type unregisterRequest struct {
-	Hostname    string `json:"hostname"`
-	ClusterUUID string `json:"cluster_uuid"`
-}
 
 // ownCluster returns the cluster of the agent token, refusing a body that
 // names another cluster (an agent acts only on its own).
@@ -69,7 +18,7 @@ func ownCluster(r *http.Request, named string) (string, error) {
 }
 
 func (s *Server) registerRoute(w http.ResponseWriter, r *http.Request) {
-	var req registerRouteRequest
+	var req routeproto.RegisterRequest
 	if err := decode(w, r, &req); err != nil {
 		writeError(w, r, err, s.log)
 		return
@@ -99,7 +48,7 @@ func (s *Server) registerRoute(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) syncRoutes(w http.ResponseWriter, r *http.Request) {
-	var req syncRequest
+	var req routeproto.SyncRequest
 	if err := decode(w, r, &req); err != nil {
 		writeError(w, r, err, s.log)
 		return
@@ -114,7 +63,7 @@ func (s *Server) syncRoutes(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err, nil)
 		return
 	}
-	sync := controlplane.RouteSync{ClusterUUID: cluster, PublicEndpoint: req.PublicEndpoint, RoutingMode: mode, IngressController: req.IngressController}
+	sync := controlplane.RouteSync{ClusterUUID: cluster, PublicEndpoint: req.PublicEndpoint, RoutingMode: mode, IngressController: (*controlplane.IngressController)(req.IngressController)}
 	for _, ing := range req.Ingresses {
 		for _, rule := range ing.Rules {
 			for _, p := range rule.Paths {
@@ -135,7 +84,7 @@ func (s *Server) syncRoutes(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) unregisterRoute(w http.ResponseWriter, r *http.Request) {
-	var req unregisterRequest
+	var req routeproto.UnregisterRequest
 	if err := decode(w, r, &req); err != nil {
 		writeError(w, r, err, s.log)
 		return
