@@ -437,6 +437,13 @@ func TestDeadLinkNoticed(t *testing.T) {
 		c.BackoffInitial, c.BackoffMax = time.Minute, time.Minute
 	})
 	s := e.waitSession("c1", nil)
+	// The gateway registers the session as soon as it has sent its answer;
+	// freeze only once the agent has read it, or the agent is left waiting
+	// for its handshake instead of noticing a dead session.
+	deadline := time.Now().Add(5 * time.Second)
+	for !a.c.Connected() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	p.freeze()
 	start := time.Now()
 	select {
@@ -444,7 +451,7 @@ func TestDeadLinkNoticed(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("gateway did not notice the dead link")
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline = time.Now().Add(5 * time.Second)
 	for a.disconnect.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
