@@ -19,9 +19,6 @@ KUBE_VERSION := $(shell awk '$$1 == "k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2
 TESTENV_DIR  := .testenv
 KUBE_BIN_DIR := $(TESTENV_DIR)/k8s-$(KUBE_VERSION)
 
-# Where a command's component lives: pipeops-agent -> agent.
-component = $(patsubst pipeops-%,%,$(1))
-
 .PHONY: help
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,7 +28,7 @@ build: ## build the three binaries into bin/
 	@mkdir -p bin
 	@for b in $(BINARIES); do \
 		echo "go build -> bin/$$b"; \
-		CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/$$b ./$(call component,$$b)/cmd/$$b; \
+		CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/$$b ./$${b#pipeops-}/cmd/$$b; \
 	done
 
 .PHONY: build-all
