@@ -111,6 +111,9 @@ func (f *fixture) startAgent(cluster, ingressAddr, apiAddr string) {
 			return nil, tunnelclient.ErrTargetRefused
 		}),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// The proxy keeps idle streams pooled until its own cleanup, which
+		// runs after this one: don't wait the default 10 s for them.
+		DrainTimeout: 100 * time.Millisecond,
 	})
 	if err != nil {
 		f.t.Fatal(err)
