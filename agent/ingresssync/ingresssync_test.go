@@ -21,49 +21,19 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/pipeops/tunnel/agent/routesapi"
+	"github.com/pipeops/tunnel/shared/routeproto"
 	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/kubetest"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m, kubetest.Stop) }
 
-// Wire shapes as the control plane decodes them.
-type registerReq struct {
-	Hostname       string            `json:"hostname"`
-	ClusterUUID    string            `json:"cluster_uuid"`
-	Namespace      string            `json:"namespace"`
-	ServiceName    string            `json:"service_name"`
-	ServicePort    int               `json:"service_port"`
-	IngressName    string            `json:"ingress_name"`
-	Path           string            `json:"path"`
-	PathType       string            `json:"path_type"`
-	TLS            bool              `json:"tls"`
-	Annotations    map[string]string `json:"annotations"`
-	PublicEndpoint string            `json:"public_endpoint"`
-	RoutingMode    string            `json:"routing_mode"`
-}
-
-type syncReq struct {
-	ClusterUUID       string                       `json:"cluster_uuid"`
-	PublicEndpoint    string                       `json:"public_endpoint"`
-	RoutingMode       string                       `json:"routing_mode"`
-	IngressController *routesapi.IngressController `json:"ingress_controller"`
-	Ingresses         []struct {
-		Namespace   string            `json:"namespace"`
-		IngressName string            `json:"ingress_name"`
-		Annotations map[string]string `json:"annotations"`
-		Rules       []struct {
-			Host  string `json:"host"`
-			TLS   bool   `json:"tls"`
-			Paths []struct {
-				Path        string `json:"path"`
-				PathType    string `json:"path_type"`
-				ServiceName string `json:"service_name"`
-				ServicePort int    `json:"service_port"`
-			} `json:"paths"`
-		} `json:"rules"`
-	} `json:"ingresses"`
-}
+// The recorder decodes calls into the protocol's own bodies, as the control
+// plane does.
+type (
+	registerReq = routeproto.RegisterRequest
+	syncReq     = routeproto.SyncRequest
+)
 
 // call is one recorded routes API call that was answered 200.
 type call struct {
