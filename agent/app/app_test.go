@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -20,8 +19,8 @@ import (
 	"github.com/pipeops/tunnel/agent/state"
 	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/controlplane/api"
+	"github.com/pipeops/tunnel/controlplane/cptest"
 	"github.com/pipeops/tunnel/controlplane/postgres"
-	"github.com/pipeops/tunnel/controlplane/tokens"
 	gwserver "github.com/pipeops/tunnel/gateway/server"
 	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/kubetest"
@@ -69,34 +68,17 @@ func newStack(t testing.TB, extraEnv map[string]string) *stack {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 
 	// Control plane.
-	dbURL := pgtest.URL(t)
-	db, err := postgres.Open(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	if _, err := postgres.Migrate(ctx, db.Pool()); err != nil {
-		t.Fatal(err)
-	}
-	issuer, err := tokens.NewIssuer(ctx, db, db)
-	if err != nil {
-		t.Fatal(err)
-	}
 	gwAddr := freeAddr(t)
-	cp, err := api.New(api.Config{GatewayWSURL: "http://" + gwAddr + "/ws"}, api.Deps{Clusters: db, Routes: db, Tokens: db, Issuer: issuer, DB: db, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cpSrv := httptest.NewServer(cp.Handler())
-	t.Cleanup(func() { cp.Close(); cpSrv.Close() })
-	created, err := api.CreateCluster(ctx, db, issuer, cpSrv.URL, "edge")
+	cp := cptest.Start(t, api.Config{GatewayWSURL: "http://" + gwAddr + "/ws"})
+	db, dbURL := cp.DB, cp.DBURL
+	created, err := api.CreateCluster(ctx, db, cp.Issuer, cp.URL, "edge")
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	// Gateway.
 	gcfg, err := gwserver.LoadConfig(func(k string) string {
-		return map[string]string{"DATABASE_URL": dbURL, "CONTROLPLANE_URL": cpSrv.URL, "HTTP_ADDR": gwAddr,
+		return map[string]string{"DATABASE_URL": dbURL, "CONTROLPLANE_URL": cp.URL, "HTTP_ADDR": gwAddr,
 			"ADMIN_ADDR": freeAddr(t), "GATEWAY_HOSTS": "127.0.0.1", "SHUTDOWN_TIMEOUT": "3s"}[k]
 	})
 	if err != nil {
@@ -124,7 +106,7 @@ func newStack(t testing.TB, extraEnv map[string]string) *stack {
 
 	listen := freeAddr(t)
 	cfg, err := config.Load(nil, func(k string) string {
-		m := map[string]string{"PIPEOPS_API_URL": cpSrv.URL, "PIPEOPS_TOKEN": created.AgentToken, "PIPEOPS_AGENT_ID": "agent-1",
+		m := map[string]string{"PIPEOPS_API_URL": cp.URL, "PIPEOPS_TOKEN": created.AgentToken, "PIPEOPS_AGENT_ID": "agent-1",
 			"PIPEOPS_CLUSTER_NAME": "edge", "POD_NAMESPACE": ns, "AGENT_LISTEN_ADDR": listen,
 			"INGRESS_CONTROLLER_SERVICE": ns + "/ingress-nginx-controller",
 			"HEARTBEAT_MIN_INTERVAL":     "200ms", "HEARTBEAT_MAX_INTERVAL": "1s", "SHUTDOWN_DRAIN_TIMEOUT": "1s"}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pipeops/tunnel/agent/register"
 	"github.com/pipeops/tunnel/controlplane/api"
+	"github.com/pipeops/tunnel/controlplane/cptest"
 	"github.com/pipeops/tunnel/controlplane/postgres"
 	"github.com/pipeops/tunnel/controlplane/tokens"
 	"github.com/pipeops/tunnel/shared/auth"
@@ -52,27 +53,8 @@ type controlPlane struct {
 
 func startControlPlane(t *testing.T) *controlPlane {
 	t.Helper()
-	ctx := context.Background()
-	db, err := postgres.Open(ctx, pgtest.URL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	if _, err := postgres.Migrate(ctx, db.Pool()); err != nil {
-		t.Fatal(err)
-	}
-	issuer, err := tokens.NewIssuer(ctx, db, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := api.New(api.Config{GatewayWSURL: gatewayWS, GatewayURL: "https://gateway.example.com", APIURL: "https://cp.example.com"},
-		api.Deps{Clusters: db, Routes: db, Tokens: db, Issuer: issuer, DB: db})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(s.Handler())
-	t.Cleanup(func() { s.Close(); srv.Close() })
-	return &controlPlane{url: srv.URL, db: db, issuer: issuer}
+	cp := cptest.Start(t, api.Config{GatewayWSURL: gatewayWS, GatewayURL: "https://gateway.example.com", APIURL: "https://cp.example.com"})
+	return &controlPlane{url: cp.URL, db: cp.DB, issuer: cp.Issuer}
 }
 
 // cluster creates a cluster and returns its uuid and agent token.

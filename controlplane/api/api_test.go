@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/pipeops/tunnel/controlplane/api"
+	"github.com/pipeops/tunnel/controlplane/cptest"
 	"github.com/pipeops/tunnel/controlplane/postgres"
 	"github.com/pipeops/tunnel/controlplane/tokens"
 	"github.com/pipeops/tunnel/shared/auth"
@@ -32,8 +32,7 @@ const gatewayWS = "wss://gateway.example.com/ws"
 
 type fixture struct {
 	t      *testing.T
-	srv    *httptest.Server
-	api    *api.Server
+	url    string
 	db     *postgres.DB
 	issuer *tokens.Issuer
 	admin  string
@@ -41,31 +40,12 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	ctx := context.Background()
-	db, err := postgres.Open(ctx, pgtest.URL(t))
+	cp := cptest.Start(t, api.Config{GatewayWSURL: gatewayWS, GatewayURL: "https://gateway.example.com", APIURL: "https://cp.example.com"})
+	admin, _, err := cp.Issuer.Issue(context.Background(), tokens.Request{Kind: auth.KindAdmin, Subject: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(db.Close)
-	if _, err := postgres.Migrate(ctx, db.Pool()); err != nil {
-		t.Fatal(err)
-	}
-	issuer, err := tokens.NewIssuer(ctx, db, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := api.New(api.Config{GatewayWSURL: gatewayWS, GatewayURL: "https://gateway.example.com", APIURL: "https://cp.example.com"},
-		api.Deps{Clusters: db, Routes: db, Tokens: db, Issuer: issuer, DB: db})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(s.Handler())
-	t.Cleanup(func() { s.Close(); srv.Close() })
-	admin, _, err := issuer.Issue(ctx, tokens.Request{Kind: auth.KindAdmin, Subject: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &fixture{t: t, srv: srv, api: s, db: db, issuer: issuer, admin: admin}
+	return &fixture{t: t, url: cp.URL, db: cp.DB, issuer: cp.Issuer, admin: admin}
 }
 
 // do sends a request and decodes a JSON answer into out (when not nil).
@@ -80,7 +60,7 @@ func (f *fixture) do(method, path, token string, body any, out any) int {
 		data, _ := json.Marshal(b)
 		rd = bytes.NewReader(data)
 	}
-	req, _ := http.NewRequest(method, f.srv.URL+path, rd)
+	req, _ := http.NewRequest(method, f.url+path, rd)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -192,7 +172,7 @@ type pipeopsAgent struct {
 
 func (f *fixture) dialAgent(token string) (*pipeopsAgent, *http.Response, error) {
 	h := http.Header{"Authorization": {"Bearer " + token}}
-	url := "ws" + strings.TrimPrefix(f.srv.URL, "http") + "/api/v1/clusters/agent/ws"
+	url := "ws" + strings.TrimPrefix(f.url, "http") + "/api/v1/clusters/agent/ws"
 	ws, resp, err := websocket.DefaultDialer.Dial(url, h)
 	if err != nil {
 		return nil, resp, err
@@ -388,7 +368,7 @@ func (f *fixture) routes(cluster string) []route {
 func TestJWKSAndKubeconfig(t *testing.T) {
 	f := newFixture(t)
 	c := f.createCluster("dev")
-	resp, err := http.Get(f.srv.URL + "/.well-known/jwks.json")
+	resp, err := http.Get(f.url + "/.well-known/jwks.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +385,7 @@ func TestJWKSAndKubeconfig(t *testing.T) {
 		t.Fatalf("agent token against the JWKS: %+v, %v", claims, err)
 	}
 
-	req, _ := http.NewRequest("GET", f.srv.URL+"/api/v1/admin/clusters/dev/kubeconfig", nil)
+	req, _ := http.NewRequest("GET", f.url+"/api/v1/admin/clusters/dev/kubeconfig", nil)
 	req.Header.Set("Authorization", "Bearer "+f.admin)
 	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
@@ -432,7 +412,7 @@ func TestHealthAndMetrics(t *testing.T) {
 	f := newFixture(t)
 	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "ok", "/metrics": "pipeops_controlplane_http_requests_total"} {
 		f.do("GET", "/healthz", "", nil, nil) // make sure a request was counted
-		resp, err := http.Get(f.srv.URL + path)
+		resp, err := http.Get(f.url + path)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/pipeops/tunnel/agent/tunnelclient"
 	"github.com/pipeops/tunnel/controlplane"
-	"github.com/pipeops/tunnel/controlplane/postgres"
+	"github.com/pipeops/tunnel/controlplane/cptest"
 	"github.com/pipeops/tunnel/controlplane/tokens"
 	"github.com/pipeops/tunnel/shared/auth"
 	"github.com/pipeops/tunnel/shared/testenv"
@@ -64,20 +64,9 @@ func waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
 // is closed, and shutdown drains.
 func TestGatewayEndToEnd(t *testing.T) {
 	ctx := context.Background()
-	dbURL := pgtest.URL(t) // first: the shared server's goroutines are not this test's
+	cp := cptest.Store(t) // first: the shared server's goroutines are not this test's
 	testenv.LeakCheck(t)
-	db, err := postgres.Open(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := postgres.Migrate(ctx, db.Pool()); err != nil {
-		t.Fatal(err)
-	}
-	iss, err := tokens.NewIssuer(ctx, db, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, dbURL, iss := cp.DB, cp.DBURL, cp.Issuer
 	cluster, err := db.CreateCluster(ctx, "edge")
 	if err != nil {
 		t.Fatal(err)
