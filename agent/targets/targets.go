@@ -121,7 +121,7 @@ func (d *Dialer) refuse(h tunnel.StreamHeader, why string) error {
 }
 
 // Resolve returns the addresses to try for a Service port: its ready
-// endpoints from EndpointSlices in random order (spreading streams), then
+// endpoints from EndpointSlices (IP or FQDN) in random order (spreading streams), then
 // the Service's cluster DNS name as a last resort.
 func (d *Dialer) Resolve(k ServiceKey) ([]string, error) {
 	domain := d.ClusterDomain
@@ -156,7 +156,11 @@ func (d *Dialer) Resolve(k ServiceKey) ([]string, error) {
 	}
 	var addrs []string
 	for _, s := range slices {
-		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
+		// FQDN slices name their endpoints by DNS name; they are dialled
+		// by that name like the IP ones by address.
+		switch s.AddressType {
+		case discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6, discoveryv1.AddressTypeFQDN:
+		default:
 			continue
 		}
 		port := targetPort

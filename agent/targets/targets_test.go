@@ -55,6 +55,21 @@ func TestDialer(t *testing.T) {
 	if _, err := env.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// An FQDN slice of another Service: its endpoints are dialled by name.
+	fqdnSvc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ext", Namespace: ns}, Spec: corev1.ServiceSpec{
+		Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}
+	if _, err := env.Client.CoreV1().Services(ns).Create(ctx, fqdnSvc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	fqdn := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "ext-1", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: "ext"}},
+		AddressType: discoveryv1.AddressTypeFQDN,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8081)), Protocol: ptr(corev1.ProtocolTCP)}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"origin.example.internal"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}}},
+	}
+	if _, err := env.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, fqdn, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 
 	factory := informers.NewSharedInformerFactory(acct.Client, 0)
 	svcInf, sliceInf := factory.Core().V1().Services(), factory.Discovery().V1().EndpointSlices()
@@ -91,6 +106,16 @@ func TestDialer(t *testing.T) {
 	want := []string{"10.9.8.7:8080", "web." + ns + ".svc.cluster.local:80"}
 	if len(addrs) != 2 || addrs[0] != want[0] || addrs[1] != want[1] {
 		t.Fatalf("Resolve = %v, want %v (the not-ready endpoint left out)", addrs, want)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), func() bool {
+		l, _ := sliceInf.Lister().EndpointSlices(ns).Get("ext-1")
+		return l != nil
+	}) {
+		t.Fatal("the FQDN slice never reached the informer")
+	}
+	addrs, err = d.Resolve(targets.ServiceKey{Namespace: ns, Name: "ext", Port: 80})
+	if err != nil || len(addrs) != 2 || addrs[0] != "origin.example.internal:8081" {
+		t.Fatalf("Resolve(FQDN slice) = %v, %v; want the slice's name first", addrs, err)
 	}
 	c, err := d.DialStream(ctx, tunnel.StreamHeader{Protocol: tunnel.ProtocolTCP, Port: 80, Service: "web", Namespace: ns})
 	if err != nil {
