@@ -27,7 +27,9 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -741,6 +743,11 @@ func detect(candidates []string, get func(ns, name string) *corev1.Service) dete
 		if svc.Spec.Type == corev1.ServiceTypeLoadBalancer && len(svc.Status.LoadBalancer.Ingress) > 0 {
 			lb := svc.Status.LoadBalancer.Ingress[0]
 			if ep := cmpOr(lb.IP, lb.Hostname); ep != "" {
+				// The load balancer listens on the Service's port; the
+				// gateway assumes 80 when the endpoint names none.
+				if p := servicePort(svc); p != 0 && p != 80 {
+					ep = net.JoinHostPort(ep, strconv.Itoa(p))
+				}
 				d.mode, d.endpoint = RoutingDirect, ep
 			}
 		}

@@ -617,6 +617,8 @@ func TestDetect(t *testing.T) {
 			detection{mode: RoutingTunnel, ic: &routesapi.IngressController{Name: "traefik", Namespace: "kube-system", Port: 8443, Type: "traefik"}}},
 		{"load balancer ip", []*corev1.Service{svc("ingress-nginx", "ingress-nginx-controller", corev1.ServiceTypeLoadBalancer, []int32{80}, []string{""}, corev1.LoadBalancerIngress{IP: "198.51.100.1"})},
 			detection{mode: RoutingDirect, endpoint: "198.51.100.1", ic: &routesapi.IngressController{Name: "ingress-nginx-controller", Namespace: "ingress-nginx", Port: 80, Type: "nginx"}}},
+		{"load balancer on another port", []*corev1.Service{svc("ingress-nginx", "ingress-nginx-controller", corev1.ServiceTypeLoadBalancer, []int32{8080}, []string{"http"}, corev1.LoadBalancerIngress{IP: "198.51.100.1"})},
+			detection{mode: RoutingDirect, endpoint: "198.51.100.1:8080", ic: &routesapi.IngressController{Name: "ingress-nginx-controller", Namespace: "ingress-nginx", Port: 8080, Type: "nginx"}}},
 		{"load balancer hostname", []*corev1.Service{svc("kube-system", "ingress-nginx-controller", corev1.ServiceTypeLoadBalancer, []int32{80}, []string{"http"}, corev1.LoadBalancerIngress{Hostname: "lb.example.com"})},
 			detection{mode: RoutingDirect, endpoint: "lb.example.com", ic: &routesapi.IngressController{Name: "ingress-nginx-controller", Namespace: "kube-system", Port: 80, Type: "nginx"}}},
 		{"load balancer pending", []*corev1.Service{svc("traefik", "traefik", corev1.ServiceTypeLoadBalancer, []int32{80}, []string{"http"})},
