@@ -249,7 +249,7 @@ func (s *Server) kubeconfig(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err, s.log)
 		return
 	}
-	b, err := Kubeconfig(s.cfg.GatewayURL, c, tok)
+	b, err := Kubeconfig(s.cfg.GatewayURL, s.cfg.GatewayCA, c, tok)
 	if err != nil {
 		writeError(w, r, err, s.log)
 		return
@@ -259,10 +259,11 @@ func (s *Server) kubeconfig(w http.ResponseWriter, r *http.Request) {
 }
 
 // Kubeconfig renders a kubeconfig for cluster c through the gateway at
-// gatewayURL, authenticated with token.
-func Kubeconfig(gatewayURL string, c *controlplane.Cluster, token string) ([]byte, error) {
+// gatewayURL, authenticated with token; caPEM, when not empty, is the
+// certificate authority it trusts for the gateway.
+func Kubeconfig(gatewayURL string, caPEM []byte, c *controlplane.Cluster, token string) ([]byte, error) {
 	kc := clientcmdapi.NewConfig()
-	kc.Clusters[c.Name] = &clientcmdapi.Cluster{Server: strings.TrimSuffix(gatewayURL, "/") + "/k8s/" + c.UUID}
+	kc.Clusters[c.Name] = &clientcmdapi.Cluster{Server: strings.TrimSuffix(gatewayURL, "/") + "/k8s/" + c.UUID, CertificateAuthorityData: caPEM}
 	kc.AuthInfos[c.Name] = &clientcmdapi.AuthInfo{Token: token}
 	kc.Contexts[c.Name] = &clientcmdapi.Context{Cluster: c.Name, AuthInfo: c.Name}
 	kc.CurrentContext = c.Name

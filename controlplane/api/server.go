@@ -41,6 +41,9 @@ type Config struct {
 	// GatewayURL is the gateway's public HTTPS base URL; kubeconfigs point at
 	// GatewayURL/k8s/{cluster}.
 	GatewayURL string
+	// GatewayCA is the PEM certificate authority that kubeconfigs trust for
+	// GatewayURL; empty means the system roots.
+	GatewayCA []byte
 	// APIURL is this control plane's public URL, for install commands.
 	APIURL string
 }

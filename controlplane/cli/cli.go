@@ -31,7 +31,7 @@ const usage = `pipeops-controlplane: route store, cluster registry and token ser
 Usage:
   pipeops-controlplane serve                      run the API (migrates the database first)
   pipeops-controlplane migrate                    apply database migrations and exit
-  pipeops-controlplane cluster create NAME        create a cluster; prints its agent token and install command
+  pipeops-controlplane cluster create NAME [--json]  create a cluster; prints its agent token and install command
   pipeops-controlplane cluster list               list clusters and their status
   pipeops-controlplane token create --kind KIND [--cluster C]... [--ttl D] [--subject S]
                                                   mint a token: admin, user (reaches the named clusters'
@@ -41,7 +41,7 @@ Usage:
   pipeops-controlplane version                    print the version
 
 Configuration comes from the environment: DATABASE_URL (required), LISTEN_ADDR,
-GATEWAY_WS_URL (required by serve), GATEWAY_URL, API_URL, ROUTE_TTL,
+GATEWAY_WS_URL (required by serve), GATEWAY_URL, GATEWAY_CA_FILE, API_URL, ROUTE_TTL,
 REAPER_INTERVAL, TLS_CERT_FILE, TLS_KEY_FILE, SHUTDOWN_TIMEOUT, LOG_LEVEL,
 LOG_FORMAT. See docs/controlplane.md.
 `
@@ -144,7 +144,7 @@ func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 		if err != nil {
 			return err
 		}
-		b, err := api.Kubeconfig(cfg.GatewayURL, c, tok)
+		b, err := api.Kubeconfig(cfg.GatewayURL, cfg.GatewayCA, c, tok)
 		if err != nil {
 			return err
 		}
@@ -157,10 +157,14 @@ func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 
 func clusterCmd(ctx context.Context, cfg Config, db *postgres.DB, issuer *tokens.Issuer, args []string, stdout io.Writer) error {
 	switch {
-	case len(args) == 2 && args[0] == "create":
+	case (len(args) == 2 || len(args) == 3 && args[2] == "--json") && args[0] == "create":
 		out, err := api.CreateCluster(ctx, db, issuer, cfg.APIURL, args[1])
 		if err != nil {
 			return err
+		}
+		if len(args) == 3 {
+			return json.NewEncoder(stdout).Encode(map[string]any{"id": out.Cluster.UUID, "name": out.Cluster.Name,
+				"agent_token": out.AgentToken, "install_command": out.InstallCommand})
 		}
 		fmt.Fprintf(stdout, "cluster %s created (id %s)\n\nagent token (shown once; keep it secret):\n%s\n\ninstall the agent:\n%s\n",
 			out.Cluster.Name, out.Cluster.UUID, out.AgentToken, out.InstallCommand)
@@ -180,7 +184,7 @@ func clusterCmd(ctx context.Context, cfg Config, db *postgres.DB, issuer *tokens
 		}
 		return nil
 	}
-	return usageError{"usage: cluster create NAME | cluster list"}
+	return usageError{"usage: cluster create NAME [--json] | cluster list"}
 }
 
 type multiFlag []string
@@ -243,7 +247,7 @@ func tokenCmd(ctx context.Context, db *postgres.DB, issuer *tokens.Issuer, args 
 func serve(ctx context.Context, cfg Config, log *slog.Logger, db *postgres.DB, issuer *tokens.Issuer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := api.New(api.Config{GatewayWSURL: cfg.GatewayWSURL, GatewayURL: cfg.GatewayURL, APIURL: cfg.APIURL},
+	srv, err := api.New(api.Config{GatewayWSURL: cfg.GatewayWSURL, GatewayURL: cfg.GatewayURL, GatewayCA: cfg.GatewayCA, APIURL: cfg.APIURL},
 		api.Deps{Clusters: db, Routes: db, Tokens: db, Issuer: issuer, DB: db, Logger: log, Registry: reg})
 	if err != nil {
 		return err

@@ -3,8 +3,12 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +45,14 @@ func TestCommands(t *testing.T) {
 	if code, _, errOut := run(t, env, "cluster", "create", "prod-eu"); code != 1 || !strings.Contains(errOut, "conflict") {
 		t.Fatalf("duplicate cluster: %d %q", code, errOut)
 	}
+	code, out, errOut = run(t, env, "cluster", "create", "staging", "--json")
+	var created struct {
+		ID         string `json:"id"`
+		AgentToken string `json:"agent_token"`
+	}
+	if err := json.Unmarshal([]byte(out), &created); code != 0 || err != nil || created.ID == "" || !strings.HasPrefix(created.AgentToken, "ey") {
+		t.Fatalf("cluster create --json: %d %q %q (%v)", code, out, errOut, err)
+	}
 	if code, out, _ := run(t, env, "cluster", "list"); code != 0 || !strings.Contains(out, "prod-eu") || !strings.Contains(out, "pending") {
 		t.Fatalf("cluster list: %d %q", code, out)
 	}
@@ -63,6 +75,20 @@ func TestCommands(t *testing.T) {
 	if code, out, errOut := run(t, env, "kubeconfig", "prod-eu"); code != 0 || !strings.Contains(out, "server: https://gw.example.com/k8s/") {
 		t.Fatalf("kubeconfig: %d %q %q", code, out, errOut)
 	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	ca := "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIBATAKBggqhkjOPQQDAjAAMB4XDTI2MDEwMTAwMDAwMFoXDTM2\n-----END CERTIFICATE-----\n"
+	if err := os.WriteFile(caFile, []byte(ca), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env["GATEWAY_CA_FILE"] = caFile
+	if code, out, errOut := run(t, env, "kubeconfig", "prod-eu"); code != 0 || !strings.Contains(out, "certificate-authority-data: "+base64.StdEncoding.EncodeToString([]byte(ca))) {
+		t.Fatalf("kubeconfig with GATEWAY_CA_FILE: %d %q %q", code, out, errOut)
+	}
+	env["GATEWAY_CA_FILE"] = filepath.Join(t.TempDir(), "missing.pem")
+	if code, _, errOut := run(t, env, "kubeconfig", "prod-eu"); code != 2 || !strings.Contains(errOut, "GATEWAY_CA_FILE") {
+		t.Fatalf("kubeconfig with a missing GATEWAY_CA_FILE: %d %q", code, errOut)
+	}
+	delete(env, "GATEWAY_CA_FILE")
 	if code, _, errOut := run(t, env, "frobnicate"); code != 2 || !strings.Contains(errOut, "unknown command") {
 		t.Fatalf("unknown command: %d %q", code, errOut)
 	}

@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/pipeops/tunnel/shared/envconfig"
@@ -16,6 +18,7 @@ type Config struct {
 	ListenAddr      string        // LISTEN_ADDR, default :8080
 	GatewayWSURL    string        // GATEWAY_WS_URL: where agents open their tunnel (required by serve)
 	GatewayURL      string        // GATEWAY_URL: the gateway's public HTTPS URL, for kubeconfigs
+	GatewayCA       []byte        // GATEWAY_CA_FILE: PEM CA that kubeconfigs trust for GATEWAY_URL
 	APIURL          string        // API_URL: this control plane's public URL, for install commands
 	RouteTTL        time.Duration // ROUTE_TTL, default 24h
 	ReaperInterval  time.Duration // REAPER_INTERVAL, default 1m
@@ -56,6 +59,15 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		if u, err := url.Parse(v.value); err != nil || u.Host == "" || !validScheme(u.Scheme) {
 			r.Failf("%s=%q is not an absolute http(s) or ws(s) URL", v.name, v.value)
 		}
+	}
+	if f := r.String("GATEWAY_CA_FILE", ""); f != "" {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			r.Failf("GATEWAY_CA_FILE: %v", err)
+		} else if block, _ := pem.Decode(data); block == nil {
+			r.Failf("GATEWAY_CA_FILE=%s holds no PEM certificate", f)
+		}
+		c.GatewayCA = data
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		r.Failf("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
