@@ -116,20 +116,35 @@ type Process struct {
 // StartProcess starts path with args, its output going to logPath. cred, when
 // not nil, runs it as another user (PostgreSQL refuses to run as root).
 func StartProcess(name, path string, args []string, logPath string, cred *syscall.Credential) (*Process, error) {
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
+	cmd := exec.Command(path, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	if cred != nil {
 		// The server writes its log through the file descriptor we hand it,
 		// but tools reading it later run as us; ownership only matters for
 		// cleanup, which runs as us too.
-		_ = logFile.Chown(int(cred.Uid), int(cred.Gid))
+		if f, err := os.Create(logPath); err == nil {
+			_ = f.Chown(int(cred.Uid), int(cred.Gid))
+			f.Close()
+		}
 	}
-	cmd := exec.Command(path, args...)
+	return StartCommand(name, cmd, logPath)
+}
+
+// StartCommand starts cmd (its path, args, env and credential already set),
+// appending its output to logPath, in a process group of its own that dies
+// with this process.
+func StartCommand(name string, cmd *exec.Cmd, logPath string) (*Process, error) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: cred, Setpgid: true}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	cmd.SysProcAttr.Setpgid = true
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -141,6 +156,15 @@ func StartProcess(name, path string, args []string, logPath string, cred *syscal
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// Pid is the process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Err is how the process ended; valid once Exited is closed.
+func (p *Process) Err() error {
+	<-p.done
+	return p.err
 }
 
 // Exited returns a channel closed when the process has exited.

@@ -90,6 +90,11 @@ func Stop() {
 	shared, stopFn, sErr = nil, nil, nil
 }
 
+// Launch starts a new API server of its own (not the shared one), for
+// programs such as the demo and for tests that need a second cluster. The
+// caller must call stop.
+func Launch() (env *Env, stop func(), err error) { return start() }
+
 // Binaries returns the paths of the etcd and kube-apiserver binaries the
 // package would run, or an error wrapping testenv.ErrUnavailable.
 func Binaries() (etcd, apiserver string, err error) {

@@ -96,6 +96,42 @@ func Pool(t testing.TB) *pgxpool.Pool {
 	return pool
 }
 
+// Server is a PostgreSQL server started (or found) outside of any test, for
+// programs such as the demo. Tests use URL and Pool instead.
+type Server struct{ s *server }
+
+// StartServer finds or starts a server the same way the tests do
+// (TEST_DATABASE_URL, a container, the local binaries). The caller must Stop
+// it.
+func StartServer() (*Server, error) {
+	s, err := start()
+	if err != nil {
+		return nil, err
+	}
+	return &Server{s: s}, nil
+}
+
+// Source says where the server came from.
+func (s *Server) Source() string { return s.s.source }
+
+// CreateDatabase creates a fresh database and returns its URL.
+func (s *Server) CreateDatabase(ctx context.Context, name string) (string, error) {
+	if err := exec1(ctx, s.s.adminURL.String(), "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE template0"); err != nil {
+		return "", fmt.Errorf("create database %s on %s: %w", name, s.s.source, err)
+	}
+	u := *s.s.adminURL
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+// Stop shuts the server down if it was started here; safe to call twice.
+func (s *Server) Stop() {
+	if s.s.stop != nil {
+		s.s.stop()
+		s.s.stop = nil
+	}
+}
+
 // Stop shuts down the server if this package started one. Safe to call when
 // none was started, and more than once.
 func Stop() {
