@@ -1,0 +1,273 @@
+// Package stack runs the whole platform on this machine, every component a
+// real process talking over real loopback sockets: PostgreSQL, the control
+// plane, the gateway, and per cluster a real kube-apiserver (with etcd), an
+// ingress controller stand-in and the agent binary with its documented RBAC.
+//
+// The demo (`make demo`), the end-to-end suite (e2e/) and the load tests
+// start it the same way. Tests use shared/stack/stacktest, which adds the
+// skip-or-fail policy and cleanup.
+//
+// Layout of a running stack:
+//
+//	control plane  http://127.0.0.1:P        (plain HTTP on loopback)
+//	gateway        http://127.0.0.1:P, https://127.0.0.1:P (a private CA: Stack.CAFile)
+//	gateway admin  http://127.0.0.1:P/readyz, /metrics
+//	agent          dials wss://127.0.0.1:P/ws, verifying the gateway with the CA
+//
+// A Stack is safe for concurrent use once Start has returned.
+package stack
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pipeops/tunnel/shared/testenv"
+	"github.com/pipeops/tunnel/shared/testenv/pgtest"
+)
+
+// Options configure Start. Zero values are sane defaults.
+type Options struct {
+	// Dir holds logs, certificates and kubeconfigs (required). The caller
+	// owns it; Close leaves it, so logs can be read after a failure.
+	Dir string
+	// BinDir holds pipeops-controlplane, pipeops-gateway and pipeops-agent
+	// (required; Build fills one).
+	BinDir string
+	// DatabaseURL is an existing, empty database to use. Empty: a local
+	// PostgreSQL is found or started the way the tests do it (pgtest).
+	DatabaseURL string
+	// Progress receives one line per step; nil discards them.
+	Progress io.Writer
+	// ControlPlaneEnv and GatewayEnv add or override component variables
+	// (for example ROUTE_TTL, REAPER_INTERVAL, LOG_LEVEL).
+	ControlPlaneEnv map[string]string
+	GatewayEnv      map[string]string
+}
+
+// Stack is a running platform. Fields are read-only.
+type Stack struct {
+	DatabaseURL string
+	// CAFile is the PEM CA that signed the gateway's certificate.
+	CAFile string
+	// ControlPlaneURL is the control plane's base URL.
+	ControlPlaneURL string
+	// GatewayHTTP and GatewayHTTPS are the gateway's public base URLs;
+	// GatewayAdmin serves /readyz and /metrics.
+	GatewayHTTP, GatewayHTTPS, GatewayAdmin string
+
+	ControlPlane *Component
+	Gateway      *Component
+
+	opts     Options
+	pg       *pgtest.Server
+	mu       sync.Mutex
+	clusters []*Cluster
+	closers  []func()
+}
+
+// loopbackAddr reserves a free loopback port and returns host:port.
+func loopbackAddr() (string, error) {
+	p, err := testenv.FreePort()
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), nil
+}
+
+// Start brings up PostgreSQL (unless Options.DatabaseURL is set), the
+// control plane and the gateway. Clusters are added with AddCluster. On
+// error everything started so far is stopped.
+func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
+	if opts.Dir == "" || opts.BinDir == "" {
+		return nil, errors.New("stack: Options.Dir and Options.BinDir are required")
+	}
+	for _, b := range []string{"pipeops-controlplane", "pipeops-gateway", "pipeops-agent"} {
+		if _, err := os.Stat(filepath.Join(opts.BinDir, b)); err != nil {
+			return nil, fmt.Errorf("stack: %s not built (run `make build`): %w", b, err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(opts.Dir, "logs"), 0o755); err != nil {
+		return nil, err
+	}
+	s := &Stack{opts: opts}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+
+	t0 := time.Now()
+	s.DatabaseURL = opts.DatabaseURL
+	if s.DatabaseURL == "" {
+		pg, err := pgtest.StartServer()
+		if err != nil {
+			return nil, fmt.Errorf("postgres: %w", err)
+		}
+		s.pg = pg
+		s.closers = append(s.closers, pg.Stop)
+		if s.DatabaseURL, err = pg.CreateDatabase(ctx, "pipeops"); err != nil {
+			return nil, err
+		}
+		s.progress("postgres     up in %s (%s)", since(t0), pg.Source())
+	} else {
+		s.progress("postgres     using DATABASE_URL")
+	}
+
+	var caFile, certFile, keyFile string
+	if caFile, certFile, keyFile, err = writeCertificates(opts.Dir, []string{"127.0.0.1", "::1", "localhost"}); err != nil {
+		return nil, fmt.Errorf("certificates: %w", err)
+	}
+	s.CAFile = caFile
+
+	var cpAddr, gwHTTP, gwHTTPS, gwAdmin string
+	for _, p := range []*string{&cpAddr, &gwHTTP, &gwHTTPS, &gwAdmin} {
+		if *p, err = loopbackAddr(); err != nil {
+			return nil, err
+		}
+	}
+	s.ControlPlaneURL = "http://" + cpAddr
+	s.GatewayHTTP, s.GatewayHTTPS, s.GatewayAdmin = "http://"+gwHTTP, "https://"+gwHTTPS, "http://"+gwAdmin
+
+	cpEnv := map[string]string{
+		"DATABASE_URL":     s.DatabaseURL,
+		"LISTEN_ADDR":      cpAddr,
+		"GATEWAY_WS_URL":   "wss://" + gwHTTPS + "/ws",
+		"GATEWAY_URL":      s.GatewayHTTPS,
+		"GATEWAY_CA_FILE":  caFile,
+		"API_URL":          s.ControlPlaneURL,
+		"SHUTDOWN_TIMEOUT": "5s",
+	}
+	for k, v := range opts.ControlPlaneEnv {
+		cpEnv[k] = v
+	}
+	s.ControlPlane = &Component{Name: "controlplane", LogPath: filepath.Join(opts.Dir, "logs", "controlplane.log"),
+		bin: filepath.Join(opts.BinDir, "pipeops-controlplane"), args: []string{"serve"}, env: cpEnv,
+		ready: httpReady(s.ControlPlaneURL + "/readyz")}
+	t0 = time.Now()
+	if err := s.ControlPlane.Start(); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() { s.ControlPlane.Stop(10 * time.Second) })
+	s.progress("controlplane up in %s at %s", since(t0), s.ControlPlaneURL)
+
+	gwEnv := map[string]string{
+		"DATABASE_URL":     s.DatabaseURL,
+		"CONTROLPLANE_URL": s.ControlPlaneURL,
+		"HTTP_ADDR":        gwHTTP,
+		"HTTPS_ADDR":       gwHTTPS,
+		"ADMIN_ADDR":       gwAdmin,
+		"TLS_CERT_FILE":    certFile,
+		"TLS_KEY_FILE":     keyFile,
+		"GATEWAY_HOSTS":    "127.0.0.1,localhost",
+		"SHUTDOWN_TIMEOUT": "5s",
+	}
+	for k, v := range opts.GatewayEnv {
+		gwEnv[k] = v
+	}
+	s.Gateway = &Component{Name: "gateway", LogPath: filepath.Join(opts.Dir, "logs", "gateway.log"),
+		bin: filepath.Join(opts.BinDir, "pipeops-gateway"), env: gwEnv, ready: httpReady(s.GatewayAdmin + "/readyz")}
+	t0 = time.Now()
+	if err := s.Gateway.Start(); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() { s.Gateway.Stop(10 * time.Second) })
+	s.progress("gateway      up in %s at %s and %s", since(t0), s.GatewayHTTP, s.GatewayHTTPS)
+	return s, nil
+}
+
+// Close stops every cluster and component, newest first. Safe to call more
+// than once.
+func (s *Stack) Close() {
+	s.mu.Lock()
+	clusters := s.clusters
+	s.clusters = nil
+	s.mu.Unlock()
+	for i := len(clusters) - 1; i >= 0; i-- {
+		clusters[i].close()
+	}
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+	s.closers = nil
+}
+
+func (s *Stack) progress(format string, args ...any) {
+	if s.opts.Progress != nil {
+		fmt.Fprintf(s.opts.Progress, format+"\n", args...)
+	}
+}
+
+func since(t time.Time) time.Duration { return time.Since(t).Round(10 * time.Millisecond) }
+
+// CLI runs `pipeops-controlplane ARGS...` against the stack's database, as an
+// operator would, and returns its standard output.
+func (s *Stack) CLI(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(s.opts.BinDir, "pipeops-controlplane"), args...)
+	cmd.Env = s.ControlPlane.environ()
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("pipeops-controlplane %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errOut.String()))
+	}
+	return out.String(), nil
+}
+
+// CreatedCluster is what `cluster create --json` prints.
+type CreatedCluster struct {
+	ID         string `json:"id"`
+	Name       string `json:"name"`
+	AgentToken string `json:"agent_token"`
+}
+
+// CreateCluster registers a cluster through the CLI and returns its id and
+// agent token.
+func (s *Stack) CreateCluster(ctx context.Context, name string) (CreatedCluster, error) {
+	out, err := s.CLI(ctx, "cluster", "create", name, "--json")
+	if err != nil {
+		return CreatedCluster{}, err
+	}
+	var c CreatedCluster
+	if err := json.Unmarshal([]byte(out), &c); err != nil {
+		return CreatedCluster{}, fmt.Errorf("cluster create output %q: %w", out, err)
+	}
+	return c, nil
+}
+
+// Token mints a token through the CLI: kind is agent, user or admin;
+// clusters are names or ids.
+func (s *Stack) Token(ctx context.Context, kind string, ttl time.Duration, clusters ...string) (token, id string, err error) {
+	args := []string{"token", "create", "--kind", kind, "--json"}
+	if ttl > 0 {
+		args = append(args, "--ttl", ttl.String())
+	}
+	for _, c := range clusters {
+		args = append(args, "--cluster", c)
+	}
+	out, err := s.CLI(ctx, args...)
+	if err != nil {
+		return "", "", err
+	}
+	var res struct{ Token, ID string }
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		return "", "", fmt.Errorf("token create output %q: %w", out, err)
+	}
+	return res.Token, res.ID, nil
+}
+
+// RevokeToken revokes a token by id through the CLI.
+func (s *Stack) RevokeToken(ctx context.Context, id string) error {
+	_, err := s.CLI(ctx, "token", "revoke", id)
+	return err
+}
