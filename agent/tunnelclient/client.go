@@ -71,6 +71,12 @@ type Config struct {
 	// to BackoffMax (default 30 s), with jitter; back to the start after a
 	// connection that stayed up BackoffReset (default 60 s).
 	BackoffInitial, BackoffMax, BackoffReset time.Duration
+	// After an established tunnel drops (a gateway restart or redeploy),
+	// attempts during the next RetryFastWindow (default 30 s) wait at most
+	// RetryFast (default 1 s, with jitter) instead of backing off, so the
+	// agent is back about a second after the gateway is. Refused tokens
+	// always back off.
+	RetryFast, RetryFastWindow time.Duration
 	// HandshakeTimeout bounds the WebSocket handshake plus gateway_hello
 	// (default 15 s).
 	HandshakeTimeout time.Duration
@@ -119,6 +125,8 @@ func New(cfg Config) (*Client, error) {
 	setDefault(&cfg.BackoffInitial, 500*time.Millisecond)
 	setDefault(&cfg.BackoffMax, 30*time.Second)
 	setDefault(&cfg.BackoffReset, 60*time.Second)
+	setDefault(&cfg.RetryFast, time.Second)
+	setDefault(&cfg.RetryFastWindow, 30*time.Second)
 	setDefault(&cfg.HandshakeTimeout, 15*time.Second)
 	setDefault(&cfg.HeaderTimeout, 10*time.Second)
 	setDefault(&cfg.DialTimeout, 10*time.Second)
@@ -173,16 +181,21 @@ func (c *Client) Send(msg tunnel.Message) error {
 // is logged as an error on every attempt, so a misconfigured agent is loud.
 func (c *Client) Run(ctx context.Context) error {
 	attempt := 0
+	var lostAt time.Time // when an established tunnel last went down
 	for {
 		start := time.Now()
+		before := c.connects.Load()
 		err := c.runOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
+		if c.connects.Load() != before {
+			lostAt = time.Now()
+		}
 		if time.Since(start) >= c.cfg.BackoffReset {
 			attempt = 0
 		}
-		delay := c.backoff(attempt)
+		delay := c.retryDelay(attempt, err, lostAt)
 		attempt++
 		level := slog.LevelWarn
 		if errors.Is(err, ErrUnauthorized) {
@@ -197,6 +210,17 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// retryDelay is the wait before the next attempt: the backoff, shortened to
+// RetryFast while an established tunnel was lost less than RetryFastWindow
+// ago (unless the token was refused).
+func (c *Client) retryDelay(attempt int, err error, lostAt time.Time) time.Duration {
+	delay := c.backoff(attempt)
+	if !errors.Is(err, ErrUnauthorized) && !lostAt.IsZero() && time.Since(lostAt) < c.cfg.RetryFastWindow {
+		delay = min(delay, c.cfg.RetryFast/2+rand.N(c.cfg.RetryFast/2+1))
+	}
+	return delay
 }
 
 // backoff is full-jitter exponential: uniform in [d/2, d] where d doubles

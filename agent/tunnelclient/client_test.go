@@ -2,6 +2,8 @@ package tunnelclient
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -55,5 +57,30 @@ func TestBackoff(t *testing.T) {
 	}
 	if len(seen) < 10 {
 		t.Fatalf("backoff has no jitter: %d distinct values in 50", len(seen))
+	}
+}
+
+func TestRetryDelayAfterLostTunnel(t *testing.T) {
+	c := &Client{cfg: Config{BackoffInitial: 500 * time.Millisecond, BackoffMax: 30 * time.Second, RetryFast: time.Second, RetryFastWindow: 30 * time.Second}}
+	refused := fmt.Errorf("dial: %w", errors.New("connection refused"))
+	cases := []struct {
+		name   string
+		err    error
+		lostAt time.Time
+		lo, hi time.Duration
+	}{
+		{"never connected: plain backoff", refused, time.Time{}, 4 * time.Second, 8 * time.Second},
+		{"tunnel just lost: fast", refused, time.Now(), 500 * time.Millisecond, time.Second},
+		{"lost long ago: plain backoff", refused, time.Now().Add(-time.Minute), 4 * time.Second, 8 * time.Second},
+		{"token refused: plain backoff", fmt.Errorf("handshake: %w", ErrUnauthorized), time.Now(), 4 * time.Second, 8 * time.Second},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for range 50 {
+				if d := c.retryDelay(4, tc.err, tc.lostAt); d < tc.lo || d > tc.hi {
+					t.Fatalf("retryDelay = %s, want within [%s, %s]", d, tc.lo, tc.hi)
+				}
+			}
+		})
 	}
 }
