@@ -233,7 +233,25 @@ func (g *Gateway) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	if derr := g.sessions.Shutdown(sctx); derr != nil {
+	// Pooled idle streams to agents would hold the drain open until the
+	// timeout: keep closing them while requests in flight finish.
+	drained := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			g.proxy.Close()
+			g.k8s.Close()
+			select {
+			case <-drained:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	derr := g.sessions.Shutdown(sctx)
+	close(drained)
+	if derr != nil {
 		g.log.Warn("agent sessions cut before their streams finished", "err", derr)
 	}
 	wg.Wait()
