@@ -32,7 +32,13 @@ type Component struct {
 }
 
 // Start starts the process and waits until it is ready.
-func (c *Component) Start() error {
+func (c *Component) Start() error { return c.start(true) }
+
+// Spawn starts the process without waiting for it to be ready (to watch a
+// component that is expected never to become ready).
+func (c *Component) Spawn() error { return c.start(false) }
+
+func (c *Component) start(wait bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.proc != nil {
@@ -49,7 +55,7 @@ func (c *Component) Start() error {
 		return err
 	}
 	c.proc = p
-	if c.ready == nil {
+	if c.ready == nil || !wait {
 		return nil
 	}
 	if err := p.WaitReady(60*time.Second, c.ready); err != nil {

@@ -1,0 +1,119 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pipeops/tunnel/shared/stack"
+)
+
+const deployment = `apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+        - name: web
+          image: nginx:1.27
+`
+
+// lockedBuffer collects a process's output while it runs.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestKubectl runs the real kubectl with the kubeconfig the control plane
+// hands out: through the gateway's /k8s/ path, the tunnel and the agent
+// (with the agent's own credentials) to the cluster's kube-apiserver. A
+// watch is held open for 90 s and still receives an event.
+func TestKubectl(t *testing.T) {
+	t.Parallel()
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Fatalf("kubectl is required (make deps installs it): %v", err)
+	}
+	e := newEnv(t, stack.Options{}, stack.ClusterOptions{KubeAccess: "edit"})
+	run := func(stdin string, args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", e.c.Kubeconfig}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+
+	if out := run("", "get", "ns"); !strings.Contains(out, "default") || !strings.Contains(out, stack.AgentNamespace) {
+		t.Fatalf("kubectl get ns:\n%s", out)
+	}
+	if out := run("", "auth", "whoami"); !strings.Contains(out, "system:serviceaccount:"+stack.AgentNamespace+":"+stack.AgentAccount) {
+		t.Fatalf("kubectl auth whoami: the API should see the agent's ServiceAccount:\n%s", out)
+	}
+	if out := run(deployment, "apply", "-f", "-"); !strings.Contains(out, "deployment.apps/web created") {
+		t.Fatalf("kubectl apply:\n%s", out)
+	}
+	if _, err := e.c.Kube.Client.AppsV1().Deployments("default").Get(context.Background(), "web", metav1.GetOptions{}); err != nil {
+		t.Fatalf("the applied Deployment is not in the cluster: %v", err)
+	}
+
+	// A watch held open for 90 s, then an event.
+	var out lockedBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	watch := exec.CommandContext(ctx, kubectl, "--kubeconfig", e.c.Kubeconfig, "get", "deployments", "-n", "default",
+		"--watch", "--request-timeout=0", "-o", "custom-columns=NAME:.metadata.name,TIER:.metadata.labels.tier", "--no-headers")
+	watch.Stdout, watch.Stderr = &out, &out
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- watch.Wait() }()
+	eventually(t, "the watch's first listing", 10*time.Second, func() (bool, string) { return strings.Contains(out.String(), "web"), out.String() })
+	select {
+	case err := <-exited:
+		t.Fatalf("the watch ended after less than 90 s: %v\n%s", err, out.String())
+	case <-time.After(90 * time.Second):
+	}
+	d, err := e.c.Kube.Client.AppsV1().Deployments("default").Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Labels = map[string]string{"tier": "after-90s"}
+	if _, err := e.c.Kube.Client.AppsV1().Deployments("default").Update(context.Background(), d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the event after 90 s", 10*time.Second, func() (bool, string) {
+		return strings.Contains(out.String(), "after-90s"), out.String()
+	})
+}
