@@ -91,9 +91,46 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 		AgentVersion: version.Version,
 		Features:     map[string]any{"yamux": true, "ingress_sync": cfg.EnableIngress, "kubernetes_api": true},
 	}
+	// The health server comes up first: while the agent registers (the
+	// control plane may be down, or refuse the token) /health answers, so
+	// a liveness probe does not restart it, and /ready and /status say why
+	// it is not ready.
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var statusP atomic.Pointer[func() Status]
+	var readyP atomic.Pointer[func() (bool, string)]
+	l, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("AGENT_LISTEN_ADDR=%s: %w", cfg.ListenAddr, err)
+	}
+	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: handler(
+		func() Status {
+			if f := statusP.Load(); f != nil {
+				return (*f)()
+			}
+			return Status{ClusterName: cfg.ClusterName, Mode: "registering", Version: version.String("pipeops-agent"), Routes: []string{}}
+		},
+		func() (bool, string) {
+			if f := readyP.Load(); f != nil {
+				return (*f)()
+			}
+			return false, "registering with the control plane"
+		}, registry)}
+	httpDone := make(chan struct{})
+	go func() { defer close(httpDone); _ = hs.Serve(l) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+		<-httpDone
+	}()
+
 	reg := &register.Client{APIURL: cfg.APIURL, Token: cfg.Token, TLS: tlsCfg, Logger: log}
 	res, err := registerLoop(ctx, reg, info, st, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while registering: a clean exit
+		}
 		return err
 	}
 	st.ClusterID, st.ClusterUUID, st.GatewayWSURL, st.AgentID = res.ClusterID, res.ClusterUUID, res.GatewayWSURL, cfg.AgentID
@@ -102,8 +139,6 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 	}
 	log = log.With("cluster", res.ClusterUUID)
 
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	fwd, err := kubeapi.New(rc, log)
 	if err != nil {
 		return err
@@ -199,20 +234,13 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 	}
 	goRun(func(ctx context.Context) { heartbeatLoop(ctx, cfg, tc, collector, syncer, res, kick, log) })
 
-	l, err := net.Listen("tcp", cfg.ListenAddr)
-	if err != nil {
-		return fmt.Errorf("AGENT_LISTEN_ADDR=%s: %w", cfg.ListenAddr, err)
-	}
-	hs := &http.Server{Handler: handler(statusFn, readyFn, registry), ReadHeaderTimeout: 10 * time.Second}
-	goRun(func(context.Context) { _ = hs.Serve(l) })
+	statusP.Store(&statusFn)
+	readyP.Store(&readyFn)
 	log.Info("agent running", "gateway", res.GatewayWSURL, "listen", l.Addr().String(), "ingress_sync", cfg.EnableIngress)
 
 	// The tunnel runs on the caller's ctx: when it ends, the client drains
 	// (GoAway, open streams finish) and returns.
 	_ = tc.Run(ctx)
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = hs.Shutdown(sctx)
 	stop()
 	wg.Wait()
 	return nil

@@ -262,3 +262,28 @@ func TestAgentIngressSyncDisabled(t *testing.T) {
 		t.Fatalf("routes sent with ENABLE_INGRESS_SYNC=false: %+v", routes)
 	}
 }
+
+// TestHealthWhileRegistering: an agent whose token the control plane refuses
+// keeps answering /health (so a liveness probe does not restart it in a
+// loop), and /ready and /status say it is still registering.
+func TestHealthWhileRegistering(t *testing.T) {
+	s := newStack(t, map[string]string{"PIPEOPS_TOKEN": "not-a-token"})
+	stop := s.start()
+	defer stop()
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + s.listen + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	eventually(t, "/health while registering", 10*time.Second, func() bool { code, _ := get("/health"); return code == 200 })
+	if code, body := get("/ready"); code != http.StatusServiceUnavailable || !strings.Contains(body, "registering") {
+		t.Fatalf("/ready while registering: %d %q", code, body)
+	}
+	if code, body := get("/status"); code != 200 || !strings.Contains(body, `"registering"`) {
+		t.Fatalf("/status while registering: %d %q", code, body)
+	}
+}
