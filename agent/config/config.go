@@ -37,6 +37,7 @@ type Config struct {
 	LogLevel        slog.Level    // LOG_LEVEL
 	LogFormat       string        // LOG_FORMAT: text or json
 	ShowVersionOnly bool          // --version
+	Check           bool          // --check: verify the agent's Kubernetes access, print the results and exit
 }
 
 // Load reads the environment through getenv, then the flags in args, and
@@ -80,6 +81,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.IngressService, "ingress-controller", c.IngressService, "ingress controller Service as namespace/name (INGRESS_CONTROLLER_SERVICE)")
 	fs.StringVar(&c.ListenAddr, "listen", c.ListenAddr, "address of the health, metrics and status server (AGENT_LISTEN_ADDR)")
 	fs.BoolVar(&c.ShowVersionOnly, "version", false, "print the version and exit")
+	fs.BoolVar(&c.Check, "check", false, "check the agent's Kubernetes permissions, print one line per check and exit (1 if any failed)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -89,15 +91,19 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	return c, c.Validate()
 }
 
-// Validate checks the configuration; every problem names its variable.
+// Validate checks the configuration; every problem names its variable. In
+// check mode the control plane is not contacted, so PIPEOPS_API_URL and
+// PIPEOPS_TOKEN may be missing (but a URL that is given must still be one).
 func (c Config) Validate() error {
 	var errs []string
 	if c.APIURL == "" {
-		errs = append(errs, "PIPEOPS_API_URL (--api-url) is required: the control plane's URL, e.g. https://api.pipeops.io")
+		if !c.Check {
+			errs = append(errs, "PIPEOPS_API_URL (--api-url) is required: the control plane's URL, e.g. https://api.pipeops.io")
+		}
 	} else if u, err := url.Parse(c.APIURL); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 		errs = append(errs, fmt.Sprintf("PIPEOPS_API_URL=%q is not an http(s) URL", c.APIURL))
 	}
-	if c.Token == "" {
+	if c.Token == "" && !c.Check {
 		errs = append(errs, "PIPEOPS_TOKEN (--token) is required: the agent token from `pipeops-controlplane cluster create`")
 	}
 	if c.IngressService != "" && strings.Count(c.IngressService, "/") != 1 {

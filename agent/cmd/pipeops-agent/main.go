@@ -41,6 +41,15 @@ func main() {
 		os.Exit(1)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if cfg.Check {
+		err := app.Check(ctx, cfg, rc, os.Stdout)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	go func() {
 		<-ctx.Done()
 		stop() // the first signal drains; a second one kills at once
