@@ -115,9 +115,14 @@ lint: ## gofmt check and go vet
 # (11 minutes cold) for two ten-line mains that `make testenv` compiles.
 
 .PHONY: demo
-demo: build ## run the whole stack on this machine (not built yet)
-	@for b in $(BINARIES); do bin/$$b --version; done
-	@echo "make demo: the whole-stack demo is not built yet; the binaries above are what exists so far."
+demo: deps testenv build ## run the whole stack on this machine (until Ctrl-C): tunnel mode, direct mode, kubectl
+	@$(GO) build -o bin/pipeops-demo ./shared/stack/cmd/pipeops-demo
+	@PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" bin/pipeops-demo -bin bin $(DEMO_FLAGS)
+
+.PHONY: demo-check
+demo-check: deps testenv build ## the demo's three checks, then exit (0 only if all passed)
+	@$(GO) build -o bin/pipeops-demo ./shared/stack/cmd/pipeops-demo
+	@PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" bin/pipeops-demo -bin bin -check
 
 .PHONY: loadtest
 loadtest: ## run the load test suite (not built yet)

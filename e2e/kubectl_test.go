@@ -60,7 +60,7 @@ func TestKubectl(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kubectl is required (make deps installs it): %v", err)
 	}
-	e := newEnv(t, stack.Options{}, stack.ClusterOptions{KubeAccess: "edit"})
+	e := newEnv(t, stack.Options{}, stack.ClusterOptions{KubeAccess: "write"})
 	run := func(stdin string, args ...string) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

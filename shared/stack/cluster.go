@@ -40,8 +40,11 @@ const (
 type ClusterOptions struct {
 	// Name of the cluster in the control plane (required, unique).
 	Name string
-	// KubeAccess is the ClusterRole bound to the agent's ServiceAccount for
-	// what kubectl users reach through the tunnel (default "view").
+	// KubeAccess is what kubectl users reach through the tunnel: the agent's
+	// ServiceAccount gets "read" (get, list, watch on everything; the
+	// default) or "write" (cluster-admin). The built-in view and edit
+	// roles are aggregated by the controller manager, which does not run
+	// here, so they would be empty.
 	KubeAccess string
 	// AgentEnv adds or overrides agent variables.
 	AgentEnv map[string]string
@@ -111,7 +114,7 @@ func (s *Stack) AddCluster(ctx context.Context, opts ClusterOptions) (_ *Cluster
 	c.ID, c.AgentToken = created.ID, created.AgentToken
 	s.progress("cluster %-6s registered: `pipeops-controlplane cluster create %s` -> id %s", opts.Name, opts.Name, c.ID)
 
-	agentKubeconfig, err := c.installAgentRBAC(ctx, dir, cmpOr(opts.KubeAccess, "view"))
+	agentKubeconfig, err := c.installAgentRBAC(ctx, dir, cmpOr(opts.KubeAccess, "read"))
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: agent RBAC: %w", opts.Name, err)
 	}
@@ -193,7 +196,7 @@ func cmpOr(a, b string) string {
 }
 
 // installAgentRBAC applies deploy/rbac/agent.yaml (the documented RBAC),
-// binds the account to the kubeAccess ClusterRole, and writes a kubeconfig
+// grants the account kubeAccess for the Kubernetes API target, and writes a kubeconfig
 // with a TokenRequest token for the account: the agent runs with exactly
 // what a real install grants it.
 func (c *Cluster) installAgentRBAC(ctx context.Context, dir, kubeAccess string) (string, error) {
@@ -249,9 +252,24 @@ func (c *Cluster) installAgentRBAC(ctx context.Context, dir, kubeAccess string) 
 			return "", fmt.Errorf("%s: %w", meta.Kind, err)
 		}
 	}
+	role := "cluster-admin"
+	switch kubeAccess {
+	case "write":
+	case "read":
+		role = "pipeops-agent-kube-read"
+		read := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: role}, Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{"*"}, Resources: []string{"*"}, Verbs: []string{"get", "list", "watch"}},
+			{NonResourceURLs: []string{"*"}, Verbs: []string{"get"}},
+		}}
+		if _, err := cs.RbacV1().ClusterRoles().Create(ctx, read, metav1.CreateOptions{}); err != nil {
+			return "", err
+		}
+	default:
+		return "", fmt.Errorf("KubeAccess %q: want read or write", kubeAccess)
+	}
 	access := &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: "pipeops-agent-kube-access"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: kubeAccess},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
 		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: AgentAccount, Namespace: AgentNamespace}},
 	}
 	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, access, metav1.CreateOptions{}); err != nil {
