@@ -39,6 +39,7 @@ Usage:
   pipeops-controlplane token revoke ID            revoke a token by id
   pipeops-controlplane kubeconfig CLUSTER         print a kubeconfig reaching CLUSTER through the gateway
   pipeops-controlplane version                    print the version
+  pipeops-controlplane healthcheck URL            exit 0 if GET URL answers 2xx (container healthchecks)
 
 Configuration comes from the environment: DATABASE_URL (required), LISTEN_ADDR,
 GATEWAY_WS_URL (required by serve), GATEWAY_URL, GATEWAY_CA_FILE, API_URL, ROUTE_TTL,

@@ -15,10 +15,15 @@ import (
 
 	"github.com/pipeops/tunnel/agent/app"
 	"github.com/pipeops/tunnel/agent/config"
+	"github.com/pipeops/tunnel/shared/healthcheck"
 	"github.com/pipeops/tunnel/shared/version"
 )
 
 func main() {
+	// Before the configuration: the check must not start a second agent.
+	if len(os.Args) > 1 && os.Args[1] == healthcheck.Command {
+		os.Exit(healthcheck.Run(os.Args[2:], os.Stderr))
+	}
 	cfg, err := config.Load(os.Args[1:], os.Getenv)
 	if cfg.ShowVersionOnly {
 		fmt.Println(version.String("pipeops-agent"))

@@ -9,9 +9,13 @@ import (
 	"syscall"
 
 	"github.com/pipeops/tunnel/controlplane/cli"
+	"github.com/pipeops/tunnel/shared/healthcheck"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == healthcheck.Command {
+		os.Exit(healthcheck.Run(os.Args[2:], os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	go func() {
 		<-ctx.Done()

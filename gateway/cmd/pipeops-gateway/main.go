@@ -13,10 +13,14 @@ import (
 	"syscall"
 
 	"github.com/pipeops/tunnel/gateway/server"
+	"github.com/pipeops/tunnel/shared/healthcheck"
 	"github.com/pipeops/tunnel/shared/version"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == healthcheck.Command {
+		os.Exit(healthcheck.Run(os.Args[2:], os.Stderr))
+	}
 	if len(os.Args) > 1 && (os.Args[1] == "--version" || os.Args[1] == "version" || os.Args[1] == "-version") {
 		fmt.Println(version.String("pipeops-gateway"))
 		return
