@@ -125,9 +125,12 @@ func exercise(t *testing.T, s *stack.Stack, host, mode string, download int64) {
 		}
 	})
 
-	if after := metric(t, s, "pipeops_gateway_proxy_requests_total", `mode="`+mode+`"`); after-before < 5 {
-		t.Fatalf("the gateway counted %v requests in %s mode, want the 5 just made", after-before, mode)
-	}
+	// A request is counted when the gateway's handler returns: for the
+	// WebSocket, once both ends of the upgraded connection are closed.
+	eventually(t, "the gateway to count the 5 requests in "+mode+" mode", 5*time.Second, func() (bool, string) {
+		after := metric(t, s, "pipeops_gateway_proxy_requests_total", `mode="`+mode+`"`)
+		return after-before >= 5, fmt.Sprintf("%v counted", after-before)
+	})
 }
 
 // TestTunnelMode: GET, a 100 MiB upload, a 1 GiB streamed download, SSE and

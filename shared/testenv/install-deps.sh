@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests run against: etcd (for the test
-# kube-apiserver) and the PostgreSQL server. Does nothing when they are there,
+# kube-apiserver), the PostgreSQL server, and shellcheck (the installer's
+# lint test). Does nothing when they are there,
 # so it needs root (or sudo) only on a machine that lacks them.
 set -euo pipefail
 
@@ -11,9 +12,10 @@ if [[ -z "${TEST_DATABASE_URL:-}" ]] && ! command -v postgres >/dev/null 2>&1 \
 	missing+=(postgresql)
 fi
 command -v git >/dev/null 2>&1 || missing+=(git)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 
 if ((${#missing[@]} == 0)); then
-	echo "deps: etcd and PostgreSQL are installed"
+	echo "deps: etcd, PostgreSQL and shellcheck are installed"
 	exit 0
 fi
 

@@ -1,0 +1,476 @@
+package compose
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	composecli "github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+
+	agentconfig "github.com/pipeops/tunnel/agent/config"
+	cpcli "github.com/pipeops/tunnel/controlplane/cli"
+	"github.com/pipeops/tunnel/gateway/server"
+	"github.com/pipeops/tunnel/shared/testenv"
+)
+
+// secrets stand in for what a user puts into .env; .env.example leaves them
+// empty on purpose.
+var secrets = map[string]string{
+	"POSTGRES_PASSWORD":      "test-password-0123",
+	"PIPEOPS_AGENT_TOKEN":    "test-agent-token",
+	"GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
+}
+
+var (
+	core       = []string{"controlplane", "gateway", "postgres"}
+	demo       = []string{"agent", "k3s"}
+	monitoring = []string{"grafana", "prometheus"}
+)
+
+// binaries maps the services built from deploy/images/Dockerfile to the
+// binary their image runs.
+var binaries = map[string]string{
+	"controlplane": "pipeops-controlplane",
+	"gateway":      "pipeops-gateway",
+	"agent":        "pipeops-agent",
+}
+
+func moduleRoot(t *testing.T) string {
+	t.Helper()
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// load reads docker-compose.yml as `docker compose --profile ... up` would,
+// with .env.example as the .env file and extra (which wins over it, as the
+// shell does) and nothing from this process's environment.
+func load(t *testing.T, profiles []string, extra map[string]string) (*types.Project, error) {
+	t.Helper()
+	root := moduleRoot(t)
+	var env []string
+	for k, v := range extra {
+		env = append(env, k+"="+v)
+	}
+	opts, err := composecli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
+		composecli.WithWorkingDirectory(root),
+		composecli.WithEnv(env),
+		composecli.WithEnvFiles(filepath.Join(root, ".env.example")),
+		composecli.WithDotEnv,
+		composecli.WithProfiles(profiles),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opts.LoadProject(context.Background())
+}
+
+// stack is the whole stack, every profile enabled, with the secrets set.
+func stack(t *testing.T) *types.Project {
+	t.Helper()
+	p, err := load(t, []string{"*"}, secrets)
+	if err != nil {
+		t.Fatalf("load docker-compose.yml: %v", err)
+	}
+	return p
+}
+
+func service(t *testing.T, p *types.Project, name string) types.ServiceConfig {
+	t.Helper()
+	s, err := p.GetService(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// getenv is the service's environment as its process sees it.
+func getenv(s types.ServiceConfig) func(string) string {
+	return func(k string) string {
+		if v, ok := s.Environment[k]; ok && v != nil {
+			return *v
+		}
+		return ""
+	}
+}
+
+func portOf(t *testing.T, addr string) string {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("address %q: %v", addr, err)
+	}
+	return p
+}
+
+// configs are the three components' configurations, loaded by their own
+// code from the environment the compose file gives them.
+type configs struct {
+	cp    cpcli.Config
+	gw    server.Config
+	agent agentconfig.Config
+}
+
+func loadConfigs(t *testing.T, p *types.Project) configs {
+	t.Helper()
+	var c configs
+	var err error
+	cpSvc := service(t, p, "controlplane")
+	if c.cp, err = cpcli.LoadConfig(getenv(cpSvc)); err != nil {
+		t.Fatalf("controlplane: LoadConfig with the compose environment: %v", err)
+	}
+	if !slices.Equal(cpSvc.Command, []string{"serve"}) {
+		t.Errorf("controlplane command %q, want [serve]", cpSvc.Command)
+	}
+	if err := c.cp.ValidateServe(); err != nil {
+		t.Errorf("controlplane serve: %v", err)
+	}
+	if c.gw, err = server.LoadConfig(getenv(service(t, p, "gateway"))); err != nil {
+		t.Fatalf("gateway: LoadConfig with the compose environment: %v", err)
+	}
+	agentSvc := service(t, p, "agent")
+	if c.agent, err = agentconfig.Load(agentSvc.Command, getenv(agentSvc)); err != nil {
+		t.Fatalf("agent: config.Load with the compose environment: %v", err)
+	}
+	return c
+}
+
+func TestEnvExampleAloneIsRefused(t *testing.T) {
+	_, err := load(t, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "POSTGRES_PASSWORD") {
+		t.Fatalf("docker compose with .env.example unchanged: err = %v, want a refusal naming POSTGRES_PASSWORD", err)
+	}
+}
+
+func TestEnvExample(t *testing.T) {
+	root := moduleRoot(t)
+	example := readEnvFile(t, filepath.Join(root, ".env.example"))
+	for name := range secrets {
+		v, ok := example[name]
+		if !ok {
+			t.Errorf(".env.example does not document %s", name)
+		} else if v != "" {
+			t.Errorf(".env.example sets %s: secrets must stay empty there", name)
+		}
+	}
+
+	raw, err := os.ReadFile(filepath.Join(root, "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\$\{([A-Z0-9_]+)`).FindAllStringSubmatch(string(raw), -1) {
+		used[m[1]] = true
+	}
+	for name := range used {
+		if _, ok := example[name]; !ok {
+			t.Errorf("docker-compose.yml uses ${%s}, which .env.example does not document", name)
+		}
+	}
+	for name := range example {
+		if !used[name] {
+			t.Errorf(".env.example documents %s, which docker-compose.yml does not use", name)
+		}
+	}
+
+	gi, err := os.ReadFile(filepath.Join(root, ".gitignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(strings.Split(string(gi), "\n"), ".env") {
+		t.Error(".gitignore does not list .env: the secrets file could be committed")
+	}
+}
+
+func readEnvFile(t *testing.T, path string) map[string]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	vars := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Errorf("%s: %q is not NAME=value", path, line)
+			continue
+		}
+		vars[k] = v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return vars
+}
+
+func TestProfiles(t *testing.T) {
+	for _, tc := range []struct {
+		profiles []string
+		want     []string
+	}{
+		{nil, core},
+		{[]string{"demo"}, append(slices.Clone(core), demo...)},
+		{[]string{"monitoring"}, append(slices.Clone(core), monitoring...)},
+		{[]string{"*"}, append(append(slices.Clone(core), demo...), monitoring...)},
+	} {
+		p, err := load(t, tc.profiles, secrets)
+		if err != nil {
+			t.Fatalf("profiles %v: %v", tc.profiles, err)
+		}
+		got := p.ServiceNames()
+		slices.Sort(got)
+		slices.Sort(tc.want)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("profiles %v: services %v, want %v", tc.profiles, got, tc.want)
+		}
+	}
+	p := stack(t)
+	for names, profile := range map[*[]string]string{&demo: "demo", &monitoring: "monitoring"} {
+		for _, n := range *names {
+			if s := service(t, p, n); !slices.Equal(s.Profiles, []string{profile}) {
+				t.Errorf("%s: profiles %v, want [%s]", n, s.Profiles, profile)
+			}
+		}
+	}
+}
+
+func TestDependsOn(t *testing.T) {
+	p := stack(t)
+	want := map[string][]string{
+		"controlplane": {"postgres"},
+		"gateway":      {"controlplane"},
+		"agent":        {"controlplane", "gateway", "k3s"},
+		"grafana":      {"prometheus"},
+	}
+	for _, name := range p.ServiceNames() {
+		s := service(t, p, name)
+		var got []string
+		for dep, d := range s.DependsOn {
+			got = append(got, dep)
+			if d.Condition != types.ServiceConditionHealthy {
+				t.Errorf("%s depends on %s with condition %q, want %s", name, dep, d.Condition, types.ServiceConditionHealthy)
+			}
+			if ds := service(t, p, dep); ds.HealthCheck == nil {
+				t.Errorf("%s waits for %s to be healthy, which has no healthcheck", name, dep)
+			}
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want[name]) {
+			t.Errorf("%s depends on %v, want %v", name, got, want[name])
+		}
+	}
+}
+
+func TestHealthchecks(t *testing.T) {
+	p := stack(t)
+	c := loadConfigs(t, p)
+	// The distroless images have no shell, curl or wget: the binaries check
+	// their own endpoints ("healthcheck URL", exit 0 on a 2xx answer).
+	wantURL := map[string]string{
+		"controlplane": "http://127.0.0.1:" + portOf(t, c.cp.ListenAddr) + "/readyz",
+		"gateway":      "http://127.0.0.1:" + portOf(t, c.gw.AdminAddr) + "/readyz",
+		"agent":        "http://127.0.0.1:" + portOf(t, c.agent.ListenAddr) + "/ready",
+	}
+	for _, name := range p.ServiceNames() {
+		s := service(t, p, name)
+		if s.HealthCheck == nil || len(s.HealthCheck.Test) < 2 {
+			t.Errorf("%s has no healthcheck", name)
+			continue
+		}
+		test := s.HealthCheck.Test
+		if test[0] != "CMD" {
+			t.Errorf("%s healthcheck %q: want the exec form [CMD, ...]", name, test)
+		}
+		bin, ours := binaries[name]
+		if !ours {
+			continue
+		}
+		want := []string{"CMD", "/usr/local/bin/" + bin, "healthcheck", wantURL[name]}
+		if !slices.Equal(test, want) {
+			t.Errorf("%s healthcheck %q, want %q", name, test, want)
+		}
+	}
+}
+
+func TestBuilds(t *testing.T) {
+	p := stack(t)
+	root := moduleRoot(t)
+	df, err := os.ReadFile(filepath.Join(root, "deploy", "images", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range binaries {
+		s := service(t, p, name)
+		if s.Build == nil {
+			t.Errorf("%s is not built from the repository", name)
+			continue
+		}
+		if s.Build.Context != root || s.Build.Dockerfile != "deploy/images/Dockerfile" || s.Build.Target != name {
+			t.Errorf("%s build: context %q dockerfile %q target %q; want the repository root, deploy/images/Dockerfile, %s",
+				name, s.Build.Context, s.Build.Dockerfile, s.Build.Target, name)
+		}
+		if !regexp.MustCompile(`(?m)^FROM \S+ AS ` + name + `$`).Match(df) {
+			t.Errorf("deploy/images/Dockerfile has no target %s", name)
+		}
+		for _, arg := range []string{"VERSION", "COMMIT"} {
+			if v := s.Build.Args[arg]; v == nil || *v == "" {
+				t.Errorf("%s build does not pass %s", name, arg)
+			}
+		}
+	}
+}
+
+func TestComponentConfigs(t *testing.T) {
+	p := stack(t)
+	c := loadConfigs(t, p)
+	pg := service(t, p, "postgres")
+	pgEnv := getenv(pg)
+
+	// Both servers use the postgres service's database with its credentials.
+	for name, dsn := range map[string]string{"controlplane": c.cp.DatabaseURL, "gateway": c.gw.DatabaseURL} {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			t.Fatalf("%s DATABASE_URL: %v", name, err)
+		}
+		pw, _ := u.User.Password()
+		if u.Hostname() != "postgres" || u.Port() != "5432" || u.User.Username() != pgEnv("POSTGRES_USER") ||
+			pw != secrets["POSTGRES_PASSWORD"] || strings.TrimPrefix(u.Path, "/") != pgEnv("POSTGRES_DB") {
+			t.Errorf("%s DATABASE_URL %q does not match the postgres service (user %s, db %s, POSTGRES_PASSWORD)",
+				name, dsn, pgEnv("POSTGRES_USER"), pgEnv("POSTGRES_DB"))
+		}
+	}
+	if pgEnv("POSTGRES_PASSWORD") != secrets["POSTGRES_PASSWORD"] {
+		t.Error("the postgres service does not take POSTGRES_PASSWORD from the environment")
+	}
+
+	// The gateway finds the control plane's JWKS; the agent finds its API.
+	cpURL := "http://controlplane:" + portOf(t, c.cp.ListenAddr)
+	if c.gw.ControlPlaneURL != cpURL {
+		t.Errorf("gateway CONTROLPLANE_URL %q, want %q", c.gw.ControlPlaneURL, cpURL)
+	}
+	if c.agent.APIURL != cpURL {
+		t.Errorf("agent PIPEOPS_API_URL %q, want %q", c.agent.APIURL, cpURL)
+	}
+
+	// Agents are told a /ws URL that reaches the gateway's listener and is
+	// served there (GATEWAY_HOSTS).
+	ws, err := url.Parse(c.cp.GatewayWSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ws.Scheme != "ws" || ws.Hostname() != "gateway" || ws.Port() != portOf(t, c.gw.HTTPAddr) || ws.Path != "/ws" {
+		t.Errorf("GATEWAY_WS_URL %q does not reach the gateway's HTTP listener %s from the compose network", c.cp.GatewayWSURL, c.gw.HTTPAddr)
+	}
+	if !slices.Contains(c.gw.GatewayHosts, "gateway") {
+		t.Errorf("GATEWAY_HOSTS %v lacks gateway: /ws would not be served to the demo agent", c.gw.GatewayHosts)
+	}
+
+	// Prometheus must reach the gateway's admin listener from another container.
+	if h, _, _ := net.SplitHostPort(c.gw.AdminAddr); h != "" && h != "0.0.0.0" && h != "::" {
+		t.Errorf("gateway ADMIN_ADDR %s listens on %s only", c.gw.AdminAddr, h)
+	}
+	if c.gw.HTTPSAddr == "" {
+		t.Error("gateway has no HTTPS listener")
+	}
+
+	// State that must survive a restart lives on volumes.
+	gw := service(t, p, "gateway")
+	if !onVolume(gw, c.gw.ACMECacheDir) {
+		t.Errorf("gateway ACME_CACHE_DIR %s is not on a volume", c.gw.ACMECacheDir)
+	}
+	agent := service(t, p, "agent")
+	if !onVolume(agent, c.agent.StateFile) {
+		t.Errorf("agent AGENT_STATE_FILE %q is not on a volume", c.agent.StateFile)
+	}
+	if !onVolume(pg, "/var/lib/postgresql/data/PG_VERSION") {
+		t.Error("postgres data is not on a volume")
+	}
+
+	// The agent reads the kubeconfig k3s writes, through a shared volume,
+	// and shares k3s's network so that the kubeconfig's 127.0.0.1:6443 is
+	// the API server.
+	k3s := service(t, p, "k3s")
+	out := getenv(k3s)("K3S_KUBECONFIG_OUTPUT")
+	kv, kOK := volumeAt(k3s, out)
+	av, aOK := volumeAt(agent, c.agent.Kubeconfig)
+	if !kOK || !aOK || kv.Source != av.Source || path.Base(out) != path.Base(c.agent.Kubeconfig) {
+		t.Errorf("agent KUBECONFIG %q is not the file k3s writes (K3S_KUBECONFIG_OUTPUT %q) on a shared volume", c.agent.Kubeconfig, out)
+	}
+	if !av.ReadOnly {
+		t.Error("the agent mounts the k3s kubeconfig writable")
+	}
+	if agent.NetworkMode != "service:k3s" {
+		t.Errorf("agent network_mode %q, want service:k3s", agent.NetworkMode)
+	}
+	if hc := k3s.HealthCheck; hc == nil || !slices.Contains(hc.Test, "--kubeconfig="+out) {
+		t.Errorf("k3s healthcheck %v: kubectl must read the kubeconfig k3s writes to %s", hc, out)
+	}
+	if !k3s.Privileged {
+		t.Error("k3s must run privileged")
+	}
+	if c.agent.Token != secrets["PIPEOPS_AGENT_TOKEN"] {
+		t.Error("the agent does not take its token from PIPEOPS_AGENT_TOKEN")
+	}
+}
+
+// volumeAt returns the volume or bind mount that holds file in s.
+func volumeAt(s types.ServiceConfig, file string) (types.ServiceVolumeConfig, bool) {
+	if file == "" {
+		return types.ServiceVolumeConfig{}, false
+	}
+	for _, v := range s.Volumes {
+		if file == v.Target || strings.HasPrefix(file, strings.TrimSuffix(v.Target, "/")+"/") {
+			return v, true
+		}
+	}
+	return types.ServiceVolumeConfig{}, false
+}
+
+func onVolume(s types.ServiceConfig, file string) bool {
+	v, ok := volumeAt(s, file)
+	return ok && v.Type == types.VolumeTypeVolume && !v.ReadOnly
+}
+
+func TestPorts(t *testing.T) {
+	p := stack(t)
+	c := loadConfigs(t, p)
+	type port struct{ hostIP, published, target string }
+	want := map[string][]port{
+		"postgres":     {{"127.0.0.1", "5432", "5432"}},
+		"controlplane": {{"", "8080", portOf(t, c.cp.ListenAddr)}},
+		"gateway":      {{"", "80", portOf(t, c.gw.HTTPAddr)}, {"", "443", portOf(t, c.gw.HTTPSAddr)}},
+		"k3s":          {{"127.0.0.1", "6443", "6443"}},
+		"prometheus":   {{"127.0.0.1", "9090", "9090"}},
+		"grafana":      {{"127.0.0.1", "3000", "3000"}},
+	}
+	for _, name := range p.ServiceNames() {
+		s := service(t, p, name)
+		var got []port
+		for _, pc := range s.Ports {
+			got = append(got, port{pc.HostIP, pc.Published, itoa(pc.Target)})
+		}
+		if !slices.Equal(got, want[name]) {
+			t.Errorf("%s publishes %v, want %v", name, got, want[name])
+		}
+	}
+}
+
+func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
