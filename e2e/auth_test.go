@@ -18,6 +18,7 @@ import (
 // within 30 s; the Kubernetes path refuses tokens without access to the
 // cluster.
 func TestTokenAuth(t *testing.T) {
+	t.Parallel() // mostly waiting: out the leeway, and for the revocation check
 	e := newEnv(t, stack.Options{}, stack.ClusterOptions{NoAgent: true})
 	ctx := context.Background()
 	s, c := e.s, e.c
