@@ -106,17 +106,7 @@ func TestTokenAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc := tlsClient(t, s)
-	k8s := func(token string) int {
-		req, _ := http.NewRequest(http.MethodGet, s.GatewayHTTPS+"/k8s/"+c.ID+"/api", nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	k8s := func(token string) int { return k8sStatus(t, s, c.ID, token) }
 	if code := k8s(user); code != 200 {
 		t.Fatalf("/k8s with this cluster's user token: %d, want 200", code)
 	}

@@ -149,9 +149,20 @@ func tlsConfig(t *testing.T, s *stack.Stack) *tls.Config {
 	return &tls.Config{RootCAs: pool}
 }
 
-// tlsClient is an HTTPS client trusting the stack's CA.
-func tlsClient(t *testing.T, s *stack.Stack) *http.Client {
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig(t, s)}}
+// k8sStatus is the status of GET /k8s/{cluster}/api through the gateway's
+// HTTPS listener with token.
+func k8sStatus(t *testing.T, s *stack.Stack, cluster, token string) int {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig(t, s)}}
+	defer hc.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodGet, s.GatewayHTTPS+"/k8s/"+cluster+"/api", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // traffic sends GET / to host every interval until stopped, and records

@@ -1,6 +1,8 @@
 package app
 
 import (
+	"sort"
+
 	rbacv1 "k8s.io/api/rbac/v1"
 
 	"github.com/pipeops/tunnel/agent/clusterinfo"
@@ -24,4 +26,32 @@ func ClusterRules() []rbacv1.PolicyRule {
 // NamespaceRules is what the agent needs in its own namespace: its state.
 func NamespaceRules(namespace string) []rbacv1.PolicyRule {
 	return state.Rules(namespace)
+}
+
+// Grants flattens rules into sorted "group/resource/name:verb" strings, one
+// per permission, so that two rule lists (the code's, a manifest's, a
+// chart's) compare equal however their rules are grouped.
+func Grants(rules []rbacv1.PolicyRule) []string {
+	set := map[string]bool{}
+	for _, r := range rules {
+		names := r.ResourceNames
+		if len(names) == 0 {
+			names = []string{""}
+		}
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				for _, n := range names {
+					for _, v := range r.Verbs {
+						set[g+"/"+res+"/"+n+":"+v] = true
+					}
+				}
+			}
+		}
+	}
+	out := make([]string, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

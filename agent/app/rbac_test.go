@@ -3,40 +3,12 @@ package app
 import (
 	"bytes"
 	"os"
-	"sort"
 	"strings"
 	"testing"
 
 	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 )
-
-// grants flattens rules into "group/resource/name:verb" strings, so two rule
-// lists can be compared however they are grouped.
-func grants(rules []rbacv1.PolicyRule) []string {
-	set := map[string]bool{}
-	for _, r := range rules {
-		names := r.ResourceNames
-		if len(names) == 0 {
-			names = []string{""}
-		}
-		for _, g := range r.APIGroups {
-			for _, res := range r.Resources {
-				for _, n := range names {
-					for _, v := range r.Verbs {
-						set[g+"/"+res+"/"+n+":"+v] = true
-					}
-				}
-			}
-		}
-	}
-	out := make([]string, 0, len(set))
-	for k := range set {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
 
 // TestRBACManifestMatchesCode keeps deploy/rbac/agent.yaml exactly what the
 // agent's code asks for: no less (the agent would fail) and no more.
@@ -65,7 +37,7 @@ func TestRBACManifestMatchesCode(t *testing.T) {
 		"ClusterRole": {cluster, ClusterRules()},
 		"Role":        {ns, NamespaceRules("pipeops-system")},
 	} {
-		got, want := grants(c.manifest), grants(c.code)
+		got, want := Grants(c.manifest), Grants(c.code)
 		if strings.Join(got, "\n") != strings.Join(want, "\n") {
 			t.Errorf("%s in deploy/rbac/agent.yaml grants\n  %s\nbut the code needs\n  %s", name, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 		}

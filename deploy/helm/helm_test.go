@@ -539,33 +539,6 @@ func TestServiceMonitor(t *testing.T) {
 	}
 }
 
-// grants flattens rules into "group/resource/name:verb" strings, so two rule
-// lists compare however they are grouped (as agent/app/rbac_test.go does).
-func grants(rules []rbacv1.PolicyRule) []string {
-	set := map[string]bool{}
-	for _, r := range rules {
-		names := r.ResourceNames
-		if len(names) == 0 {
-			names = []string{""}
-		}
-		for _, g := range r.APIGroups {
-			for _, res := range r.Resources {
-				for _, n := range names {
-					for _, v := range r.Verbs {
-						set[g+"/"+res+"/"+n+":"+v] = true
-					}
-				}
-			}
-		}
-	}
-	out := make([]string, 0, len(set))
-	for k := range set {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // TestRBACMatchesCode keeps the chart's ClusterRole and Role exactly what
 // the agent's code asks for, and its bindings pointing at them.
 func TestRBACMatchesCode(t *testing.T) {
@@ -585,7 +558,7 @@ func TestRBACMatchesCode(t *testing.T) {
 		"ClusterRole": {cr.Rules, app.ClusterRules()},
 		"Role":        {role.Rules, app.NamespaceRules(namespace)},
 	} {
-		got, want := grants(c.chart), grants(c.code)
+		got, want := app.Grants(c.chart), app.Grants(c.code)
 		if strings.Join(got, "\n") != strings.Join(want, "\n") {
 			t.Errorf("the chart's %s grants\n  %s\nbut the agent's code needs\n  %s", name, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 		}
