@@ -115,7 +115,7 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 				return (*f)()
 			}
 			return false, "registering with the control plane"
-		}, registry)}
+		}, registry, cfg.Pprof)}
 	httpDone := make(chan struct{})
 	go func() { defer close(httpDone); _ = hs.Serve(l) }()
 	defer func() {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"html/template"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,8 +44,16 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 // handler serves /health (alive), /ready (tunnel up and a heartbeat
 // acknowledged recently), /metrics, /version, /status (JSON) and / (a
 // status page).
-func handler(status func() Status, ready func() (bool, string), reg *prometheus.Registry) http.Handler {
+//
+// With withPprof, /debug/pprof/ too (AGENT_PPROF): off by default, since the
+// port is reachable inside the cluster.
+func handler(status func() Status, ready func() (bool, string), reg *prometheus.Registry, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
 		if ok, why := ready(); !ok {

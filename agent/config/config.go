@@ -34,6 +34,7 @@ type Config struct {
 	FullSync        time.Duration // ROUTE_FULL_SYNC_INTERVAL (default 4h)
 	DrainTimeout    time.Duration // SHUTDOWN_DRAIN_TIMEOUT (default 10s)
 	InsecureTLS     bool          // PIPEOPS_INSECURE_SKIP_VERIFY: development only
+	Pprof           bool          // AGENT_PPROF: serve /debug/pprof/ on ListenAddr
 	LogLevel        slog.Level    // LOG_LEVEL
 	LogFormat       string        // LOG_FORMAT: text or json
 	ShowVersionOnly bool          // --version
@@ -62,6 +63,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		FullSync:       r.Duration("ROUTE_FULL_SYNC_INTERVAL", 4*time.Hour),
 		DrainTimeout:   r.Duration("SHUTDOWN_DRAIN_TIMEOUT", 10*time.Second),
 		InsecureTLS:    r.Bool("PIPEOPS_INSECURE_SKIP_VERIFY", false),
+		Pprof:          r.Bool("AGENT_PPROF", false),
 		LogLevel:       r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 		LogFormat:      r.OneOf("LOG_FORMAT", "text", "text", "json"),
 	}

@@ -47,7 +47,7 @@ func join(stream net.Conn, target net.Conn) {
 // streams are the many, so they must be cheap; bulk ones are the few.
 const (
 	smallBuf = 2 << 10
-	largeBuf = 64 << 10
+	largeBuf = 256 << 10
 )
 
 var largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}

@@ -129,7 +129,7 @@ func (b *bufferPool) Get() []byte {
 	if buf, ok := b.p.Get().(*[]byte); ok {
 		return *buf
 	}
-	return make([]byte, 32<<10)
+	return make([]byte, 256<<10)
 }
 
 func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,7 @@ import (
 	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/shared/auth"
 	"github.com/pipeops/tunnel/shared/tunnel"
+	"github.com/pipeops/tunnel/shared/wsconn"
 )
 
 // Gateway is a running gateway's parts, for tests and for Run.
@@ -130,7 +132,8 @@ func (g *Gateway) Handler() http.Handler {
 	})
 }
 
-// AdminHandler serves /healthz, /readyz and /metrics.
+// AdminHandler serves /healthz, /readyz, /metrics and /debug/pprof/ (the
+// admin listener is for operators: loopback by default).
 func (g *Gateway) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
@@ -148,6 +151,9 @@ func (g *Gateway) AdminHandler() http.Handler {
 		}
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(g.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 
@@ -179,7 +185,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.log.Info("listening", "listener", name, "addr", l.Addr().String())
 		go func() {
 			if tlsCfg != nil {
-				errc <- hs.ServeTLS(l, "", "")
+				// Buffered reads and batched writes under TLS: one system call per
+				// burst or message instead of one per 16 KiB record (agent tunnels).
+				errc <- hs.ServeTLS(wsconn.BufferedListener(l), "", "")
 			} else {
 				errc <- hs.Serve(l)
 			}

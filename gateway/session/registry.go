@@ -123,8 +123,8 @@ func NewRegistry(cfg Config) (*Registry, error) {
 		sessions: make(map[string]*Session),
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: 10 * time.Second,
-			ReadBufferSize:   32 << 10,
-			WriteBufferSize:  32 << 10,
+			ReadBufferSize:   256 << 10,
+			WriteBufferSize:  256 << 10,
 		},
 	}
 	r.metrics = newMetrics(cfg.Metrics, r)

@@ -110,6 +110,7 @@ type Options struct {
 // safe for concurrent use with each other and with Read.
 type Conn struct {
 	ws        *websocket.Conn
+	batch     *bufferedConn // the Buffered connection under ws, if any
 	onText    func([]byte)
 	maxText   int64
 	maxBinary int64
@@ -143,6 +144,7 @@ type Conn struct {
 func New(ws *websocket.Conn, opts Options) *Conn {
 	c := &Conn{
 		ws:        ws,
+		batch:     batcherOf(ws),
 		onText:    opts.OnText,
 		maxText:   opts.MaxTextSize,
 		maxBinary: opts.MaxBinarySize,
@@ -384,6 +386,18 @@ func (c *Conn) writeMessage(typ int, p []byte) error {
 	// gorilla uses this for every frame of the message; it is only read by
 	// data writes, which wsem serialises.
 	_ = c.ws.SetWriteDeadline(deadline)
+	if c.batch != nil {
+		// One system call for the message's frames and TLS records.
+		c.batch.holdWrites()
+		err := c.ws.WriteMessage(typ, p)
+		if ferr := c.batch.releaseWrites(); err == nil {
+			err = ferr
+		}
+		if err != nil {
+			return c.writeFailed(err)
+		}
+		return nil
+	}
 	if err := c.ws.WriteMessage(typ, p); err != nil {
 		return c.writeFailed(err)
 	}
