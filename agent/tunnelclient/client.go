@@ -367,8 +367,9 @@ func (c *Client) connect(ctx context.Context) (*websocket.Conn, tunnel.GatewayHe
 		Proxy:            http.ProxyFromEnvironment,
 		TLSClientConfig:  c.cfg.TLSConfig,
 		HandshakeTimeout: c.cfg.HandshakeTimeout,
-		ReadBufferSize:   256 << 10,
+		ReadBufferSize:   32 << 10,
 		WriteBufferSize:  256 << 10,
+		WriteBufferPool:  wsconn.WriteBufferPool,
 	}
 	h := http.Header{"Authorization": {"Bearer " + c.cfg.Token}}
 	ws, resp, err := d.DialContext(ctx, c.url, h)

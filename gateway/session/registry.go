@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/tunnel/shared/tunnel"
+	"github.com/pipeops/tunnel/shared/wsconn"
 )
 
 // ErrAgentOffline means the cluster has no connected agent.
@@ -123,8 +124,9 @@ func NewRegistry(cfg Config) (*Registry, error) {
 		sessions: make(map[string]*Session),
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: 10 * time.Second,
-			ReadBufferSize:   256 << 10,
+			ReadBufferSize:   32 << 10,
 			WriteBufferSize:  256 << 10,
+			WriteBufferPool:  wsconn.WriteBufferPool,
 		},
 	}
 	r.metrics = newMetrics(cfg.Metrics, r)

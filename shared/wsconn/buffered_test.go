@@ -145,3 +145,43 @@ func TestBufferedUnderTLS(t *testing.T) {
 		t.Fatalf("%d raw writes for 4 one-MiB messages: not batched", n)
 	}
 }
+
+// readCounter counts the reads that reach the raw connection.
+type readCounter struct {
+	net.Conn
+	reads int
+}
+
+func (c *readCounter) Read(p []byte) (int, error) {
+	c.reads++
+	return c.Conn.Read(p)
+}
+
+func TestBufferedReadsBatchWhileStreaming(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	go func() { b.Write(data); b.Close() }()
+
+	raw := &readCounter{Conn: a}
+	c := Buffered(raw).(*bufferedConn)
+	var got []byte
+	p := make([]byte, 16<<10+512) // what TLS asks for: about one record
+	for {
+		n, err := c.Read(p)
+		got = append(got, p[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, not the %d written", len(got), len(data))
+	}
+	if limit := 2 * (len(data)/BufferSize + 2); raw.reads > limit {
+		t.Fatalf("%d raw reads for 1 MiB in %d-byte reads, want at most %d", raw.reads, len(p), limit)
+	}
+	if c.rbuf != nil {
+		t.Fatal("a drained connection still holds a read buffer")
+	}
+}
