@@ -5,7 +5,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,7 +12,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -105,31 +103,11 @@ func unrouted(t *testing.T, s *stack.Stack, host string, timeout time.Duration) 
 // one of labels (e.g. `mode="direct"`).
 func metric(t *testing.T, s *stack.Stack, name string, labels ...string) float64 {
 	t.Helper()
-	resp, err := http.Get(s.GatewayAdmin + "/metrics")
+	v, err := s.GatewayMetric(context.Background(), name, labels...)
 	if err != nil {
-		t.Fatalf("gateway metrics: %v", err)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-lines:
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		for _, l := range labels {
-			if !strings.Contains(line, l) {
-				continue lines
-			}
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err == nil {
-			sum += v
-		}
-	}
-	return sum
+	return v
 }
 
 // agents is the number of agent sessions the gateway holds.

@@ -18,6 +18,7 @@
 package stack
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -25,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -270,4 +272,38 @@ func (s *Stack) Token(ctx context.Context, kind string, ttl time.Duration, clust
 func (s *Stack) RevokeToken(ctx context.Context, id string) error {
 	_, err := s.CLI(ctx, "token", "revoke", id)
 	return err
+}
+
+// GatewayMetric sums the samples of the gateway's metric name (from its
+// admin /metrics) whose labels contain every one of labels, written as in
+// the exposition format (`mode="direct"`).
+func (s *Stack) GatewayMetric(ctx context.Context, name string, labels ...string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.GatewayAdmin+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("gateway metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+lines:
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		for _, l := range labels {
+			if !strings.Contains(line, l) {
+				continue lines
+			}
+		}
+		if v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum, sc.Err()
 }

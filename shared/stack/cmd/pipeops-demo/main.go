@@ -189,25 +189,7 @@ func (d *demo) get() (int, string, error) {
 
 // proxied is the gateway's count of proxied requests in mode.
 func (d *demo) proxied(mode string) (float64, error) {
-	resp, err := http.Get(d.s.GatewayAdmin + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	var sum float64
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "pipeops_gateway_proxy_requests_total{") && strings.Contains(line, `mode="`+mode+`"`) {
-			var v float64
-			if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
-				sum += v
-			}
-		}
-	}
-	return sum, nil
+	return d.s.GatewayMetric(context.Background(), "pipeops_gateway_proxy_requests_total", `mode="`+mode+`"`)
 }
 
 func (d *demo) tunnelMode() error { return d.served("tunnel") }
