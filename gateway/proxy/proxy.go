@@ -7,6 +7,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -295,6 +296,35 @@ func (s *statusRecorder) Flush() {
 }
 
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// Hijack hands ReverseProxy the visitor's connection for a protocol switch
+// (WebSocket) wrapped so that its copies in both directions use
+// tunnel.CopyAdaptive: an idle upgraded connection then holds 2 KiB buffers
+// instead of io.Copy's two 32 KiB ones, and there are many idle ones.
+func (s *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(s.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return upgradedConn{c}, brw, nil
+}
+
+// upgradedConn is a hijacked visitor connection. io.Copy prefers the
+// source's WriterTo and then the destination's ReaderFrom, so both of
+// ReverseProxy's copies end up in CopyAdaptive.
+type upgradedConn struct{ net.Conn }
+
+func (c upgradedConn) ReadFrom(r io.Reader) (int64, error) { return tunnel.CopyAdaptive(c.Conn, r) }
+func (c upgradedConn) WriteTo(w io.Writer) (int64, error)  { return tunnel.CopyAdaptive(w, c.Conn) }
+
+// CloseWrite passes a half-close on, as ReverseProxy asks when the backend
+// is done sending.
+func (c upgradedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
 
 func (s *statusRecorder) statusOr200() int {
 	if s.status == 0 {
