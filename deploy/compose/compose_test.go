@@ -45,21 +45,12 @@ var binaries = map[string]string{
 	"agent":        "pipeops-agent",
 }
 
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	root, err := testenv.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root
-}
-
 // load reads docker-compose.yml as `docker compose --profile ... up` would,
 // with .env.example as the .env file and extra (which wins over it, as the
 // shell does) and nothing from this process's environment.
 func load(t *testing.T, profiles []string, extra map[string]string) (*types.Project, error) {
 	t.Helper()
-	root := moduleRoot(t)
+	root := testenv.Root(t)
 	var env []string
 	for k, v := range extra {
 		env = append(env, k+"="+v)
@@ -155,7 +146,7 @@ func TestEnvExampleAloneIsRefused(t *testing.T) {
 }
 
 func TestEnvExample(t *testing.T) {
-	root := moduleRoot(t)
+	root := testenv.Root(t)
 	example := readEnvFile(t, filepath.Join(root, ".env.example"))
 	for name := range secrets {
 		v, ok := example[name]
@@ -312,7 +303,7 @@ func TestHealthchecks(t *testing.T) {
 
 func TestBuilds(t *testing.T) {
 	p := stack(t)
-	root := moduleRoot(t)
+	root := testenv.Root(t)
 	df, err := os.ReadFile(filepath.Join(root, "deploy", "images", "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/pipeops/tunnel/shared/testenv"
 )
 
 // TestHealthcheckCommands runs each compose healthcheck command with the real
@@ -21,7 +23,7 @@ import (
 // needs neither the database nor the control plane.
 func TestHealthcheckCommands(t *testing.T) {
 	p := stack(t)
-	root := moduleRoot(t)
+	root := testenv.Root(t)
 
 	bins := t.TempDir()
 	build := exec.Command("go", "build", "-o", bins+"/",

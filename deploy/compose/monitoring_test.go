@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
 )
@@ -190,7 +191,7 @@ func checkDashboard(t *testing.T, file, promUID string, metrics map[string][]str
 // _bucket, _sum and _count series.
 func registeredMetrics(t *testing.T) map[string][]string {
 	t.Helper()
-	root := moduleRoot(t)
+	root := testenv.Root(t)
 	metrics := map[string][]string{}
 	fset := token.NewFileSet()
 	for _, dir := range []string{"agent", "gateway", "controlplane"} {

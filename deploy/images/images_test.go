@@ -82,18 +82,9 @@ func port(t *testing.T, addr string) string {
 	return p
 }
 
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	root, err := testenv.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root
-}
-
 func loadDockerfile(t *testing.T) *dockerfile {
 	t.Helper()
-	df, err := parseDockerfile(filepath.Join(moduleRoot(t), "deploy", "images", "Dockerfile"))
+	df, err := parseDockerfile(filepath.Join(testenv.Root(t), "deploy", "images", "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +243,7 @@ func TestBuildStage(t *testing.T) {
 		}
 	}
 	// `make build` and the images must stamp the same version variables.
-	mk, err := os.ReadFile(filepath.Join(moduleRoot(t), "Makefile"))
+	mk, err := os.ReadFile(filepath.Join(testenv.Root(t), "Makefile"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +265,7 @@ func TestBuildStage(t *testing.T) {
 }
 
 func goMinor(t *testing.T) string {
-	data, err := os.ReadFile(filepath.Join(moduleRoot(t), "go.mod"))
+	data, err := os.ReadFile(filepath.Join(testenv.Root(t), "go.mod"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +341,7 @@ func TestBinaries(t *testing.T) {
 		t.Skip("builds the three binaries for two architectures")
 	}
 	df := loadDockerfile(t)
-	ctxDir := buildContext(t, moduleRoot(t))
+	ctxDir := buildContext(t, testenv.Root(t))
 
 	machines := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
 	out := map[string]string{}

@@ -365,7 +365,7 @@ func TestHelp(t *testing.T) {
 	if len(r.calls) != 0 {
 		t.Errorf("--help ran %v", r.calls)
 	}
-	script, err := os.ReadFile(filepath.Join(moduleRoot(t), "deploy", "install.sh"))
+	script, err := os.ReadFile(filepath.Join(testenv.Root(t), "deploy", "install.sh"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,7 +404,7 @@ func TestShellcheck(t *testing.T) {
 		testenv.Require(t, "shellcheck", fmt.Errorf("%w: shellcheck is not installed (apt-get install shellcheck)", testenv.ErrUnavailable))
 	}
 	cmd := exec.Command(sc, "--shell=bash", "--severity=style", "deploy/install.sh")
-	cmd.Dir = moduleRoot(t)
+	cmd.Dir = testenv.Root(t)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("shellcheck deploy/install.sh: %v\n%s", err, out)
 	}

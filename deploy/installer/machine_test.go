@@ -173,7 +173,7 @@ func (f *fakeMachine) runWith(extraEnv []string, args ...string) run {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(f.tools, "bash"), append([]string{scriptPath(f.t)}, args...)...)
-	cmd.Dir = moduleRoot(f.t)
+	cmd.Dir = testenv.Root(f.t)
 	cmd.Env = append([]string{
 		"PATH=" + f.stubs + ":" + f.tools,
 		"HOME=" + f.home,
@@ -234,15 +234,6 @@ func (f *fakeMachine) readState(name string) string {
 		f.t.Fatalf("%s: %v", name, err)
 	}
 	return string(data)
-}
-
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	root, err := testenv.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root
 }
 
 // scriptPath is relative to the module root, as a user in a checkout would
