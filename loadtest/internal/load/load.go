@@ -137,39 +137,24 @@ func Closed(ctx context.Context, workers int, d time.Duration, maxRequests int64
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var sent atomic.Int64
-	results := make([]*Result, workers)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for i := range workers {
-		r := &Result{}
-		results[i] = r
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, bufSize)
-			for ctx.Err() == nil && sent.Add(1) <= maxRequests {
-				t0 := time.Now()
-				n, err := req(ctx, buf)
-				if err != nil {
-					if ctx.Err() != nil {
-						return // cut by the end of the run, not a failure
-					}
-					r.Errors++
-					r.sample(err.Error())
-					continue
+	return fanOut(workers, func(r *Result) {
+		buf := make([]byte, bufSize)
+		for ctx.Err() == nil && sent.Add(1) <= maxRequests {
+			t0 := time.Now()
+			n, err := req(ctx, buf)
+			if err != nil {
+				if ctx.Err() != nil {
+					return // cut by the end of the run, not a failure
 				}
-				r.Hist.Record(time.Since(t0))
-				r.Requests++
-				r.Bytes += n
+				r.Errors++
+				r.sample(err.Error())
+				continue
 			}
-		}()
-	}
-	wg.Wait()
-	total := &Result{Elapsed: time.Since(start)}
-	for _, r := range results {
-		total.merge(r)
-	}
-	return total
+			r.Hist.Record(time.Since(t0))
+			r.Requests++
+			r.Bytes += n
+		}
+	})
 }
 
 // Open sends requests at a fixed rate for d, however long earlier ones
@@ -185,62 +170,55 @@ func Open(ctx context.Context, rate float64, d time.Duration, maxInFlight int, d
 	ctx, cancel := context.WithTimeout(ctx, d+drain)
 	defer cancel()
 	due := make(chan time.Time, min(n, 1<<16))
-	results := make([]*Result, maxInFlight)
-	var wg sync.WaitGroup
+	// The schedule feeds the workers; it ends (closing due) before they do.
 	start := time.Now()
-	for i := range maxInFlight {
-		r := &Result{}
-		results[i] = r
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, bufSize)
-			for at := range due {
-				if ctx.Err() != nil {
-					r.Errors++
-					r.sample("not sent before the end of the run: the schedule fell behind")
-					continue
-				}
-				k, err := req(ctx, buf)
-				if err != nil {
-					r.Errors++
-					r.sample(err.Error())
-					continue
-				}
-				r.Hist.Record(time.Since(at))
-				r.Requests++
-				r.Bytes += k
-			}
-		}()
-	}
 	var unscheduled int64
-	timer := time.NewTimer(0)
-schedule:
-	for i := int64(0); i < n; i++ {
-		at := start.Add(time.Duration(i) * interval)
-		if wait := time.Until(at); wait > 0 {
-			timer.Reset(wait)
+	scheduled := make(chan struct{})
+	go func() {
+		defer close(scheduled)
+		timer := time.NewTimer(0)
+	schedule:
+		for i := int64(0); i < n; i++ {
+			at := start.Add(time.Duration(i) * interval)
+			if wait := time.Until(at); wait > 0 {
+				timer.Reset(wait)
+				select {
+				case <-ctx.Done():
+					unscheduled = n - i
+					break schedule
+				case <-timer.C:
+				}
+			}
 			select {
+			case due <- at:
 			case <-ctx.Done():
 				unscheduled = n - i
 				break schedule
-			case <-timer.C:
 			}
 		}
-		select {
-		case due <- at:
-		case <-ctx.Done():
-			unscheduled = n - i
-			break schedule
+		timer.Stop()
+		close(due)
+	}()
+	total := fanOut(maxInFlight, func(r *Result) {
+		buf := make([]byte, bufSize)
+		for at := range due {
+			if ctx.Err() != nil {
+				r.Errors++
+				r.sample("not sent before the end of the run: the schedule fell behind")
+				continue
+			}
+			k, err := req(ctx, buf)
+			if err != nil {
+				r.Errors++
+				r.sample(err.Error())
+				continue
+			}
+			r.Hist.Record(time.Since(at))
+			r.Requests++
+			r.Bytes += k
 		}
-	}
-	timer.Stop()
-	close(due)
-	wg.Wait()
-	total := &Result{Elapsed: time.Since(start)}
-	for _, r := range results {
-		total.merge(r)
-	}
+	})
+	<-scheduled
 	if unscheduled > 0 {
 		total.Errors += unscheduled
 		total.sample(strconv.FormatInt(unscheduled, 10) + " requests never scheduled before the end of the run")
@@ -251,6 +229,25 @@ schedule:
 // Parallel runs req once in each of n goroutines at the same time and
 // reports the aggregate: bytes over the wall time of the slowest.
 func Parallel(ctx context.Context, n, bufSize int, req Request) *Result {
+	return fanOut(n, func(r *Result) {
+		buf := make([]byte, bufSize)
+		t0 := time.Now()
+		k, err := req(ctx, buf)
+		r.Bytes = k
+		if err != nil {
+			r.Errors++
+			r.sample(err.Error())
+			return
+		}
+		r.Requests++
+		r.Hist.Record(time.Since(t0))
+	})
+}
+
+// fanOut runs work on n goroutines, each recording into a Result of its own
+// (nothing shared on the hot path), and merges them once all have returned;
+// Elapsed is the wall time of the whole.
+func fanOut(n int, work func(r *Result)) *Result {
 	results := make([]*Result, n)
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -260,17 +257,7 @@ func Parallel(ctx context.Context, n, bufSize int, req Request) *Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, bufSize)
-			t0 := time.Now()
-			k, err := req(ctx, buf)
-			r.Bytes = k
-			if err != nil {
-				r.Errors++
-				r.sample(err.Error())
-				return
-			}
-			r.Requests++
-			r.Hist.Record(time.Since(t0))
+			work(r)
 		}()
 	}
 	wg.Wait()

@@ -40,39 +40,25 @@ func OpenSockets(ctx context.Context, url, host string, n, concurrency int) (*So
 	h := http.Header{"Host": {host}}
 	s := &Sockets{conns: make([]*websocket.Conn, 0, n)}
 	var next atomic.Int64
-	results := make([]*Result, concurrency)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for i := range concurrency {
-		r := &Result{}
-		results[i] = r
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil && next.Add(1) <= int64(n) {
-				t0 := time.Now()
-				c, resp, err := d.DialContext(ctx, url, h)
-				if err != nil {
-					r.Errors++
-					if resp != nil {
-						err = fmt.Errorf("%w (HTTP %s)", err, resp.Status)
-					}
-					r.sample(err.Error())
-					continue
+	total := fanOut(concurrency, func(r *Result) {
+		for ctx.Err() == nil && next.Add(1) <= int64(n) {
+			t0 := time.Now()
+			c, resp, err := d.DialContext(ctx, url, h)
+			if err != nil {
+				r.Errors++
+				if resp != nil {
+					err = fmt.Errorf("%w (HTTP %s)", err, resp.Status)
 				}
-				r.Hist.Record(time.Since(t0))
-				r.Requests++
-				s.mu.Lock()
-				s.conns = append(s.conns, c)
-				s.mu.Unlock()
+				r.sample(err.Error())
+				continue
 			}
-		}()
-	}
-	wg.Wait()
-	total := &Result{Elapsed: time.Since(start)}
-	for _, r := range results {
-		total.merge(r)
-	}
+			r.Hist.Record(time.Since(t0))
+			r.Requests++
+			s.mu.Lock()
+			s.conns = append(s.conns, c)
+			s.mu.Unlock()
+		}
+	})
 	return s, total
 }
 
@@ -84,51 +70,36 @@ func (s *Sockets) Echo(ctx context.Context, concurrency int, timeout time.Durati
 	conns := append([]*websocket.Conn(nil), s.conns...)
 	s.mu.Unlock()
 	var next atomic.Int64
-	results := make([]*Result, concurrency)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for i := range concurrency {
-		r := &Result{}
-		results[i] = r
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				k := int(next.Add(1)) - 1
-				if k >= len(conns) || ctx.Err() != nil {
-					return
-				}
-				c := conns[k]
-				msg := []byte(fmt.Sprintf("stream %d", k))
-				t0 := time.Now()
-				_ = c.SetWriteDeadline(t0.Add(timeout))
-				_ = c.SetReadDeadline(t0.Add(timeout))
-				err := c.WriteMessage(websocket.TextMessage, msg)
-				var got []byte
-				if err == nil {
-					_, got, err = c.ReadMessage()
-				}
-				if err == nil && !bytes.Equal(got, msg) {
-					err = fmt.Errorf("echo %q, sent %q", got, msg)
-				}
-				_ = c.SetWriteDeadline(time.Time{})
-				_ = c.SetReadDeadline(time.Time{})
-				if err != nil {
-					r.Errors++
-					r.sample(err.Error())
-					continue
-				}
-				r.Hist.Record(time.Since(t0))
-				r.Requests++
+	return fanOut(concurrency, func(r *Result) {
+		for {
+			k := int(next.Add(1)) - 1
+			if k >= len(conns) || ctx.Err() != nil {
+				return
 			}
-		}()
-	}
-	wg.Wait()
-	total := &Result{Elapsed: time.Since(start)}
-	for _, r := range results {
-		total.merge(r)
-	}
-	return total
+			c := conns[k]
+			msg := []byte(fmt.Sprintf("stream %d", k))
+			t0 := time.Now()
+			_ = c.SetWriteDeadline(t0.Add(timeout))
+			_ = c.SetReadDeadline(t0.Add(timeout))
+			err := c.WriteMessage(websocket.TextMessage, msg)
+			var got []byte
+			if err == nil {
+				_, got, err = c.ReadMessage()
+			}
+			if err == nil && !bytes.Equal(got, msg) {
+				err = fmt.Errorf("echo %q, sent %q", got, msg)
+			}
+			_ = c.SetWriteDeadline(time.Time{})
+			_ = c.SetReadDeadline(time.Time{})
+			if err != nil {
+				r.Errors++
+				r.sample(err.Error())
+				continue
+			}
+			r.Hist.Record(time.Since(t0))
+			r.Requests++
+		}
+	})
 }
 
 // Close closes every socket (without the closing handshake: the far side
