@@ -131,16 +131,25 @@ type Conn struct {
 	lastRecv atomic.Int64 // time.Duration since epoch
 	peerCode atomic.Int32
 
-	closeOnce  sync.Once
-	closed     chan struct{} // closed once the Conn is shutting down
-	reason     error         // why; written before closed is closed
-	pingerDone chan struct{} // nil without keepalive
+	closeOnce sync.Once
+	closed    chan struct{} // closed once the Conn is shutting down
+	reason    error         // why; written before closed is closed
+
+	// Keepalive runs on a timer, not a goroutine of its own: a gateway holds
+	// thousands of idle Conns and a parked goroutine costs a stack each.
+	ka         sync.Mutex
+	kaTimer    *time.Timer // nil without keepalive
+	kaStopped  bool
+	kaRunning  sync.WaitGroup // a tick in progress; Close waits for it
+	kaInterval time.Duration
+	kaTimeout  time.Duration
+	kaNextPing time.Duration // on the clock(), like lastRecv
 }
 
 // New adapts ws. From now on Conn owns ws: nobody else may read from, write
 // to, close or configure it. If opts.PingInterval > 0, New starts a
-// keepalive goroutine, which Close stops and waits for; call Close on every
-// Conn.
+// keepalive timer, which Close stops (waiting for a tick in progress); call
+// Close on every Conn.
 func New(ws *websocket.Conn, opts Options) *Conn {
 	c := &Conn{
 		ws:        ws,
@@ -189,8 +198,11 @@ func New(ws *websocket.Conn, opts Options) *Conn {
 		if timeout <= 0 {
 			timeout = 3 * opts.PingInterval
 		}
-		c.pingerDone = make(chan struct{})
-		go c.keepalive(opts.PingInterval, timeout)
+		c.kaInterval, c.kaTimeout = opts.PingInterval, timeout
+		c.kaNextPing = c.clock() + opts.PingInterval
+		c.ka.Lock()
+		c.kaTimer = time.AfterFunc(opts.PingInterval, c.keepaliveTick)
+		c.ka.Unlock()
 	}
 	return c
 }
@@ -461,8 +473,8 @@ func (c *Conn) closedErr() error {
 }
 
 // Close sends a close frame with code 1000 (normal closure), closes the
-// socket and waits for the keepalive goroutine to exit. Blocked Read and
-// Write calls return ErrClosed. Close is idempotent: later calls return nil.
+// socket and stops the keepalive, waiting for a tick in progress. Blocked
+// Read and Write calls return ErrClosed. Close is idempotent: later calls return nil.
 // It may block for about a second if the peer is not draining the socket.
 func (c *Conn) Close() error {
 	return c.CloseWithCode(websocket.CloseNormalClosure, "")
@@ -476,15 +488,24 @@ func (c *Conn) Close() error {
 // sent.
 func (c *Conn) CloseWithCode(code int, reason string) error {
 	err := c.shutdown(ErrClosed, code, reason)
-	if c.pingerDone != nil {
-		<-c.pingerDone
-	}
+	c.stopKeepalive()
 	return err
 }
 
-// shutdown runs once per Conn, whoever triggers it (Close, the reader, the
-// keepalive goroutine). It must not wait for the keepalive goroutine, which
-// calls it.
+// stopKeepalive stops the keepalive timer and waits for a tick that is
+// already running (it may be sending a ping, bounded by the ping's deadline).
+func (c *Conn) stopKeepalive() {
+	c.ka.Lock()
+	c.kaStopped = true
+	if c.kaTimer != nil {
+		c.kaTimer.Stop()
+	}
+	c.ka.Unlock()
+	c.kaRunning.Wait()
+}
+
+// shutdown runs once per Conn, whoever triggers it (Close, the reader, a
+// keepalive tick). It must not wait for the keepalive, which calls it.
 func (c *Conn) shutdown(reason error, code int, text string) error {
 	var err error
 	c.closeOnce.Do(func() {
@@ -514,49 +535,54 @@ func truncateUTF8(s string, n int) string {
 	return s[:n]
 }
 
-// keepalive pings the peer and shuts the Conn down once nothing has been
-// received for timeout. It wakes at whichever comes first, the next ping or
-// the moment the peer would be declared dead, so detection is not late by up
-// to an interval.
-func (c *Conn) keepalive(interval, timeout time.Duration) {
-	defer close(c.pingerDone)
-	t := time.NewTimer(interval)
-	defer t.Stop()
-	nextPing := c.clock() + interval
-	for {
-		select {
-		case <-c.closed:
-			return
-		case <-t.C:
-		}
-		now := c.clock()
-		expiry := time.Duration(c.lastRecv.Load()) + timeout
-		if now >= expiry {
-			c.log.Debug("wsconn: keepalive timeout", "silent_for", now-expiry+timeout)
+// keepaliveTick pings the peer and shuts the Conn down once nothing has been
+// received for the timeout. It runs on the keepalive timer and re-arms it for
+// whichever comes first, the next ping or the moment the peer would be
+// declared dead, so detection is not late by up to an interval.
+func (c *Conn) keepaliveTick() {
+	c.ka.Lock()
+	if c.kaStopped {
+		c.ka.Unlock()
+		return
+	}
+	c.kaRunning.Add(1)
+	c.ka.Unlock()
+	defer c.kaRunning.Done()
+
+	if c.closedErr() != nil {
+		return
+	}
+	now := c.clock()
+	expiry := time.Duration(c.lastRecv.Load()) + c.kaTimeout
+	if now >= expiry {
+		c.log.Debug("wsconn: keepalive timeout", "silent_for", now-expiry+c.kaTimeout)
+		_ = c.shutdown(ErrKeepaliveTimeout, 0, "")
+		return
+	}
+	if now >= c.kaNextPing {
+		// Give the ping until the peer would be declared dead anyway, so a
+		// tick is never stuck past that point.
+		err := c.ws.WriteControl(websocket.PingMessage, nil, c.epoch.Add(expiry))
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The socket itself took no bytes until the expiry: the peer
+			// is not reading, and gorilla has marked the stream broken.
+			c.log.Debug("wsconn: keepalive ping stalled", "err", err)
 			_ = c.shutdown(ErrKeepaliveTimeout, 0, "")
 			return
 		}
-		if now >= nextPing {
-			// Give the ping until the peer would be declared dead anyway, so
-			// this goroutine is never stuck past that point.
-			err := c.ws.WriteControl(websocket.PingMessage, nil, c.epoch.Add(expiry))
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				// The socket itself took no bytes until the expiry: the peer
-				// is not reading, and gorilla has marked the stream broken.
-				c.log.Debug("wsconn: keepalive ping stalled", "err", err)
-				_ = c.shutdown(ErrKeepaliveTimeout, 0, "")
-				return
-			}
-			if err != nil {
-				// Waiting behind a long data write, or the conn is ending and
-				// the reader will say why.
-				c.log.Debug("wsconn: ping not sent", "err", err)
-			}
-			nextPing = now + interval
+		if err != nil {
+			// Waiting behind a long data write, or the conn is ending and
+			// the reader will say why.
+			c.log.Debug("wsconn: ping not sent", "err", err)
 		}
-		wake := min(nextPing, time.Duration(c.lastRecv.Load())+timeout)
-		t.Reset(wake - c.clock())
+		c.kaNextPing = now + c.kaInterval
 	}
+	wake := min(c.kaNextPing, time.Duration(c.lastRecv.Load())+c.kaTimeout)
+	c.ka.Lock()
+	if !c.kaStopped {
+		c.kaTimer.Reset(wake - c.clock())
+	}
+	c.ka.Unlock()
 }
 
 func (c *Conn) clock() time.Duration { return time.Since(c.epoch) }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -509,6 +510,53 @@ func TestKeepaliveHealthyPeer(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("text not delivered after 1s of keepalive")
 		}
+	}
+}
+
+// An idle Conn with keepalive parks no goroutine of its own (a gateway holds
+// thousands of them), yet its pings reach the peer.
+func TestKeepaliveHoldsNoGoroutine(t *testing.T) {
+	sws, cws := dialPair(t, false, 0)
+	pings := make(chan struct{}, 16)
+	sws.SetPingHandler(func(string) error {
+		select {
+		case pings <- struct{}{}:
+		default:
+		}
+		return nil
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if _, _, err := sws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { sws.Close(); <-done })
+
+	before := runtime.NumGoroutine()
+	// Nothing reads c, so pongs are never seen: a long timeout keeps it up.
+	c := New(cws, Options{PingInterval: 20 * time.Millisecond, PingTimeout: time.Minute})
+	if after := runtime.NumGoroutine(); after != before {
+		t.Errorf("New with keepalive started %d goroutines, want 0", after-before)
+	}
+	for range 3 {
+		select {
+		case <-pings:
+		case <-time.After(5 * time.Second):
+			t.Fatal("peer saw no keepalive ping")
+		}
+	}
+	c.Close()
+	for range len(pings) {
+		<-pings
+	}
+	select {
+	case <-pings:
+		t.Fatal("ping sent after Close")
+	case <-time.After(100 * time.Millisecond):
 	}
 }
 
