@@ -124,17 +124,21 @@ func NewRegistry(cfg Config) (*Registry, error) {
 		sessions: make(map[string]*Session),
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: 10 * time.Second,
-			ReadBufferSize:   32 << 10,
-			WriteBufferSize:  256 << 10,
-			WriteBufferPool:  wsconn.WriteBufferPool,
+			// 0: reuse the 4 KiB reader net/http already has for the
+			// connection. Bulk data is read past it (bufio hands large
+			// reads straight to the TLS connection, which Buffered batches),
+			// so a larger one only costs idle sessions memory.
+			ReadBufferSize:  0,
+			WriteBufferSize: 256 << 10,
+			WriteBufferPool: wsconn.WriteBufferPool,
 		},
 	}
 	r.metrics = newMetrics(cfg.Metrics, r)
 	return r, nil
 }
 
-// ServeHTTP is the agent endpoint (conventionally /ws). It holds the request
-// until the agent's session ends.
+// ServeHTTP is the agent endpoint (conventionally /ws). It returns once the
+// agent's session is set up; the session runs on (see Session).
 func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	token, ok := bearer(req)
 	if !ok {
@@ -174,10 +178,9 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		s.Close()
 		return
 	}
-	defer r.wg.Done()
-	<-s.Done()
-	s.Close()
-	r.remove(s)
+	// The handler returns now; the session's own goroutine takes over, so
+	// the handler's stack is not held for the session's life.
+	go s.run()
 }
 
 func bearer(req *http.Request) (string, bool) {

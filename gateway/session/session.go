@@ -23,24 +23,32 @@ type AgentInfo struct {
 	TokenID      string // the jti of the token it connected with
 }
 
-// Session is one agent's connected tunnel. It owns the WebSocket, the yamux
-// server session and two goroutines (control dispatch, refusing
-// agent-opened streams); Close stops them and waits.
+// Session is one agent's connected tunnel. It owns the WebSocket and the
+// yamux server session. An idle session parks one goroutine of its own (run:
+// it refuses agent-opened streams and, once yamux ends, closes the session
+// and unregisters it); control messages are handled by a goroutine started
+// when one arrives, which ends once the queue is empty. A gateway holds
+// thousands of mostly idle sessions, and each parked goroutine costs a stack.
+// Close stops the session and waits for its control handling.
 type Session struct {
 	Cluster     string
 	Info        AgentInfo
 	ConnectedAt time.Time
 
-	reg     *Registry
-	log     *slog.Logger
-	conn    *wsconn.Conn
-	mux     *yamux.Session
-	control chan tunnel.Message
+	reg  *Registry
+	log  *slog.Logger
+	conn *wsconn.Conn
+	mux  *yamux.Session
+
+	ctlMu      sync.Mutex
+	ctlQueue   []tunnel.Message // waiting for the control goroutine
+	ctlRunning bool             // a control goroutine is draining ctlQueue
+	ctlClosed  bool             // no control goroutine may start any more
 
 	ctx       context.Context // cancelled when the session ends
 	cancel    context.CancelFunc
 	closeOnce sync.Once
-	wg        sync.WaitGroup
+	wg        sync.WaitGroup // the control goroutine
 }
 
 func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo) (*Session, error) {
@@ -51,7 +59,6 @@ func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo)
 		ConnectedAt: time.Now(),
 		reg:         r,
 		log:         r.log.With("cluster", cluster),
-		control:     make(chan tunnel.Message, r.cfg.ControlQueue),
 		ctx:         ctx,
 		cancel:      cancel,
 	}
@@ -81,20 +88,39 @@ func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo)
 		cancel()
 		return nil, err
 	}
+	// The WebSocket keepalive already notices a dead agent; yamux's own
+	// would only add a parked goroutine per session. The agent keeps its
+	// yamux keepalive (announced in gateway_hello), which we answer.
+	cfg.EnableKeepAlive = false
+	// yamux sizes two things by AcceptBacklog: the queue of streams the
+	// peer opened (the gateway refuses those, so it needs no depth) and how
+	// many streams this side may have opened and not yet seen acknowledged.
+	// The agent acknowledges on accept, at once, so 64 in flight is a rate
+	// of 64 per round trip; the 1,024 agents use would cost every idle
+	// session 8 KiB of queue.
+	cfg.AcceptBacklog = 64
 	s.mux, err = yamux.Server(tunnel.CoalesceFrames(s.conn), cfg)
 	if err != nil {
 		s.conn.Close()
 		cancel()
 		return nil, fmt.Errorf("yamux server: %w", err)
 	}
-	s.wg.Add(2)
-	go s.dispatchControl()
-	go s.refuseStreams()
 	return s, nil
 }
 
+// run is the session's goroutine, started once the registry has added it. It
+// refuses agent-opened streams until yamux ends, then closes the session and
+// unregisters it.
+func (s *Session) run() {
+	defer s.reg.wg.Done()
+	s.refuseStreams()
+	s.Close()
+	s.reg.remove(s)
+}
+
 // onText runs on the yamux receive goroutine (inside wsconn's Read): it must
-// not block, so it only decodes and queues.
+// not block, so it only decodes and queues, and starts the control goroutine
+// if none is running.
 func (s *Session) onText(b []byte) {
 	msg, err := tunnel.DecodeMessage(b)
 	if err != nil {
@@ -102,32 +128,49 @@ func (s *Session) onText(b []byte) {
 		s.log.Warn("dropping malformed control message", "err", err)
 		return
 	}
-	select {
-	case s.control <- msg:
-	default:
+	s.ctlMu.Lock()
+	defer s.ctlMu.Unlock()
+	switch {
+	case s.ctlClosed:
+		return
+	case len(s.ctlQueue) >= s.reg.cfg.ControlQueue:
 		s.reg.metrics.controlDropped.WithLabelValues("queue_full").Inc()
 		s.log.Warn("control queue full; dropping message", "type", msg.Type)
+		return
+	}
+	s.ctlQueue = append(s.ctlQueue, msg)
+	if !s.ctlRunning {
+		s.ctlRunning = true
+		s.wg.Add(1)
+		go s.handleControl()
 	}
 }
 
-func (s *Session) dispatchControl() {
+// handleControl handles queued control messages in order until the queue is
+// empty or the session ends.
+func (s *Session) handleControl() {
 	defer s.wg.Done()
 	for {
-		select {
-		case <-s.ctx.Done():
+		s.ctlMu.Lock()
+		if len(s.ctlQueue) == 0 || s.ctx.Err() != nil {
+			s.ctlQueue = nil
+			s.ctlRunning = false
+			s.ctlMu.Unlock()
 			return
-		case <-s.mux.CloseChan():
-			return
-		case msg := <-s.control:
-			s.reg.metrics.controlMessages.WithLabelValues(msg.Type).Inc()
-			if msg.Type == tunnel.TypePing {
-				if err := s.Send(tunnel.TypePong, tunnel.Pong{}, msg.RequestID); err != nil {
-					s.log.Debug("send pong", "err", err)
-				}
+		}
+		msg := s.ctlQueue[0]
+		s.ctlQueue[0] = tunnel.Message{}
+		s.ctlQueue = s.ctlQueue[1:]
+		s.ctlMu.Unlock()
+
+		s.reg.metrics.controlMessages.WithLabelValues(msg.Type).Inc()
+		if msg.Type == tunnel.TypePing {
+			if err := s.Send(tunnel.TypePong, tunnel.Pong{}, msg.RequestID); err != nil {
+				s.log.Debug("send pong", "err", err)
 			}
-			if s.reg.cfg.Control != nil {
-				s.reg.cfg.Control.HandleControl(s.ctx, s, msg)
-			}
+		}
+		if s.reg.cfg.Control != nil {
+			s.reg.cfg.Control.HandleControl(s.ctx, s, msg)
 		}
 	}
 }
@@ -135,7 +178,6 @@ func (s *Session) dispatchControl() {
 // refuseStreams accepts and closes streams the agent opens: only the gateway
 // opens streams, and unaccepted ones would fill yamux's backlog.
 func (s *Session) refuseStreams() {
-	defer s.wg.Done()
 	for {
 		st, err := s.mux.AcceptStream()
 		if err != nil {
@@ -193,10 +235,13 @@ func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
 
 func (s *Session) goAway() { _ = s.mux.GoAway() }
 
-// Close ends the session and waits for its goroutines. Idempotent.
+// Close ends the session and waits for its control handling. Idempotent.
 func (s *Session) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancel()
+		s.ctlMu.Lock()
+		s.ctlClosed = true
+		s.ctlMu.Unlock()
 		_ = s.mux.Close()
 		_ = s.conn.Close()
 		s.wg.Wait()

@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -660,5 +662,106 @@ func TestTargetResetEndsOnlyItsStream(t *testing.T) {
 	}
 	if a.disconnect.Load() != 0 {
 		t.Fatal("a target reset brought the tunnel down")
+	}
+}
+
+type recordingControl struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (r *recordingControl) HandleControl(_ context.Context, _ *Session, msg tunnel.Message) {
+	r.mu.Lock()
+	r.seen = append(r.seen, msg.RequestID)
+	r.mu.Unlock()
+}
+
+func (r *recordingControl) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.seen)
+}
+
+// Control messages reach the handler in the order sent, pings are answered,
+// and an idle session parks few goroutines: no control goroutine once the
+// queue is empty, no keepalive goroutines, not the HTTP handler.
+func TestControlInOrderAndIdleGoroutines(t *testing.T) {
+	e := newEnv(t, true)
+	rec := &recordingControl{}
+	e.reg.cfg.Control = rec
+	pongs := make(chan tunnel.Message, 1)
+	a := e.startAgent("c1", func(c *tunnelclient.Config) {
+		c.OnControl = func(m tunnel.Message) {
+			if m.Type == tunnel.TypePong {
+				pongs <- m
+			}
+		}
+	})
+	e.waitSession("c1", nil)
+
+	const n = 50 // under the default ControlQueue, so none may be dropped
+	for i := range n {
+		msg, err := tunnel.NewMessage(tunnel.TypeHeartbeat, tunnel.Heartbeat{ClusterID: "c1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg.RequestID = strconv.Itoa(i)
+		if err := a.c.Send(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ping, _ := tunnel.NewMessage(tunnel.TypePing, tunnel.Ping{})
+	ping.RequestID = "ping-1"
+	if err := a.c.Send(ping); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-pongs:
+		if m.RequestID != "ping-1" {
+			t.Errorf("pong answers %q, want ping-1", m.RequestID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no pong")
+	}
+	for deadline := time.Now().Add(10 * time.Second); rec.count() < n+1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("handler saw %d of %d messages", rec.count(), n+1)
+		}
+	}
+	rec.mu.Lock()
+	for i, id := range rec.seen[:n] {
+		if id != strconv.Itoa(i) {
+			t.Fatalf("message %d handled as %q: out of order (%v)", i, id, rec.seen)
+		}
+	}
+	rec.mu.Unlock()
+
+	// Idle sessions: the gateway's own goroutines per session are yamux's
+	// receive and send loops and the session's run. The agents live in this
+	// process too, so count by what the stacks run.
+	const more = 20
+	for i := range more {
+		e.startAgent(fmt.Sprintf("idle-%d", i), nil)
+	}
+	for i := range more {
+		e.waitSession(fmt.Sprintf("idle-%d", i), nil)
+	}
+	time.Sleep(200 * time.Millisecond) // let setup goroutines end
+	buf := make([]byte, 4<<20)
+	stacks := strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n")
+	perSession, keepalives := 0, 0
+	for _, g := range stacks {
+		if strings.Contains(g, "gateway/session.(*Session)") || strings.Contains(g, "gateway/session.(*Registry)") {
+			perSession++
+		}
+		if strings.Contains(g, "yamux.(*Session).keepalive") {
+			keepalives++
+		}
+	}
+	if keepalives > more+1 {
+		t.Errorf("%d yamux keepalive goroutines for %d agents: the gateway side runs its own", keepalives, more+1)
+	}
+	if perSession > more+1 {
+		t.Errorf("%d goroutines in gateway/session code for %d idle sessions, want one each (run)", perSession, more+1)
 	}
 }
