@@ -436,5 +436,5 @@ func (c *Client) serveStream(ctx context.Context, st *yamux.Stream) {
 		st.Close()
 		return
 	}
-	join(st, target)
+	tunnel.Join(st, target)
 }

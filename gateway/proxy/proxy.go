@@ -1,13 +1,14 @@
 // Package proxy is the gateway's public HTTP proxy: it finds the route for a
 // request's Host and path and forwards the request either through the
 // cluster's tunnel to its ingress controller (tunnel mode) or straight to the
-// cluster's public load balancer (direct mode). It is an
-// httputil.ReverseProxy, so streaming, Server-Sent Events and protocol
-// upgrades (WebSocket) pass through, with no overall timeout.
+// cluster's public load balancer (direct mode). Requests go through an
+// httputil.ReverseProxy, so streaming and Server-Sent Events pass through,
+// with no overall timeout. Protocol upgrades (WebSocket) take a path of their
+// own (upgrade.go) that relays the upgraded connection without holding the
+// request's handler.
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -41,7 +42,9 @@ type Config struct {
 	Routes  Router
 	Tunnels *session.Registry
 	// ResponseHeaderTimeout bounds the wait for an upstream's response
-	// headers (504 after it); default 60 s. Bodies have no time limit.
+	// headers (504 after it); default 60 s. For a protocol upgrade it bounds
+	// writing the request, the wait and the switch together. Bodies and
+	// upgraded connections have no time limit.
 	ResponseHeaderTimeout time.Duration
 	// DialTimeout bounds connecting a direct-mode upstream (default 5 s);
 	// after it, the request falls back to the tunnel when the cluster has one.
@@ -55,14 +58,17 @@ type Config struct {
 	Metrics          prometheus.Registerer
 }
 
-// Proxy is the public proxy handler. Safe for concurrent use.
+// Proxy is the public proxy handler. Safe for concurrent use. It owns the
+// relays of the upgraded connections (WebSockets) it has proxied, which
+// outlive their requests: Close ends them.
 type Proxy struct {
-	cfg     Config
-	log     *slog.Logger
-	rp      *httputil.ReverseProxy
-	tunnel  *http.Transport
-	direct  *http.Transport
-	metrics *metrics
+	cfg      Config
+	log      *slog.Logger
+	rp       *httputil.ReverseProxy
+	tunnel   *http.Transport
+	direct   *http.Transport
+	metrics  *metrics
+	upgrades upgrades
 }
 
 // target is what the proxy decided for one request, carried in its context
@@ -139,8 +145,21 @@ type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// Close closes idle upstream connections.
+// Close closes idle upstream connections and every upgraded connection
+// (visitor and upstream side), and waits for the goroutines relaying them.
+// Upgrades that complete afterwards are closed at once; other requests are
+// served as before (the http.Server's Shutdown drains those). Idempotent;
+// calling it again closes the upstream connections that became idle since.
 func (p *Proxy) Close() {
+	p.upgrades.close()
+	p.CloseIdleConnections()
+}
+
+// CloseIdleConnections closes idle upstream connections (pooled tunnel
+// streams included) and leaves connections in use, upgraded ones too: a
+// draining gateway calls it repeatedly so that idle streams do not hold the
+// drain open while live WebSockets get the drain's time to finish.
+func (p *Proxy) CloseIdleConnections() {
 	p.tunnel.CloseIdleConnections()
 	p.direct.CloseIdleConnections()
 }
@@ -158,7 +177,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		t.mode = controlplane.RoutingTunnel
 	}
 	rec := &statusRecorder{ResponseWriter: w}
-	p.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), targetKey{}, t)))
+	r = r.WithContext(context.WithValue(r.Context(), targetKey{}, t))
+	if upType := upgradeType(r.Header); upType != "" && r.ProtoMajor == 1 {
+		p.serveUpgrade(rec, r, t, upType)
+	} else {
+		p.rp.ServeHTTP(rec, r)
+	}
 	mode := t.mode
 	if t.fellBack.Load() {
 		mode = "direct_fallback"
@@ -268,15 +292,16 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 	http.Error(w, msg, status)
 }
 
-// statusRecorder remembers the status for metrics. It forwards Flush and
-// Hijack-free interfaces through Unwrap (http.ResponseController).
+// statusRecorder remembers the final status for metrics. It forwards Flush
+// and the other optional interfaces (Hijack) through Unwrap
+// (http.ResponseController).
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
-	if s.status == 0 {
+	if s.status == 0 && code >= 200 { // 1xx are informational, not the answer
 		s.status = code
 	}
 	s.ResponseWriter.WriteHeader(code)
@@ -296,35 +321,6 @@ func (s *statusRecorder) Flush() {
 }
 
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
-
-// Hijack hands ReverseProxy the visitor's connection for a protocol switch
-// (WebSocket) wrapped so that its copies in both directions use
-// tunnel.CopyAdaptive: an idle upgraded connection then holds 2 KiB buffers
-// instead of io.Copy's two 32 KiB ones, and there are many idle ones.
-func (s *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, brw, err := http.NewResponseController(s.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	return upgradedConn{c}, brw, nil
-}
-
-// upgradedConn is a hijacked visitor connection. io.Copy prefers the
-// source's WriterTo and then the destination's ReaderFrom, so both of
-// ReverseProxy's copies end up in CopyAdaptive.
-type upgradedConn struct{ net.Conn }
-
-func (c upgradedConn) ReadFrom(r io.Reader) (int64, error) { return tunnel.CopyAdaptive(c.Conn, r) }
-func (c upgradedConn) WriteTo(w io.Writer) (int64, error)  { return tunnel.CopyAdaptive(w, c.Conn) }
-
-// CloseWrite passes a half-close on, as ReverseProxy asks when the backend
-// is done sending.
-func (c upgradedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
-}
 
 func (s *statusRecorder) statusOr200() int {
 	if s.status == 0 {

@@ -242,13 +242,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}()
 	}
 	// Pooled idle streams to agents would hold the drain open until the
-	// timeout: keep closing them while requests in flight finish.
+	// timeout: keep closing them while requests in flight (and upgraded
+	// connections) finish.
 	drained := make(chan struct{})
 	go func() {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			g.proxy.Close()
+			g.proxy.CloseIdleConnections()
 			g.k8s.Close()
 			select {
 			case <-drained:
