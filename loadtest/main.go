@@ -7,6 +7,10 @@
 //	go run ./loadtest -profile ci          # the CI profile, under 3 minutes
 //	go run ./loadtest -scenarios bulk-single,small-closed -bin bin/
 //
+// The suite also runs this binary as its helper processes: with -worker it
+// is the load generator, with -relay LISTEN,TARGET one of the two plain
+// relays of the relay reference path.
+//
 // The table goes to stdout, progress to stderr, the JSON report to -out and
 // the latency chart next to it (report.svg). Exit status: 0 when every
 // floor held with no error or leak, 1 when not, 2 when the run could not be
@@ -17,6 +21,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -25,6 +30,7 @@ import (
 	"time"
 
 	"github.com/pipeops/tunnel/loadtest/internal/load"
+	"github.com/pipeops/tunnel/loadtest/internal/relay"
 	"github.com/pipeops/tunnel/loadtest/internal/report"
 	"github.com/pipeops/tunnel/loadtest/internal/suite"
 	"github.com/pipeops/tunnel/shared/testenv"
@@ -39,9 +45,17 @@ const openFiles = 1 << 16
 // one with it and sends it jobs on stdin.
 const workerArg = "-worker"
 
+// relayArg, followed by LISTEN,TARGET (loopback addresses), makes the
+// binary a plain TCP relay process: the suite starts two of them for the
+// relay path, and stops them by closing their stdin.
+const relayArg = "-relay"
+
 func main() {
 	if len(os.Args) == 2 && os.Args[1] == workerArg {
 		os.Exit(runWorker())
+	}
+	if len(os.Args) == 3 && os.Args[1] == relayArg {
+		os.Exit(runRelay(os.Args[2]))
 	}
 	os.Exit(run())
 }
@@ -51,6 +65,21 @@ func runWorker() int {
 	defer stop()
 	if err := load.Serve(ctx, os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest worker:", err)
+		return 1
+	}
+	return 0
+}
+
+func runRelay(spec string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("relay", spec)
+	stdin, err := relay.Stdin()
+	if err == nil {
+		err = relay.RunProcess(ctx, spec, stdin, os.Stdout, log)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadtest relay:", err)
 		return 1
 	}
 	return 0
@@ -83,7 +112,7 @@ func run() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	opts := suite.Options{Profile: p, ModuleRoot: root, BinDir: *bin, WorkDir: *work, Worker: []string{exe, workerArg}, PprofDir: *pprofDir}
+	opts := suite.Options{Profile: p, ModuleRoot: root, BinDir: *bin, WorkDir: *work, Worker: []string{exe, workerArg}, Relay: []string{exe, relayArg}, PprofDir: *pprofDir}
 	if *scenarios != "" {
 		opts.Scenarios = strings.Split(*scenarios, ",")
 	}

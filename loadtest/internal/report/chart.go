@@ -12,7 +12,7 @@ import (
 // Chart geometry, in SVG user units.
 const (
 	chartWidth  = 780
-	panelHeight = 330
+	panelHeight = 360
 	plotLeft    = 70  // room for the latency axis labels
 	plotRight   = 250 // room for the legend
 	plotTop     = 40  // room for the panel title and description
@@ -25,6 +25,7 @@ var pathColors = map[string]string{
 	Direct:        "#0072b2",
 	GatewayDirect: "#e69f00",
 	Tunnel:        "#d55e00",
+	Relay:         "#009e73",
 }
 
 // WriteSVG draws, for every scenario with latency distributions, one panel:
@@ -139,7 +140,7 @@ func writePanel(w io.Writer, s *Scenario, top int) {
 			esc(fmt.Sprintf("p99.9 %s  max %s ms", Num(l.P999), Num(l.Max))))
 		fmt.Fprintf(w, `<text x="%.1f" y="%.1f" fill="#666">%s</text>`+"\n", lx+28, ly+52,
 			esc(fmt.Sprintf("%d requests, %d errors", l.Count, l.Errors)))
-		ly += 72
+		ly += 66
 	}
 	fmt.Fprintf(w, `</g>`+"\n")
 }

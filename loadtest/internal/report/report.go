@@ -25,10 +25,15 @@ const (
 	// Tunnel is the gateway in tunnel mode: client to gateway, a yamux
 	// stream over the agent's WebSocket, agent to upstream.
 	Tunnel = "tunnel"
+	// Relay is the reference for any two-process tunnel: client to a plain
+	// TCP relay process, to a second one, to upstream. It carries bytes
+	// and nothing else, so it is the floor under what a tunnel with two
+	// processes on the path can cost on the machine.
+	Relay = "relay"
 )
 
 // Paths lists the path names in the order they are measured and shown.
-var Paths = []string{Direct, GatewayDirect, Tunnel}
+var Paths = []string{Direct, GatewayDirect, Tunnel, Relay}
 
 // Report is the whole run.
 type Report struct {
@@ -74,9 +79,10 @@ type Machine struct {
 	} `json:"load_average"`
 }
 
-// Scenario is one measured scenario. Direct, GatewayDirect and Ratio are
-// null where they do not apply (there is no direct baseline for memory per
-// stream).
+// Scenario is one measured scenario. Direct, GatewayDirect, Ratio, Relay
+// and RelayRatio are null where they do not apply (there is no direct
+// baseline for memory per stream, and no relay path outside the traffic
+// scenarios).
 type Scenario struct {
 	Name           string `json:"name"`
 	Description    string `json:"description"`
@@ -90,6 +96,12 @@ type Scenario struct {
 	// Ratio is tunnel/direct when higher is better, direct/tunnel when
 	// lower is better: 1 means the tunnel costs nothing, below 1 is its cost.
 	Ratio *float64 `json:"ratio"`
+	// Relay is the figure through two plain relay processes, and
+	// RelayRatio its ratio to Direct (the same way round as Ratio): the
+	// best Ratio a tunnel with two processes on its path could reach on
+	// this machine. No check applies to them.
+	Relay      *float64 `json:"relay"`
+	RelayRatio *float64 `json:"relay_ratio"`
 	// Details are further figures, by name (units in the name).
 	Details map[string]float64 `json:"details,omitempty"`
 	// Latency is the distribution per path, where one was measured.
@@ -117,6 +129,8 @@ func (s *Scenario) Set(path string, v float64) {
 		s.GatewayDirect = &v
 	case Tunnel:
 		s.Tunnel = v
+	case Relay:
+		s.Relay = &v
 	default:
 		panic("report: unknown path " + path)
 	}
@@ -150,27 +164,37 @@ func (s *Scenario) AddErrors(n int64, samples ...string) {
 	}
 }
 
-// ComputeRatio sets Ratio from Direct and Tunnel (nothing when either is
-// missing or zero).
+// ComputeRatio sets Ratio from Direct and Tunnel, and RelayRatio from
+// Direct and Relay (each nil when a figure is missing or zero).
 func (s *Scenario) ComputeRatio() {
-	s.Ratio = nil
-	if s.Direct == nil || *s.Direct == 0 || s.Tunnel == 0 {
-		return
-	}
-	r := s.Tunnel / *s.Direct
-	if !s.HigherIsBetter {
-		r = *s.Direct / s.Tunnel
-	}
-	r = round(r, 4)
-	s.Ratio = &r
+	s.Ratio = s.ratioTo(&s.Tunnel)
+	s.RelayRatio = s.ratioTo(s.Relay)
 }
 
-// Value returns a named figure of the scenario: "ratio", "tunnel",
-// "direct", "gateway_direct", or a detail.
+// ratioTo is v against Direct, so that 1 means no cost and below 1 is the
+// cost, whichever way the unit goes.
+func (s *Scenario) ratioTo(v *float64) *float64 {
+	if s.Direct == nil || *s.Direct == 0 || v == nil || *v == 0 {
+		return nil
+	}
+	r := *v / *s.Direct
+	if !s.HigherIsBetter {
+		r = *s.Direct / *v
+	}
+	r = round(r, 4)
+	return &r
+}
+
+// Value returns a named figure of the scenario: "ratio", "relay_ratio",
+// "tunnel", "direct", "gateway_direct", "relay", or a detail.
 func (s *Scenario) Value(metric string) (float64, bool) {
 	switch metric {
 	case "ratio":
 		return deref(s.Ratio)
+	case "relay_ratio":
+		return deref(s.RelayRatio)
+	case Relay:
+		return deref(s.Relay)
 	case Tunnel:
 		return s.Tunnel, true
 	case Direct:

@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,27 +18,39 @@ func f(v float64) *float64 { return &v }
 
 func TestRatio(t *testing.T) {
 	cases := []struct {
-		name   string
-		higher bool
-		direct *float64
-		tunnel float64
-		want   *float64
+		name      string
+		higher    bool
+		direct    *float64
+		tunnel    float64
+		relay     *float64
+		want      *float64
+		wantRelay *float64
 	}{
-		{"throughput: tunnel over direct", true, f(2000), 1000, f(0.5)},
-		{"latency: direct over tunnel", false, f(1), 4, f(0.25)},
-		{"no baseline", true, nil, 10, nil},
-		{"zero baseline", true, f(0), 10, nil},
-		{"nothing through the tunnel", true, f(10), 0, nil},
+		{"throughput: tunnel over direct", true, f(2000), 1000, f(1600), f(0.5), f(0.8)},
+		{"latency: direct over tunnel", false, f(1), 4, f(2), f(0.25), f(0.5)},
+		{"no baseline", true, nil, 10, f(10), nil, nil},
+		{"zero baseline", true, f(0), 10, f(10), nil, nil},
+		{"nothing through the tunnel", true, f(10), 0, f(5), nil, f(0.5)},
+		{"no relay path", true, f(10), 5, nil, f(0.5), nil},
+		{"nothing through the relays", false, f(10), 20, f(0), f(0.5), nil},
+	}
+	check := func(t *testing.T, what string, got, want *float64) {
+		t.Helper()
+		switch {
+		case want == nil && got != nil:
+			t.Fatalf("%s %v, want none", what, *got)
+		case want != nil && (got == nil || *got != *want):
+			t.Fatalf("%s %v, want %v", what, got, *want)
+		}
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			s := &Scenario{HigherIsBetter: tc.higher, Direct: tc.direct, Tunnel: tc.tunnel}
+			s := &Scenario{HigherIsBetter: tc.higher, Direct: tc.direct, Tunnel: tc.tunnel, Relay: tc.relay}
 			s.ComputeRatio()
-			switch {
-			case tc.want == nil && s.Ratio != nil:
-				t.Fatalf("ratio %v, want none", *s.Ratio)
-			case tc.want != nil && (s.Ratio == nil || *s.Ratio != *tc.want):
-				t.Fatalf("ratio %v, want %v", s.Ratio, *tc.want)
+			check(t, "ratio", s.Ratio, tc.want)
+			check(t, "relay ratio", s.RelayRatio, tc.wantRelay)
+			if v, ok := s.Value("relay_ratio"); ok != (tc.wantRelay != nil) || ok && v != *tc.wantRelay {
+				t.Fatalf("Value(relay_ratio) = %v, %v", v, ok)
 			}
 		})
 	}
@@ -112,8 +125,9 @@ func sampleReport() *Report {
 	s.Set(Direct, 20000)
 	s.Set(GatewayDirect, 12000)
 	s.Set(Tunnel, 9000)
+	s.Set(Relay, 16000)
 	s.Detail("p99_ratio", 0.4)
-	s.Latency = map[string]*Latency{Direct: Summarize(&h, 0), GatewayDirect: Summarize(&h, 0), Tunnel: Summarize(&h, 1)}
+	s.Latency = map[string]*Latency{Direct: Summarize(&h, 0), GatewayDirect: Summarize(&h, 0), Tunnel: Summarize(&h, 1), Relay: Summarize(&h, 0)}
 	s.AddErrors(1, "GET /bytes: connection reset", "GET /bytes: connection reset")
 	s.Finish([]Rule{{Scenario: "small-closed", Kind: KindFloor, Metric: "ratio", Op: ">=", Limit: 0.25}})
 	mem := &Scenario{Name: "streams", Unit: "KiB/stream", Tunnel: 14.2}
@@ -157,13 +171,13 @@ func TestJSONForm(t *testing.T) {
 	}
 	sc := raw.Scenarios[0]
 	for key, want := range map[string]any{"name": "small-closed", "unit": "req/s", "higher_is_better": true,
-		"direct": 20000.0, "tunnel": 9000.0, "gateway_direct": 12000.0, "ratio": 0.45} {
+		"direct": 20000.0, "tunnel": 9000.0, "gateway_direct": 12000.0, "ratio": 0.45, "relay": 16000.0, "relay_ratio": 0.8} {
 		if sc[key] != want {
 			t.Errorf("scenarios[0].%s = %v, want %v", key, sc[key], want)
 		}
 	}
 	mem := raw.Scenarios[1]
-	for _, key := range []string{"direct", "gateway_direct", "ratio"} {
+	for _, key := range []string{"direct", "gateway_direct", "ratio", "relay", "relay_ratio"} {
 		if v, ok := mem[key]; !ok || v != nil {
 			t.Errorf("streams.%s = %v (present %v), want null", key, v, ok)
 		}
@@ -223,11 +237,11 @@ func TestSVGIsWellFormedWithOneLinePerPath(t *testing.T) {
 			texts = append(texts, string(el))
 		}
 	}
-	if polylines != 3 {
-		t.Fatalf("%d lines, want 3 (direct, gateway_direct, tunnel)", polylines)
+	if polylines != 4 {
+		t.Fatalf("%d lines, want 4 (direct, gateway_direct, tunnel, relay)", polylines)
 	}
 	all := strings.Join(texts, "|")
-	for _, want := range []string{"small-closed", "p99.99", "tunnel", "latency, ms (log scale)"} {
+	for _, want := range []string{"small-closed", "p99.99", "tunnel", "relay", "latency, ms (log scale)"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("chart has no %q", want)
 		}
@@ -252,6 +266,23 @@ func TestTable(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("table has no %q:\n%s", want, out)
 		}
+	}
+	// The relay columns: the figure and its ratio, "-" where there is no
+	// relay path; and the relay's latency row.
+	lines := strings.Split(out, "\n")
+	if h := strings.Fields(lines[0]); !slices.Equal(h, []string{"scenario", "unit", "direct", "gw-direct", "tunnel", "ratio", "relay", "relay-ratio", "result"}) {
+		t.Errorf("header %q", h)
+	}
+	if row := strings.Fields(lines[1]); len(row) != 9 || row[6] != "16,000" || row[7] != "0.800" {
+		t.Errorf("small-closed row %q", row)
+	}
+	if row := strings.Fields(lines[2]); len(row) != 9 || row[6] != "-" || row[7] != "-" {
+		t.Errorf("streams row %q", row)
+	}
+	if !slices.ContainsFunc(lines, func(l string) bool {
+		return strings.HasPrefix(strings.Join(strings.Fields(l), " "), "small-closed relay 10000 ")
+	}) {
+		t.Errorf("no relay latency row:\n%s", out)
 	}
 }
 

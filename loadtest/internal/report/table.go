@@ -14,14 +14,14 @@ import (
 // latency distributions, the checks, and the verdict.
 func WriteTable(w io.Writer, r *Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "scenario\tunit\tdirect\tgw-direct\ttunnel\tratio\tresult\t\n")
+	fmt.Fprintf(tw, "scenario\tunit\tdirect\tgw-direct\ttunnel\tratio\trelay\trelay-ratio\tresult\t\n")
 	for _, s := range r.Scenarios {
 		result := "ok"
 		if !s.Passed {
 			result = "FAIL"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", s.Name, s.Unit, optNum(s.Direct), optNum(s.GatewayDirect),
-			Num(s.Tunnel), optNum(s.Ratio), result)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", s.Name, s.Unit, optNum(s.Direct), optNum(s.GatewayDirect),
+			Num(s.Tunnel), optNum(s.Ratio), optNum(s.Relay), optNum(s.RelayRatio), result)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

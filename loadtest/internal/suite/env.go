@@ -17,6 +17,7 @@ import (
 
 	"github.com/pipeops/tunnel/loadtest/internal/fleet"
 	"github.com/pipeops/tunnel/loadtest/internal/load"
+	"github.com/pipeops/tunnel/loadtest/internal/relay"
 	"github.com/pipeops/tunnel/loadtest/internal/report"
 	"github.com/pipeops/tunnel/shared/routeproto"
 	"github.com/pipeops/tunnel/shared/stack"
@@ -43,6 +44,10 @@ type Env struct {
 	client *http.Client
 	// gen is the load generator, a process of its own.
 	gen *load.Remote
+	// relays are the relay path's two relay processes: the load generator
+	// connects to relays[0], which relays to relays[1], which relays to
+	// the upstream.
+	relays [2]*relay.Process
 	// pprofDir, when set, receives profiles of the gateway and the agent.
 	pprofDir string
 	// dirty is set once traffic has gone through the gateway and agent
@@ -56,7 +61,8 @@ type Env struct {
 }
 
 // setup starts the stack, one cluster with its agent, the app on its
-// ingress stand-in, and both routes, and waits until both are served.
+// ingress stand-in, the relay path's relays and both routes, and waits
+// until both routes are served.
 func setup(ctx context.Context, opts Options, progress func(string, ...any)) (_ *Env, err error) {
 	quiet := map[string]string{"LOG_LEVEL": "warn"}
 	s, err := stack.Start(ctx, stack.Options{Dir: opts.WorkDir, BinDir: opts.BinDir, Progress: progressWriter(progress),
@@ -85,6 +91,9 @@ func setup(ctx context.Context, opts Options, progress func(string, ...any)) (_ 
 	app := upstreamApp()
 	e.C.Ingress.Handle(tunnelHost, app)
 	e.C.Ingress.Handle(directHost, app)
+	if err := e.startRelays(opts.Relay); err != nil {
+		return nil, err
+	}
 	if _, err := e.C.CreateIngress(ctx, "load", "web", tunnelHost); err != nil {
 		return nil, fmt.Errorf("create the Ingress: %w", err)
 	}
@@ -106,12 +115,57 @@ func setup(ctx context.Context, opts Options, progress func(string, ...any)) (_ 
 	return e, nil
 }
 
-// Close stops the load generator, the simulated agents and the stack.
+// startRelays starts the relay path's processes, the one next to the
+// upstream first.
+func (e *Env) startRelays(command []string) error {
+	target := e.C.Ingress.Addr
+	for i := len(e.relays) - 1; i >= 0; i-- {
+		p, err := relay.Start(command, target)
+		if err != nil {
+			return fmt.Errorf("start relay %d of the relay path: %w", i+1, err)
+		}
+		e.relays[i] = p
+		target = p.Addr()
+	}
+	e.progress("relays       %s -> %s -> %s (the relay path)", e.relays[0].Addr(), e.relays[1].Addr(), e.C.Ingress.Addr)
+	return nil
+}
+
+// Positions in pids (and cpuSample).
+const (
+	pidGateway = iota
+	pidAgent
+	pidClient   // the load generator
+	pidUpstream // this process
+	pidRelays   // the relays, from here to the end
+)
+
+// pids are the processes the suite drives: gateway, agent, load
+// generator, itself, and the relays.
+func (e *Env) pids() []int {
+	pids := []int{e.S.Gateway.Pid(), e.C.Agent.Pid(), e.gen.Pid(), os.Getpid()}
+	for _, r := range e.relays {
+		pids = append(pids, r.Pid())
+	}
+	return pids
+}
+
+// Close stops the load generator, the relays, the simulated agents and the
+// stack.
 func (e *Env) Close() {
 	if e.gen != nil {
 		if err := e.gen.Close(); err != nil {
 			e.progress("load generator: %v", err)
 		}
+	}
+	for i, r := range e.relays {
+		if r == nil {
+			continue
+		}
+		if err := r.Close(); err != nil {
+			e.progress("relay %d: %v", i+1, err)
+		}
+		e.relays[i] = nil
 	}
 	if e.fleet != nil {
 		e.fleet.Close()
@@ -145,6 +199,9 @@ func (e *Env) target(path string) (base, host string) {
 		return "http://" + e.C.Ingress.Addr, tunnelHost
 	case report.GatewayDirect:
 		return e.S.GatewayHTTP, directHost
+	case report.Relay:
+		// The upstream sees the same Host as on the direct path.
+		return "http://" + e.relays[0].Addr(), tunnelHost
 	default:
 		return e.S.GatewayHTTP, tunnelHost
 	}

@@ -38,6 +38,10 @@ type Options struct {
 	// Worker is the command (and arguments) that runs a load generator
 	// process: load.Serve on its stdin and stdout (required).
 	Worker []string
+	// Relay is the command (and arguments) that, given one more argument
+	// relay.Spec(LISTEN, TARGET), runs a relay process:
+	// relay.RunProcess (required: the relay path's two hops).
+	Relay []string
 	// PprofDir, when set, receives CPU and heap profiles of the gateway
 	// and the agent (see pprof.go).
 	PprofDir string
@@ -57,8 +61,8 @@ func (o Options) Validate() error {
 			return fmt.Errorf("unknown scenario %q (one of %s)", n, strings.Join(Names, ", "))
 		}
 	}
-	if o.WorkDir == "" || len(o.Worker) == 0 {
-		return errors.New("suite: Options.WorkDir and Options.Worker are required")
+	if o.WorkDir == "" || len(o.Worker) == 0 || len(o.Relay) == 0 {
+		return errors.New("suite: Options.WorkDir, Options.Worker and Options.Relay are required")
 	}
 	return nil
 }
@@ -100,7 +104,7 @@ func Run(ctx context.Context, opts Options) (*report.Report, error) {
 		progress("built in %s", time.Since(t0).Round(time.Millisecond))
 	}
 	r.Machine.SyscallNs = float64(procstat.SyscallCost(200_000).Nanoseconds())
-	env, err := setup(ctx, Options{Profile: opts.Profile, BinDir: opts.BinDir, WorkDir: filepath.Join(opts.WorkDir, "stack"), Worker: opts.Worker, PprofDir: opts.PprofDir}, progress)
+	env, err := setup(ctx, Options{Profile: opts.Profile, BinDir: opts.BinDir, WorkDir: filepath.Join(opts.WorkDir, "stack"), Worker: opts.Worker, Relay: opts.Relay, PprofDir: opts.PprofDir}, progress)
 	if err != nil {
 		r.Failures = append(r.Failures, err.Error())
 		return r, err
@@ -181,7 +185,7 @@ func (e *Env) run(ctx context.Context, s *report.Scenario) error {
 	before, okBefore := e.machineSample()
 	err := fn(ctx, s)
 	e.dirty = true
-	if after, ok := e.machineSample(); ok && okBefore && after.pids == before.pids {
+	if after, ok := e.machineSample(); ok && okBefore && slices.Equal(after.pids, before.pids) {
 		ours := after.ours - before.ours
 		other := after.busy - before.busy - ours
 		wall := after.at.Sub(before.at) * time.Duration(runtime.NumCPU())
@@ -192,11 +196,11 @@ func (e *Env) run(ctx context.Context, s *report.Scenario) error {
 }
 
 // sample is the machine's busy CPU time and that of the processes the
-// suite drives (gateway, agent, load generator, itself).
+// suite drives (gateway, agent, load generator, itself, the relays).
 type sample struct {
 	at         time.Time
 	busy, ours time.Duration
-	pids       [4]int
+	pids       []int
 }
 
 // machineSample reads a sample; the difference of two tells how much of
@@ -204,7 +208,7 @@ type sample struct {
 // and the stack's database and API server), a measure of how disturbed the
 // figures are.
 func (e *Env) machineSample() (sample, bool) {
-	smp := sample{at: time.Now(), pids: [4]int{e.S.Gateway.Pid(), e.C.Agent.Pid(), e.gen.Pid(), os.Getpid()}}
+	smp := sample{at: time.Now(), pids: e.pids()}
 	var err error
 	if smp.busy, err = procstat.SystemBusy(); err != nil {
 		return smp, false

@@ -4,7 +4,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/pipeops/tunnel/loadtest/internal/load"
 	"github.com/pipeops/tunnel/loadtest/internal/report"
 )
 
@@ -75,16 +77,16 @@ func TestProfiles(t *testing.T) {
 	if Full.Streams != 10_000 || Full.Agents != 1000 || Full.BulkBytes != 1<<30 || CI.BulkBytes != 256<<20 {
 		t.Fatal("the profiles must keep the scales the issue asks for")
 	}
-	// The CI profile's traffic windows (three paths each) must leave room
-	// for the stack's start and the memory scenarios within 3 minutes.
-	traffic := 3 * (CI.SmallWindow + CI.UnloadedWindow + CI.OpenWindow + 3*CI.Warmup + 2*CI.ConnWindow)
+	// The CI profile's traffic windows (one per path) must leave room for
+	// the stack's start and the memory scenarios within 3 minutes.
+	traffic := time.Duration(len(report.Paths)) * (CI.SmallWindow + CI.UnloadedWindow + CI.OpenWindow + 3*CI.Warmup + 2*CI.ConnWindow)
 	if traffic.Seconds() > 90 {
 		t.Fatalf("CI traffic windows add up to %v", traffic)
 	}
 }
 
 func TestOptionsValidate(t *testing.T) {
-	ok := Options{Profile: CI, WorkDir: "/tmp/x", Worker: []string{"loadtest", "-worker"}}
+	ok := Options{Profile: CI, WorkDir: "/tmp/x", Worker: []string{"loadtest", "-worker"}, Relay: []string{"loadtest", "-relay"}}
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -97,6 +99,73 @@ func TestOptionsValidate(t *testing.T) {
 	bad.Worker = nil
 	if err := bad.Validate(); err == nil {
 		t.Fatal("no worker command accepted")
+	}
+	bad = ok
+	bad.Relay = nil
+	if err := bad.Validate(); err == nil {
+		t.Fatal("no relay command accepted")
+	}
+}
+
+// TestNoRuleOnTheRelayPath: the relay path is a reference to read the
+// tunnel's figures against, not something CI guards.
+func TestNoRuleOnTheRelayPath(t *testing.T) {
+	for _, r := range Rules(Full) {
+		if strings.Contains(r.Metric, report.Relay) {
+			t.Errorf("rule %s (%s) is on the relay path", r, r.Scenario)
+		}
+	}
+}
+
+func TestRoundSpread(t *testing.T) {
+	res := func(rates ...float64) []*load.Result {
+		var out []*load.Result
+		for _, r := range rates {
+			out = append(out, &load.Result{Requests: int64(r), Elapsed: time.Second})
+		}
+		return out
+	}
+	results := map[string][]*load.Result{
+		report.Direct: res(1000, 2000, 1000),
+		report.Tunnel: res(250, 400, 300),
+		report.Relay:  res(500, 1000, 0), // a round with nothing through is left out
+	}
+	s := &report.Scenario{HigherIsBetter: true}
+	roundSpread(s, results, (*load.Result).Rate)
+	want := map[string]float64{"ratio_round_min": 0.2, "ratio_round_max": 0.3, "ratio_round_min_relay": 0.5, "ratio_round_max_relay": 0.5}
+	for k, v := range want {
+		if s.Details[k] != v {
+			t.Errorf("%s = %v, want %v", k, s.Details[k], v)
+		}
+	}
+	s = &report.Scenario{HigherIsBetter: false}
+	roundSpread(s, results, (*load.Result).Rate)
+	if s.Details["ratio_round_max"] != 5 || s.Details["ratio_round_min_relay"] != 2 {
+		t.Errorf("lower is better: %v", s.Details)
+	}
+}
+
+func TestRecordCPUPerPath(t *testing.T) {
+	cpu := map[string]*cpuUse{}
+	for _, p := range report.Paths {
+		cpu[p] = &cpuUse{gateway: time.Millisecond, agent: time.Millisecond, client: time.Millisecond,
+			upstream: time.Millisecond, relays: 2 * time.Millisecond, requests: 100}
+	}
+	s := &report.Scenario{}
+	recordCPU(s, cpu)
+	for _, k := range []string{"client_cpu_us_per_req_relay", "upstream_cpu_us_per_req_relay", "relay_cpu_us_per_req_relay",
+		"gateway_cpu_us_per_req_tunnel", "agent_cpu_us_per_req_tunnel", "gateway_cpu_us_per_req_gateway_direct"} {
+		if _, ok := s.Details[k]; !ok {
+			t.Errorf("no %s in %v", k, s.Details)
+		}
+	}
+	if s.Details["relay_cpu_us_per_req_relay"] != 20 {
+		t.Errorf("relay CPU per request %v us, want 20", s.Details["relay_cpu_us_per_req_relay"])
+	}
+	for _, k := range []string{"gateway_cpu_us_per_req_relay", "agent_cpu_us_per_req_relay", "gateway_cpu_us_per_req_direct", "relay_cpu_us_per_req_tunnel"} {
+		if _, ok := s.Details[k]; ok {
+			t.Errorf("%s: that process is not on that path", k)
+		}
 	}
 }
 

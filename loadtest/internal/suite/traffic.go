@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
 	"slices"
 	"strconv"
 	"time"
@@ -14,12 +13,16 @@ import (
 	"github.com/pipeops/tunnel/loadtest/internal/report"
 )
 
-// The traffic scenarios measure the three paths with the same client code
+// The traffic scenarios measure the four paths with the same client code
 // in the same run, interleaved: round after round, each path gets a slice
 // of the scenario's time in turn. A burst of noise on the machine (another
 // process's build, the garbage collector of a neighbour) then falls on all
 // paths alike instead of on one, which keeps the ratios steady on a shared
 // machine.
+//
+// The relay path is a reference, not a product: no check applies to it,
+// and its failed requests are counted apart (relay_errors, a note) instead
+// of failing the scenario.
 
 const (
 	smallBody = 1024      // bytes of a small response
@@ -27,19 +30,19 @@ const (
 	smallBuf  = 4 << 10
 )
 
-// cpuUse is the CPU time the gateway, the agent, the load generator and
-// the upstream (this process, which serves it) spent on one path, over the
-// requests they carried.
+// cpuUse is the CPU time the gateway, the agent, the load generator, the
+// upstream (this process, which serves it) and the two relays together
+// spent on one path, over the requests they carried.
 type cpuUse struct {
-	gateway, agent, client, upstream time.Duration
-	requests                         int64
+	gateway, agent, client, upstream, relays time.Duration
+	requests                                 int64
 }
 
-// cpuSample reads the CPU time of the gateway, the agent, the load
-// generator and this process now.
-func (e *Env) cpuSample() ([4]time.Duration, bool) {
-	var out [4]time.Duration
-	for i, pid := range []int{e.S.Gateway.Pid(), e.C.Agent.Pid(), e.gen.Pid(), os.Getpid()} {
+// cpuSample reads the CPU time of the processes of e.pids now.
+func (e *Env) cpuSample() ([]time.Duration, bool) {
+	pids := e.pids()
+	out := make([]time.Duration, len(pids))
+	for i, pid := range pids {
 		v, err := procstat.CPU(pid)
 		if err != nil {
 			return out, false
@@ -58,7 +61,7 @@ func (e *Env) interleave(ctx context.Context, s *report.Scenario, rounds int, jo
 	for round := range rounds {
 		for _, path := range report.Paths {
 			c0, ok0 := e.cpuSample()
-			r, err := e.do(ctx, s, job(path, round))
+			r, err := e.doPath(ctx, s, path, job(path, round))
 			if err != nil {
 				return nil, nil, err
 			}
@@ -69,10 +72,13 @@ func (e *Env) interleave(ctx context.Context, s *report.Scenario, rounds int, jo
 			}
 			if ok0 && ok1 {
 				u := cpu[path]
-				u.gateway += c1[0] - c0[0]
-				u.agent += c1[1] - c0[1]
-				u.client += c1[2] - c0[2]
-				u.upstream += c1[3] - c0[3]
+				u.gateway += c1[pidGateway] - c0[pidGateway]
+				u.agent += c1[pidAgent] - c0[pidAgent]
+				u.client += c1[pidClient] - c0[pidClient]
+				u.upstream += c1[pidUpstream] - c0[pidUpstream]
+				for i := pidRelays; i < len(c1); i++ {
+					u.relays += c1[i] - c0[i]
+				}
 				u.requests += r.Requests
 			}
 		}
@@ -83,10 +89,32 @@ func (e *Env) interleave(ctx context.Context, s *report.Scenario, rounds int, jo
 	return results, cpu, nil
 }
 
+// doPath is do for a job on path: the relay path's errors are recorded
+// apart, as relay_errors and a note with a sample, so that the reference
+// never fails a scenario.
+func (e *Env) doPath(ctx context.Context, s *report.Scenario, path string, job load.Job) (*load.Result, error) {
+	if path != report.Relay {
+		return e.do(ctx, s, job)
+	}
+	rep, err := e.gen.Do(ctx, job)
+	if err != nil {
+		return nil, err
+	}
+	if rep.Result == nil {
+		return &load.Result{}, nil
+	}
+	if n := rep.Result.Errors; n > 0 {
+		s.Detail("relay_errors", s.Details["relay_errors"]+float64(n))
+		s.Note("%d failed requests on the relay path (not counted as errors): %q", n, rep.Result.ErrorSamples)
+	}
+	return rep.Result, nil
+}
+
 // recordCPU adds the CPU per request of each path to s: the load
 // generator's and the upstream's on every path, the gateway's and the
-// agent's where they carry it. On a machine whose cores are all busy, the
-// sum is what sets the rate.
+// agent's where they carry it, the two relays' (together) on the relay
+// path. On a machine whose cores are all busy, the sum is what sets the
+// rate.
 func recordCPU(s *report.Scenario, cpu map[string]*cpuUse) {
 	for path, u := range cpu {
 		if u.requests == 0 {
@@ -95,11 +123,14 @@ func recordCPU(s *report.Scenario, cpu map[string]*cpuUse) {
 		per := func(d time.Duration) float64 { return round1(float64(d.Microseconds()) / float64(u.requests)) }
 		s.Detail("client_cpu_us_per_req_"+path, per(u.client))
 		s.Detail("upstream_cpu_us_per_req_"+path, per(u.upstream))
-		if path != report.Direct {
+		if path == report.GatewayDirect || path == report.Tunnel {
 			s.Detail("gateway_cpu_us_per_req_"+path, per(u.gateway))
 		}
 		if path == report.Tunnel {
 			s.Detail("agent_cpu_us_per_req_"+path, per(u.agent))
+		}
+		if path == report.Relay {
+			s.Detail("relay_cpu_us_per_req_"+path, per(u.relays))
 		}
 	}
 }
@@ -117,15 +148,21 @@ func (e *Env) do(ctx context.Context, s *report.Scenario, job load.Job) (*load.R
 	return rep.Result, nil
 }
 
-// roundSpread records the lowest and highest per-round ratio of tunnel to
-// direct of a figure, so a reader sees how steady the ratio was.
+// roundSpread records the lowest and highest per-round ratio to direct of
+// a figure, of the tunnel (ratio_round_min/max) and of the relay
+// (ratio_round_min/max_relay), so a reader sees how steady the ratios were.
 func roundSpread(s *report.Scenario, results map[string][]*load.Result, figure func(*load.Result) float64) {
+	pathSpread(s, results, figure, report.Tunnel, "")
+	pathSpread(s, results, figure, report.Relay, "_"+report.Relay)
+}
+
+func pathSpread(s *report.Scenario, results map[string][]*load.Result, figure func(*load.Result) float64, path, suffix string) {
 	var ratios []float64
 	for i, d := range results[report.Direct] {
-		if i >= len(results[report.Tunnel]) {
+		if i >= len(results[path]) {
 			break
 		}
-		dv, tv := figure(d), figure(results[report.Tunnel][i])
+		dv, tv := figure(d), figure(results[path][i])
 		if dv <= 0 || tv <= 0 {
 			continue
 		}
@@ -136,8 +173,8 @@ func roundSpread(s *report.Scenario, results map[string][]*load.Result, figure f
 		}
 	}
 	if len(ratios) > 0 {
-		s.Detail("ratio_round_min", round3(slices.Min(ratios)))
-		s.Detail("ratio_round_max", round3(slices.Max(ratios)))
+		s.Detail("ratio_round_min"+suffix, round3(slices.Min(ratios)))
+		s.Detail("ratio_round_max"+suffix, round3(slices.Max(ratios)))
 	}
 }
 
@@ -188,11 +225,14 @@ func (e *Env) download(ctx context.Context, s *report.Scenario, conns int, size 
 		per := func(d time.Duration) float64 { return round3(float64(d.Microseconds()) / 1e3 / mb) }
 		s.Detail("client_cpu_ms_per_mb_"+path, per(u.client))
 		s.Detail("upstream_cpu_ms_per_mb_"+path, per(u.upstream))
-		if path != report.Direct {
+		if path == report.GatewayDirect || path == report.Tunnel {
 			s.Detail("gateway_cpu_ms_per_mb_"+path, per(u.gateway))
 		}
 		if path == report.Tunnel {
 			s.Detail("agent_cpu_ms_per_mb_"+path, per(u.agent))
+		}
+		if path == report.Relay {
+			s.Detail("relay_cpu_ms_per_mb_"+path, per(u.relays))
 		}
 	}
 	return nil
@@ -264,6 +304,9 @@ func (e *Env) smallClosed(ctx context.Context, s *report.Scenario) error {
 	if d, t := s.Latency[report.Direct], s.Latency[report.Tunnel]; d.P99 > 0 && t.P99 > 0 {
 		s.Detail("p99_ratio", round3(d.P99/t.P99))
 	}
+	if d, rl := s.Latency[report.Direct], s.Latency[report.Relay]; d.P99 > 0 && rl.P99 > 0 {
+		s.Detail("p99_ratio_relay", round3(d.P99/rl.P99))
+	}
 	return nil
 }
 
@@ -297,6 +340,7 @@ func (e *Env) unloaded(ctx context.Context, s *report.Scenario) error {
 	}
 	s.Detail("added_p50_us", round1(p50[report.Tunnel]-p50[report.Direct]))
 	s.Detail("added_p50_us_gateway_direct", round1(p50[report.GatewayDirect]-p50[report.Direct]))
+	s.Detail("added_p50_us_relay", round1(p50[report.Relay]-p50[report.Direct]))
 	return nil
 }
 
@@ -327,7 +371,11 @@ func (e *Env) smallOpen(ctx context.Context, s *report.Scenario) error {
 	sent := scheduled
 	for _, path := range report.Paths {
 		r := load.Merge(results[path]...)
-		sent = min(sent, r.Requests)
+		if path == report.Relay {
+			s.Detail("sent_fraction_relay", round3(float64(r.Requests)/float64(scheduled)))
+		} else {
+			sent = min(sent, r.Requests)
+		}
 		l := report.Summarize(&r.Hist, r.Errors)
 		s.Latency[path] = l
 		s.Set(path, l.P99)
