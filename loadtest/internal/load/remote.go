@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/pipeops/tunnel/loadtest/internal/child"
 )
 
 // The load generator runs in a worker process of its own, as a separate
@@ -183,18 +183,8 @@ type Remote struct {
 // stdout. Its stderr goes to ours. The worker is killed if this process
 // dies.
 func StartRemote(name string, args ...string) (*Remote, error) {
-	cmd := exec.Command(name, args...)
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	in, err := cmd.StdinPipe()
+	cmd, in, out, err := child.Start(name, args...)
 	if err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start the load worker: %w", err)
 	}
 	r := &Remote{cmd: cmd, in: in, enc: json.NewEncoder(in), dec: json.NewDecoder(bufio.NewReader(out)), done: make(chan struct{})}

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pipeops/tunnel/loadtest/internal/child"
 )
 
 // A relay process is the loadtest binary run with `-relay LISTEN,TARGET`:
@@ -120,18 +122,8 @@ func Start(command []string, target string) (*Process, error) {
 		return nil, err
 	}
 	args := append(append([]string(nil), command[1:]...), Spec("127.0.0.1:0", target))
-	cmd := exec.Command(command[0], args...)
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	in, err := cmd.StdinPipe()
+	cmd, in, out, err := child.Start(command[0], args...)
 	if err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start a relay: %w", err)
 	}
 	p := &Process{cmd: cmd, in: in, done: make(chan struct{})}
