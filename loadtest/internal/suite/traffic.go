@@ -121,17 +121,24 @@ func recordCPU(s *report.Scenario, cpu map[string]*cpuUse) {
 			continue
 		}
 		per := func(d time.Duration) float64 { return round1(float64(d.Microseconds()) / float64(u.requests)) }
-		s.Detail("client_cpu_us_per_req_"+path, per(u.client))
-		s.Detail("upstream_cpu_us_per_req_"+path, per(u.upstream))
-		if path == report.GatewayDirect || path == report.Tunnel {
-			s.Detail("gateway_cpu_us_per_req_"+path, per(u.gateway))
-		}
-		if path == report.Tunnel {
-			s.Detail("agent_cpu_us_per_req_"+path, per(u.agent))
-		}
-		if path == report.Relay {
-			s.Detail("relay_cpu_us_per_req_"+path, per(u.relays))
-		}
+		recordProcessCPU(s, path, u, "_cpu_us_per_req_", per)
+	}
+}
+
+// recordProcessCPU records, for one path, the CPU of each process on it
+// (the load generator, the upstream, and the gateway, agent or relays where
+// the path has them) in the unit per gives, under "<process><unit><path>".
+func recordProcessCPU(s *report.Scenario, path string, u *cpuUse, unit string, per func(time.Duration) float64) {
+	s.Detail("client"+unit+path, per(u.client))
+	s.Detail("upstream"+unit+path, per(u.upstream))
+	if path == report.GatewayDirect || path == report.Tunnel {
+		s.Detail("gateway"+unit+path, per(u.gateway))
+	}
+	if path == report.Tunnel {
+		s.Detail("agent"+unit+path, per(u.agent))
+	}
+	if path == report.Relay {
+		s.Detail("relay"+unit+path, per(u.relays))
 	}
 }
 
@@ -223,17 +230,7 @@ func (e *Env) download(ctx context.Context, s *report.Scenario, conns int, size 
 		}
 		mb := float64(u.requests*size) / 1e6
 		per := func(d time.Duration) float64 { return round3(float64(d.Microseconds()) / 1e3 / mb) }
-		s.Detail("client_cpu_ms_per_mb_"+path, per(u.client))
-		s.Detail("upstream_cpu_ms_per_mb_"+path, per(u.upstream))
-		if path == report.GatewayDirect || path == report.Tunnel {
-			s.Detail("gateway_cpu_ms_per_mb_"+path, per(u.gateway))
-		}
-		if path == report.Tunnel {
-			s.Detail("agent_cpu_ms_per_mb_"+path, per(u.agent))
-		}
-		if path == report.Relay {
-			s.Detail("relay_cpu_ms_per_mb_"+path, per(u.relays))
-		}
+		recordProcessCPU(s, path, u, "_cpu_ms_per_mb_", per)
 	}
 	return nil
 }
