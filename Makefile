@@ -112,6 +112,25 @@ helm: $(HELM_BIN_DIR)/helm ## build helm into .testenv/bin
 	@mkdir -p $(TESTENV_DIR)/bin
 	@ln -sfn ../helm-$(HELM_VERSION)/helm $(TESTENV_DIR)/bin/helm
 
+# pebble, a small ACME CA for tests, and its challenge test server (a DNS
+# server that answers 127.0.0.1 for every name), built from the module proxy
+# like helm: the gateway's ACME test gets real certificates from them.
+PEBBLE_VERSION := v2.10.3
+PEBBLE_BIN_DIR := $(TESTENV_DIR)/pebble-$(PEBBLE_VERSION)
+
+$(PEBBLE_BIN_DIR)/pebble $(PEBBLE_BIN_DIR)/pebble-challtestsrv &:
+	@echo "building pebble $(PEBBLE_VERSION) and pebble-challtestsrv"
+	@mkdir -p $(PEBBLE_BIN_DIR)
+	GOBIN=$(CURDIR)/$(PEBBLE_BIN_DIR) CGO_ENABLED=0 $(GO) install -trimpath -ldflags '-s -w' \
+		github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION) \
+		github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$(PEBBLE_VERSION)
+
+.PHONY: pebble
+pebble: $(PEBBLE_BIN_DIR)/pebble $(PEBBLE_BIN_DIR)/pebble-challtestsrv ## build pebble and pebble-challtestsrv (the ACME test's CA) into .testenv/bin
+	@mkdir -p $(TESTENV_DIR)/bin
+	@ln -sfn ../pebble-$(PEBBLE_VERSION)/pebble $(TESTENV_DIR)/bin/pebble
+	@ln -sfn ../pebble-$(PEBBLE_VERSION)/pebble-challtestsrv $(TESTENV_DIR)/bin/pebble-challtestsrv
+
 .PHONY: helm-test
 helm-test: helm testenv ## test the agent's Helm chart and manifests (lint, render, a real API server)
 	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" $(GO) test -race -count=1 ./deploy/helm/
@@ -121,7 +140,7 @@ manifests: helm ## render deploy/manifests/pipeops-agent.yaml from the Helm char
 	HELM="$(CURDIR)/$(TESTENV_DIR)/bin/helm" deploy/helm/render.sh
 
 .PHONY: test
-test: deps testenv helm ## run every test with -race (installs what it needs first)
+test: deps testenv helm pebble ## run every test with -race (installs what it needs first)
 	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" $(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: test-short
@@ -133,7 +152,7 @@ lint: ## gofmt check and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	shellcheck deploy/install.sh deploy/helm/render.sh shared/testenv/install-deps.sh .ci/run
+	shellcheck deploy/install.sh deploy/helm/render.sh shared/testenv/install-deps.sh shared/testenv/fuzz.sh .ci/run
 # The tools module is not vetted: vet type-checks all of k8s.io/kubernetes
 # (11 minutes cold) for two ten-line mains that `make testenv` compiles.
 
@@ -158,6 +177,17 @@ loadtest: deps testenv ## run the load test suite, full profile (about 5 minutes
 .PHONY: loadtest-ci
 loadtest-ci: deps testenv ## the load test suite's short profile for CI (under 3 minutes); fails on a floor, an error or a leak
 	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" $(GO) run ./loadtest -profile ci $(LOADTEST_FLAGS)
+
+# Every fuzz test of the module (the decoders of untrusted input), one after
+# the other; a failing input is saved under <package>/testdata/fuzz/
+# (docs/testing.md). FUZZTIME is the time per target.
+.PHONY: fuzz-ci
+fuzz-ci: ## run every fuzz test for 10 s each (what CI runs)
+	GO="$(GO)" FUZZTIME=10s shared/testenv/fuzz.sh
+
+.PHONY: fuzz
+fuzz: ## run every fuzz test for 3 minutes each (the long run)
+	GO="$(GO)" FUZZTIME=3m shared/testenv/fuzz.sh
 
 .PHONY: clean
 clean: ## remove build output (keeps the test binaries in .testenv)

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/pipeops/tunnel/shared/auth"
 )
 
 // Error codes. The HTTP layer maps each to one status, in one place.
@@ -119,6 +121,9 @@ type Route struct {
 	DeploymentName string            `json:"deployment_name,omitempty"`
 	UpdatedAt      time.Time         `json:"updated_at"`
 	ExpiresAt      time.Time         `json:"expires_at"`
+	// Pending is true while the route's hostname is not verified for its
+	// cluster: the route is stored and not served (see HostnameStore).
+	Pending bool `json:"pending_verification,omitempty"`
 }
 
 // RouteSync replaces one cluster's whole route set (the agent's full sync).
@@ -160,6 +165,60 @@ type RouteStore interface {
 	DeleteExpiredRoutes(ctx context.Context, now time.Time) (int, error)
 }
 
+// Hostname is a cluster's claim on a route hostname (a name or "*." and
+// one). Its routes are served once it is verified; until then they are
+// stored and not served.
+type Hostname struct {
+	Hostname    string    `json:"hostname"`
+	ClusterUUID string    `json:"cluster_uuid"`
+	Verified    bool      `json:"verified"`
+	VerifiedAt  time.Time `json:"verified_at,omitzero"`
+	// VerifiedBy says how: "base domain prod.apps.example.com", "domain
+	// grant example.com", "covered by *.example.com", "dns txt", ...
+	VerifiedBy string `json:"verified_by,omitempty"`
+	// TXTName and TXTValue are the DNS record that verifies a custom
+	// domain: TXTName holds a TXT record whose text is TXTValue. Empty when
+	// verified.
+	TXTName    string    `json:"txt_name,omitempty"`
+	TXTValue   string    `json:"txt_value,omitempty"`
+	CheckedAt  time.Time `json:"checked_at,omitzero"`   // the last DNS check
+	CheckError string    `json:"check_error,omitempty"` // what it found
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// DomainGrant is an operator's statement that a cluster owns a domain and
+// every name below it, which then need no DNS challenge.
+type DomainGrant struct {
+	Domain      string    `json:"domain"`
+	ClusterUUID string    `json:"cluster_uuid"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// HostnameStore keeps hostname ownership; the rules are in package
+// controlplane/hostnames. Claims are made by RouteStore's RegisterRoute and
+// SyncRoutes, which refuse (ECONFLICT, EFORBIDDEN, EINVALID) a name another
+// cluster holds or the platform reserves.
+type HostnameStore interface {
+	// Hostnames lists the claims of a cluster, or of all when clusterUUID
+	// is empty, by hostname.
+	Hostnames(ctx context.Context, clusterUUID string) ([]Hostname, error)
+	// PendingHostnames lists up to limit unverified claims, those checked
+	// longest ago first.
+	PendingHostnames(ctx context.Context, limit int) ([]Hostname, error)
+	// VerifyHostname marks the cluster's claim verified (by says how),
+	// unless another cluster verified an overlapping name first
+	// (ECONFLICT); other clusters' unverified claims it overlaps are
+	// dropped. ENOTFOUND when the cluster has no such claim.
+	VerifyHostname(ctx context.Context, clusterUUID, hostname, by string) error
+	// RecordHostnameCheck records a failed DNS check's finding.
+	RecordHostnameCheck(ctx context.Context, clusterUUID, hostname, finding string) error
+	// GrantDomain gives the cluster domain and every name below it.
+	GrantDomain(ctx context.Context, clusterUUID, domain string) error
+	// RevokeGrant takes a grant back; names verified by it are no longer.
+	RevokeGrant(ctx context.Context, domain string) error
+	Grants(ctx context.Context) ([]DomainGrant, error)
+}
+
 // ClusterStore keeps clusters.
 type ClusterStore interface {
 	// CreateCluster creates a cluster in status pending. ECONFLICT when the
@@ -179,6 +238,7 @@ type ClusterStore interface {
 // Token is the record of an issued token (the JWT itself is never stored).
 type Token struct {
 	ID          string // jti
+	Issuer      string // iss; "" for tokens issued before it was recorded
 	Kind        string
 	ClusterUUID string   // agent tokens
 	Clusters    []string // user tokens
@@ -186,6 +246,30 @@ type Token struct {
 	IssuedAt    time.Time
 	ExpiresAt   time.Time
 	RevokedAt   time.Time // zero: not revoked
+}
+
+// AuthRecord is the record in the form verifiers hold tokens to.
+func (t Token) AuthRecord() *auth.Record {
+	return &auth.Record{
+		Issuer: t.Issuer, Kind: auth.Kind(t.Kind), ClusterID: t.ClusterUUID, Clusters: t.Clusters,
+		Subject: t.Subject, ExpiresAt: t.ExpiresAt, Revoked: !t.RevokedAt.IsZero(),
+	}
+}
+
+// TokenRecords adapts a TokenStore to auth.RecordSource, reading the store
+// on every call.
+type TokenRecords struct{ Store TokenStore }
+
+// TokenRecord implements auth.RecordSource.
+func (r TokenRecords) TokenRecord(ctx context.Context, id string) (*auth.Record, error) {
+	t, err := r.Store.Token(ctx, id)
+	if ErrorCode(err) == ENOTFOUND {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return t.AuthRecord(), nil
 }
 
 // TokenStore records issued tokens and their revocation.
@@ -196,22 +280,47 @@ type TokenStore interface {
 	// Revoked reports whether id is revoked. An unknown id counts as revoked:
 	// every token this control plane issued is recorded.
 	Revoked(ctx context.Context, id string) (bool, error)
+	// Token returns a token's record (ENOTFOUND for an unknown id).
+	Token(ctx context.Context, id string) (Token, error)
 	Tokens(ctx context.Context, clusterUUID string) ([]Token, error)
 }
 
-// SigningKey is the control plane's token signing key, kept in the database
-// so that every replica signs with the same key.
+// SigningKey is a token signing key, kept in the database so that every
+// replica signs with the same key. The private key is stored sealed under a
+// key-encryption key (see package keyseal) that the database never sees;
+// PrivatePEM is the plaintext form keys had before sealing was introduced,
+// which the first start with a KEK seals.
 type SigningKey struct {
 	ID         string // kid
 	Algorithm  string // "EdDSA"
-	PrivatePEM []byte // PKCS#8
+	Sealed     []byte // the PKCS#8 private key sealed under KEKID, bound to ID
+	KEKID      string // the key-encryption key that sealed it
+	PrivatePEM []byte // legacy plaintext PKCS#8; empty once sealed
 	CreatedAt  time.Time
 }
 
-// KeyStore keeps signing keys.
+// Reseal is one key's change of stored form, from Was (the key as read) to
+// Sealed under KEKID.
+type Reseal struct {
+	Was    SigningKey
+	Sealed []byte
+	KEKID  string
+}
+
+// KeyStore keeps signing keys. The newest key signs; all of them verify
+// (and are served in the JWKS) until retired.
 type KeyStore interface {
 	// SigningKeys returns all keys, newest first.
 	SigningKeys(ctx context.Context) ([]SigningKey, error)
-	// AddSigningKey stores a new key.
+	// AddSigningKey stores a new sealed key (EINVALID for a plaintext one;
+	// ECONFLICT when the id exists).
 	AddSigningKey(ctx context.Context, k SigningKey) error
+	// ResealSigningKeys stores the new sealed forms of keys, all or none:
+	// ECONFLICT, with nothing changed, when any key's stored form is no
+	// longer what Was says (another process resealed or retired it).
+	ResealSigningKeys(ctx context.Context, rs []Reseal) error
+	// RetireSigningKey deletes a key, so that tokens it signed no longer
+	// verify. ENOTFOUND for an unknown id; EINVALID for the newest key,
+	// which is the one signing.
+	RetireSigningKey(ctx context.Context, id string) error
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -125,23 +126,40 @@ func (c *Collector) usage(ctx context.Context) (cpu, mem tunnel.Usage, err error
 		}
 		return cpu, mem, fmt.Errorf("read node metrics: %w", err)
 	}
-	var list nodeMetricsList
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return cpu, mem, fmt.Errorf("decode node metrics: %w", err)
-	}
-	var usedCPU, usedMem, capCPU, capMem resource.Quantity
-	for _, it := range list.Items {
-		usedCPU.Add(it.Usage[corev1.ResourceCPU])
-		usedMem.Add(it.Usage[corev1.ResourceMemory])
-	}
+	var capCPU, capMem resource.Quantity
 	for _, obj := range c.nodeInf.GetStore().List() {
 		n := obj.(*corev1.Node)
 		capCPU.Add(n.Status.Allocatable[corev1.ResourceCPU])
 		capMem.Add(n.Status.Allocatable[corev1.ResourceMemory])
 	}
-	if capCPU.IsZero() || capMem.IsZero() {
+	return nodeUsage(raw, capCPU, capMem)
+}
+
+// nodeUsage decodes a metrics API node list (raw) and returns the summed CPU
+// and memory use as percentages of capCPU and capMem, the nodes'
+// allocatable. A figure that cannot be a real use (negative, or not finite)
+// is an error rather than a number: the heartbeat then says unavailable.
+func nodeUsage(raw []byte, capCPU, capMem resource.Quantity) (cpu, mem tunnel.Usage, err error) {
+	var list nodeMetricsList
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return cpu, mem, fmt.Errorf("decode node metrics: %w", err)
+	}
+	var usedCPU, usedMem resource.Quantity
+	for _, it := range list.Items {
+		usedCPU.Add(it.Usage[corev1.ResourceCPU])
+		usedMem.Add(it.Usage[corev1.ResourceMemory])
+	}
+	if capCPU.Sign() <= 0 || capMem.Sign() <= 0 {
 		return cpu, mem, errors.New("no node allocatable to compare usage with")
 	}
-	return tunnel.Percent(100 * float64(usedCPU.MilliValue()) / float64(capCPU.MilliValue())),
-		tunnel.Percent(100 * float64(usedMem.Value()) / float64(capMem.Value())), nil
+	// As floats, not MilliValue: a sum too big for an int64 of milli-units
+	// would wrap around into a made-up figure.
+	cpuPct := 100 * usedCPU.AsApproximateFloat64() / capCPU.AsApproximateFloat64()
+	memPct := 100 * usedMem.AsApproximateFloat64() / capMem.AsApproximateFloat64()
+	for _, p := range []float64{cpuPct, memPct} {
+		if p < 0 || math.IsNaN(p) || math.IsInf(p, 0) {
+			return cpu, mem, fmt.Errorf("node metrics give a usage of %v%%", p)
+		}
+	}
+	return tunnel.Percent(cpuPct), tunnel.Percent(memPct), nil
 }

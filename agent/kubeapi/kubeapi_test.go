@@ -71,7 +71,7 @@ func TestKubectlThroughTunnel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer reg.Close()
-	k8s := proxy.NewK8s(verifier, reg, log)
+	k8s := proxy.NewK8s(proxy.K8sConfig{Verifier: verifier, Tunnels: reg, Logger: log})
 	defer k8s.Close()
 	mux := http.NewServeMux()
 	mux.Handle("/ws", reg)

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/pipeops/tunnel/shared/routeproto"
 )
@@ -31,6 +32,10 @@ var ErrUnauthorized = errors.New("control plane refused the agent token")
 // maxErrorBody bounds how much of an error response is read, so a
 // misbehaving server cannot make the agent buffer an unbounded body.
 const maxErrorBody = 64 << 10
+
+// maxErrorMessage bounds how much of an error body that is not the control
+// plane's error shape (a proxy's page, say) is kept for the log.
+const maxErrorMessage = 512
 
 // DefaultTimeout is the timeout of the HTTP client used when Client.HTTP is
 // nil. The calls are small and the control plane answers them from one
@@ -229,8 +234,14 @@ func decodeError(resp *http.Response) *APIError {
 	// Not the control plane's error shape (a proxy's page, say): keep the
 	// start of it for the log.
 	msg := strings.TrimSpace(string(raw))
-	if len(msg) > 512 {
-		msg = msg[:512] + "..."
+	if len(msg) > maxErrorMessage {
+		// Cut at a character boundary: half a UTF-8 sequence would make
+		// the message invalid text in the log.
+		cut := maxErrorMessage
+		for i := 0; i < utf8.UTFMax-1 && !utf8.RuneStart(msg[cut]); i++ {
+			cut--
+		}
+		msg = msg[:cut] + "..."
 	}
 	ae.Message = msg
 	return ae

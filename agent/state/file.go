@@ -86,6 +86,9 @@ func (f *FileStore) SaveSecret(_ context.Context, key, value string) error {
 	if err := readJSON(f.SecretsPath(), &secrets); err != nil {
 		return err
 	}
+	if secrets == nil { // the file held a JSON null
+		secrets = map[string]string{}
+	}
 	secrets[key] = value
 	return writeJSON(f.SecretsPath(), secrets, SecretsFileMode)
 }

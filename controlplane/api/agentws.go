@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
 
 	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/shared/revocation"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
@@ -20,11 +22,18 @@ const (
 
 var upgrader = websocket.Upgrader{HandshakeTimeout: 10 * time.Second}
 
+// registrationSocketKind is the kind under which registration sockets are
+// registered with the revocation tracker (a metric label).
+const registrationSocketKind = "registration_socket"
+
 // agentWS is the PipeOps registration socket: the agent sends register and
 // gets register_success (or error). The socket then stays open for pings
-// and heartbeats, which are recorded, until the agent closes it.
+// and heartbeats, which are recorded, until the agent closes it, the server
+// shuts down, or the token it opened with is revoked or expires (the
+// revocation tracker cuts it; see Run).
 func (s *Server) agentWS(w http.ResponseWriter, r *http.Request) {
-	cluster := claimsFrom(r.Context()).ClusterID
+	claims := claimsFrom(r.Context())
+	cluster := claims.ClusterID
 	select {
 	case <-s.closing:
 		writeError(w, r, controlplane.Errorf(controlplane.EUNAVAILABLE, "shutting down"), nil)
@@ -38,13 +47,37 @@ func (s *Server) agentWS(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader has answered
 	}
 	defer ws.Close()
+	// cut receives the tracker's cause; the close handshake is made here,
+	// not in the tracker's goroutine, where a slow peer would hold up
+	// every other cut.
+	cut := make(chan error, 1)
+	conn := revocation.Conn{Kind: registrationSocketKind, TokenID: claims.ID, Cluster: cluster, Cut: func(cause error) {
+		select {
+		case cut <- cause:
+		default:
+		}
+	}}
+	if claims.ExpiresAt != nil {
+		conn.Expires = claims.ExpiresAt.Time
+	}
+	defer s.conns.Register(conn)()
 	done := make(chan struct{})
+	var closer sync.WaitGroup
+	defer closer.Wait()
 	defer close(done)
+	closer.Add(1)
 	go func() {
+		defer closer.Done()
+		closeWith := func(code int, reason string) {
+			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+			ws.Close()
+		}
 		select {
 		case <-s.closing:
-			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "shutting down"), time.Now().Add(time.Second))
-			ws.Close()
+			closeWith(websocket.CloseGoingAway, "shutting down")
+		case cause := <-cut:
+			// 1008: the agent must not come back with this token.
+			closeWith(websocket.ClosePolicyViolation, cause.Error())
 		case <-done:
 		}
 	}()

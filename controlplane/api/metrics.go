@@ -8,6 +8,8 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pipeops/tunnel/shared/auth"
 )
 
 type metrics struct {
@@ -15,6 +17,7 @@ type metrics struct {
 	requests  *prometheus.CounterVec
 	durations *prometheus.HistogramVec
 	agents    prometheus.Gauge
+	refused   *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -26,10 +29,18 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "http_request_duration_seconds", Help: "HTTP request durations by route.", Buckets: prometheus.DefBuckets}, []string{"route"}),
 		agents: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pipeops_controlplane",
 			Name: "agent_registration_sockets", Help: "Open agent registration WebSockets."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pipeops_controlplane",
+			Name: "tokens_refused_total", Help: "Tokens refused, by cause: invalid, wrong_kind, revoked, " +
+				"not_as_recorded (signed with the real key but with claims that differ from the token's record), error."}, []string{"cause"}),
 	}
-	reg.MustRegister(m.requests, m.durations, m.agents)
+	for _, c := range []string{"invalid", "wrong_kind", "revoked", "not_as_recorded", "error"} {
+		m.refused.WithLabelValues(c)
+	}
+	reg.MustRegister(m.requests, m.durations, m.agents, m.refused)
 	return m
 }
+
+func (m *metrics) tokenRefused(err error) { m.refused.WithLabelValues(auth.Cause(err)).Inc() }
 
 // instrument counts requests by chi route pattern (not raw path, which
 // would make one series per cluster id).

@@ -44,6 +44,17 @@ func (s *Server) registerRoute(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err, s.log)
 		return
 	}
+	pending, err := s.pendingAmong(r.Context(), cluster, []string{req.Hostname})
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	if len(pending) > 0 {
+		// Stored, not served until verified: still 200, which PipeOps
+		// agents take as success; the body says what is missing.
+		writeJSON(w, http.StatusOK, map[string]any{"status": "pending_verification", "hostname": req.Hostname, "verification": pending[0]})
+		return
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": "registered", "hostname": req.Hostname})
 }
 
@@ -80,7 +91,16 @@ func (s *Server) syncRoutes(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err, s.log)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "synced", "routes": len(sync.Routes)})
+	hosts := make([]string, len(sync.Routes))
+	for i, rt := range sync.Routes {
+		hosts[i] = rt.Hostname
+	}
+	pending, err := s.pendingAmong(r.Context(), cluster, hosts)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "synced", "routes": len(sync.Routes), "pending_verification": pending})
 }
 
 func (s *Server) unregisterRoute(w http.ResponseWriter, r *http.Request) {

@@ -21,8 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/controlplane/hostnames"
 	"github.com/pipeops/tunnel/controlplane/tokens"
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/revocation"
 )
 
 // MaxBodySize bounds every JSON request body. A route sync of a large
@@ -46,23 +48,32 @@ type Config struct {
 	GatewayCA []byte
 	// APIURL is this control plane's public URL, for install commands.
 	APIURL string
+	// RevocationCheckInterval is how often the tokens of open registration
+	// sockets are checked for revocation (default
+	// revocation.DefaultInterval); see Run.
+	RevocationCheckInterval time.Duration
 }
 
 // Server serves the API. Build it with New; all fields are required.
 type Server struct {
-	cfg      Config
-	clusters controlplane.ClusterStore
-	routes   controlplane.RouteStore
-	tokens   controlplane.TokenStore
-	issuer   *tokens.Issuer
-	verifier *auth.Verifier
-	db       Pinger
-	log      *slog.Logger
-	metrics  *metrics
+	cfg       Config
+	clusters  controlplane.ClusterStore
+	routes    controlplane.RouteStore
+	tokens    controlplane.TokenStore
+	hostnames controlplane.HostnameStore
+	dns       *hostnames.DNSVerifier
+	issuer    *tokens.Issuer
+	verifier  *auth.Verifier
+	db        Pinger
+	log       *slog.Logger
+	metrics   *metrics
 
 	closing   chan struct{} // closed by Close: ends agent sockets
 	closeOnce sync.Once
 	sockets   sync.WaitGroup
+
+	// conns re-checks the tokens of the open registration sockets.
+	conns *revocation.Tracker
 }
 
 // Deps are the services the Server uses.
@@ -70,9 +81,13 @@ type Deps struct {
 	Clusters controlplane.ClusterStore
 	Routes   controlplane.RouteStore
 	Tokens   controlplane.TokenStore
-	Issuer   *tokens.Issuer
-	DB       Pinger
-	Logger   *slog.Logger
+	// Hostnames keeps hostname ownership; DNS checks custom domains' TXT
+	// records when an agent or operator asks for a check now.
+	Hostnames controlplane.HostnameStore
+	DNS       *hostnames.DNSVerifier
+	Issuer    *tokens.Issuer
+	DB        Pinger
+	Logger    *slog.Logger
 	// Registry is where the API registers its metrics and which /metrics
 	// serves; nil makes a private one.
 	Registry *prometheus.Registry
@@ -80,8 +95,8 @@ type Deps struct {
 
 // New returns a Server.
 func New(cfg Config, d Deps) (*Server, error) {
-	if d.Clusters == nil || d.Routes == nil || d.Tokens == nil || d.Issuer == nil || d.DB == nil {
-		return nil, errors.New("api: Clusters, Routes, Tokens, Issuer and DB are required")
+	if d.Clusters == nil || d.Routes == nil || d.Tokens == nil || d.Hostnames == nil || d.DNS == nil || d.Issuer == nil || d.DB == nil {
+		return nil, errors.New("api: Clusters, Routes, Tokens, Hostnames, DNS, Issuer and DB are required")
 	}
 	if cfg.GatewayWSURL == "" {
 		return nil, errors.New("api: Config.GatewayWSURL is required (agents are told to connect there)")
@@ -94,12 +109,28 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
+	m := newMetrics(reg)
+	verifier := d.Issuer.Verifier()
+	verifier.OnRefuse = m.tokenRefused
+	conns, err := revocation.New(revocation.Config{Checker: revocation.CheckerFunc(d.Tokens.Revoked),
+		Interval: cfg.RevocationCheckInterval, Logger: log, Metrics: reg, MetricsNamespace: "pipeops_controlplane",
+		Kinds: []string{registrationSocketKind}})
+	if err != nil {
+		return nil, err
+	}
 	return &Server{
-		cfg: cfg, clusters: d.Clusters, routes: d.Routes, tokens: d.Tokens, issuer: d.Issuer,
-		verifier: d.Issuer.Verifier(), db: d.DB, log: log, metrics: newMetrics(reg),
-		closing: make(chan struct{}),
+		cfg: cfg, clusters: d.Clusters, routes: d.Routes, tokens: d.Tokens, hostnames: d.Hostnames, dns: d.DNS, issuer: d.Issuer,
+		verifier: verifier, db: d.DB, log: log, metrics: m,
+		closing: make(chan struct{}), conns: conns,
 	}, nil
 }
+
+// Run re-checks, until ctx ends, the tokens of the open agent registration
+// sockets: a socket whose token is revoked is closed within
+// Config.RevocationCheckInterval, one whose token expires is closed then.
+// Without Run, a socket's token is checked only when it opens. The caller
+// starts Run beside serving the Handler and waits for it.
+func (s *Server) Run(ctx context.Context) { s.conns.Run(ctx) }
 
 // Close ends the agent registration sockets (which http.Server.Shutdown
 // does not track, being hijacked) and waits for their handlers.
@@ -126,6 +157,7 @@ func (s *Server) Handler() http.Handler {
 			r.Post("/register", s.registerRoute)
 			r.Post("/sync", s.syncRoutes)
 			r.Post("/unregister", s.unregisterRoute)
+			r.Post("/verify", s.verifyHostname)
 		})
 		r.Route("/admin", func(r chi.Router) {
 			r.Use(s.requireToken(auth.KindAdmin))
@@ -137,6 +169,11 @@ func (s *Server) Handler() http.Handler {
 			r.Post("/tokens", s.createToken)
 			r.Get("/tokens", s.listTokens)
 			r.Post("/tokens/{id}/revoke", s.revokeToken)
+			r.Get("/hostnames", s.listHostnames)
+			r.Post("/hostnames/verify", s.verifyHostname)
+			r.Get("/domains", s.listGrants)
+			r.Post("/domains", s.grantDomain)
+			r.Delete("/domains/{domain}", s.revokeGrant)
 		})
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
@@ -160,7 +197,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) jwks(w http.ResponseWriter, r *http.Request) {
-	b, err := s.issuer.JWKS()
+	b, err := s.issuer.JWKS(r.Context())
 	if err != nil {
 		writeError(w, r, err, s.log)
 		return
@@ -191,7 +228,7 @@ func (s *Server) requireToken(kinds ...auth.Kind) func(http.Handler) http.Handle
 			}
 			claims, err := s.verifier.Verify(r.Context(), strings.TrimSpace(raw), kinds...)
 			if err != nil {
-				if !errors.Is(err, auth.ErrInvalidToken) && !errors.Is(err, auth.ErrRevoked) && !errors.Is(err, auth.ErrWrongKind) {
+				if !errors.Is(err, auth.ErrInvalidToken) && !errors.Is(err, auth.ErrRevoked) && !errors.Is(err, auth.ErrWrongKind) && !errors.Is(err, auth.ErrNotAsRecorded) {
 					// The revocation check itself failed: not the caller's fault.
 					writeError(w, r, fmt.Errorf("verify token: %w", err), s.log)
 					return
@@ -261,7 +298,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // decode reads a JSON body into v: bounded, unknown fields refused, one
 // value only.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
-	body := http.MaxBytesReader(w, r.Body, MaxBodySize)
+	return decodeLimit(w, r, v, MaxBodySize)
+}
+
+// decodeLimit is decode with the bound as a parameter, so that the fuzz
+// test can cross it with small inputs.
+func decodeLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
+	body := http.MaxBytesReader(w, r.Body, limit)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -270,7 +313,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 		var typeErr *json.UnmarshalTypeError
 		switch {
 		case errors.As(err, &tooBig):
-			return controlplane.Errorf(controlplane.ETOOLARGE, "request body over %d bytes", MaxBodySize)
+			return controlplane.Errorf(controlplane.ETOOLARGE, "request body over %d bytes", limit)
 		case errors.Is(err, io.EOF):
 			return controlplane.Errorf(controlplane.EINVALID, "request body is empty; expected JSON")
 		case errors.As(err, &syntax):
@@ -283,7 +326,13 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 			return controlplane.Errorf(controlplane.EINVALID, "bad JSON: %v", err)
 		}
 	}
-	if dec.More() {
+	// Only white space may follow the value, up to the end of the body.
+	// (dec.More would take a stray ']' or '}' for the end.)
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return controlplane.Errorf(controlplane.ETOOLARGE, "request body over %d bytes", limit)
+		}
 		return controlplane.Errorf(controlplane.EINVALID, "request body holds more than one JSON value")
 	}
 	return nil

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/pipeops/tunnel/controlplane/api"
+	"github.com/pipeops/tunnel/controlplane/hostnames"
 	"github.com/pipeops/tunnel/controlplane/postgres"
 	"github.com/pipeops/tunnel/controlplane/tokens"
 	"github.com/pipeops/tunnel/shared/auth"
@@ -38,13 +39,31 @@ Usage:
                                                   Kubernetes API through the gateway) or agent (one cluster)
   pipeops-controlplane token revoke ID            revoke a token by id
   pipeops-controlplane kubeconfig CLUSTER         print a kubeconfig reaching CLUSTER through the gateway
+  pipeops-controlplane hostname list [--cluster C] [--json]
+                                                  list route hostnames: verified, or the DNS TXT record to publish
+  pipeops-controlplane hostname verify CLUSTER HOSTNAME
+                                                  check a pending hostname's TXT record now
+  pipeops-controlplane domain grant CLUSTER DOMAIN
+                                                  let CLUSTER route DOMAIN and every name below it, no DNS challenge
+  pipeops-controlplane domain revoke DOMAIN       take a grant back
+  pipeops-controlplane domain list                list domain grants
+  pipeops-controlplane keys list                  list the token signing keys: which signs, which KEK sealed each
+  pipeops-controlplane keys rotate                make a new signing key; the old ones keep verifying until retired
+  pipeops-controlplane keys retire KID            delete an old signing key: the tokens it signed stop verifying
+  pipeops-controlplane keys rewrap                seal every signing key again under the current KEK
   pipeops-controlplane version                    print the version
   pipeops-controlplane healthcheck URL            exit 0 if GET URL answers 2xx (container healthchecks)
 
 Configuration comes from the environment: DATABASE_URL (required), LISTEN_ADDR,
 GATEWAY_WS_URL (required by serve), GATEWAY_URL, GATEWAY_CA_FILE, API_URL, ROUTE_TTL,
-REAPER_INTERVAL, TLS_CERT_FILE, TLS_KEY_FILE, SHUTDOWN_TIMEOUT, LOG_LEVEL,
+REAPER_INTERVAL, ROUTE_BASE_DOMAINS, HOSTNAME_VERIFICATION, DNS_RESOLVER,
+HOSTNAME_CHECK_INTERVAL, TLS_CERT_FILE, TLS_KEY_FILE, SHUTDOWN_TIMEOUT, LOG_LEVEL,
 LOG_FORMAT. See docs/controlplane.md.
+
+The signing keys are stored sealed under a key-encryption key (KEK): KEY_ENCRYPTION_KEY_FILE,
+a file holding base64 of 32 random bytes ('openssl rand -base64 32'), or KEY_ENCRYPTION_KEY,
+required by every command but migrate, keys list and keys retire. During a KEK rotation,
+KEY_ENCRYPTION_KEY_PREVIOUS_FILE (comma-separated files) names the KEKs that only open.
 `
 
 // Run runs the command line args (without the program name) and returns the
@@ -106,6 +125,7 @@ func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 	}
 	defer db.Close()
 	db.RouteTTL = cfg.RouteTTL
+	db.Ownership = cfg.Ownership
 	applied, err := postgres.Migrate(ctx, db.Pool())
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
@@ -117,9 +137,15 @@ func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 		fmt.Fprintf(stdout, "database is up to date (%d migrations applied now)\n", len(applied))
 		return nil
 	}
-	issuer, err := tokens.NewIssuer(ctx, db, db)
-	if err != nil {
+	if cmd == "keys" {
+		return keysCmd(ctx, cfg, db, rest, stdout)
+	}
+	if err := cfg.RequireKEK(); err != nil {
 		return err
+	}
+	issuer, err := tokens.NewIssuer(ctx, db, db, tokens.Options{KEK: cfg.KEK, Logger: log})
+	if err != nil {
+		return kekHint(err)
 	}
 	switch cmd {
 	case "serve":
@@ -128,6 +154,10 @@ func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 		return clusterCmd(ctx, cfg, db, issuer, rest, stdout)
 	case "token":
 		return tokenCmd(ctx, db, issuer, rest, stdout)
+	case "hostname":
+		return hostnameCmd(ctx, cfg, db, rest, stdout)
+	case "domain":
+		return domainCmd(ctx, db, rest, stdout)
 	case "kubeconfig":
 		if len(rest) != 1 {
 			return usageError{"kubeconfig takes one argument: the cluster name or id"}
@@ -248,10 +278,15 @@ func tokenCmd(ctx context.Context, db *postgres.DB, issuer *tokens.Issuer, args 
 func serve(ctx context.Context, cfg Config, log *slog.Logger, db *postgres.DB, issuer *tokens.Issuer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := api.New(api.Config{GatewayWSURL: cfg.GatewayWSURL, GatewayURL: cfg.GatewayURL, GatewayCA: cfg.GatewayCA, APIURL: cfg.APIURL},
-		api.Deps{Clusters: db, Routes: db, Tokens: db, Issuer: issuer, DB: db, Logger: log, Registry: reg})
+	dns := &hostnames.DNSVerifier{Store: db, Resolver: hostnames.NewResolver(cfg.DNSResolver), Interval: cfg.HostnameCheckInterval, Logger: log}
+	srv, err := api.New(api.Config{GatewayWSURL: cfg.GatewayWSURL, GatewayURL: cfg.GatewayURL, GatewayCA: cfg.GatewayCA, APIURL: cfg.APIURL,
+		RevocationCheckInterval: cfg.RevocationCheckInterval},
+		api.Deps{Clusters: db, Routes: db, Tokens: db, Hostnames: db, DNS: dns, Issuer: issuer, DB: db, Logger: log, Registry: reg})
 	if err != nil {
 		return err
+	}
+	if cfg.Ownership.TrustUnverified {
+		log.Warn("HOSTNAME_VERIFICATION=off: every cluster's custom domains route without a DNS challenge; only overlaps with other clusters are refused")
 	}
 	l, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
@@ -266,6 +301,18 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, db *postgres.DB, i
 		db.RunReaper(reaperCtx, cfg.ReaperInterval, log)
 	}()
 	defer func() { stopReaper(); <-reaperDone }()
+	dnsDone := make(chan struct{})
+	go func() {
+		defer close(dnsDone)
+		dns.Run(reaperCtx)
+	}()
+	defer func() { stopReaper(); <-dnsDone }()
+	revocationsDone := make(chan struct{})
+	go func() {
+		defer close(revocationsDone)
+		srv.Run(reaperCtx) // re-checks the registration sockets' tokens
+	}()
+	defer func() { stopReaper(); <-revocationsDone }()
 
 	errc := make(chan error, 1)
 	go func() {

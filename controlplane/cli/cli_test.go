@@ -27,7 +27,7 @@ func run(t *testing.T, env map[string]string, args ...string) (int, string, stri
 }
 
 func TestCommands(t *testing.T) {
-	env := map[string]string{"DATABASE_URL": pgtest.URL(t), "LOG_LEVEL": "warn"}
+	env := map[string]string{"DATABASE_URL": pgtest.URL(t), "LOG_LEVEL": "warn", "KEY_ENCRYPTION_KEY": kekValue(t)}
 
 	if code, out, _ := run(t, env, "help"); code != 0 || !strings.Contains(out, "cluster create NAME") {
 		t.Fatalf("help: %d %q", code, out)
@@ -104,6 +104,10 @@ func TestServe(t *testing.T) {
 		t.Fatalf("serve without GATEWAY_WS_URL: %d %q", code, errOut)
 	}
 	env["GATEWAY_WS_URL"] = "wss://gw.example.com/ws"
+	if code, _, errOut := run(t, env, "serve"); code != 1 || !strings.Contains(errOut, "KEY_ENCRYPTION_KEY_FILE") || !strings.Contains(errOut, "openssl rand -base64 32") {
+		t.Fatalf("serve without a KEK: %d %q; want a refusal naming KEY_ENCRYPTION_KEY_FILE and how to make one", code, errOut)
+	}
+	env["KEY_ENCRYPTION_KEY_FILE"] = kekFile(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	var out, errOut bytes.Buffer

@@ -4,10 +4,14 @@ import (
 	"encoding/pem"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/pipeops/tunnel/controlplane/hostnames"
+	"github.com/pipeops/tunnel/controlplane/keyseal"
 	"github.com/pipeops/tunnel/shared/envconfig"
 )
 
@@ -25,8 +29,26 @@ type Config struct {
 	TLSCertFile     string        // TLS_CERT_FILE and TLS_KEY_FILE: serve HTTPS when both are set
 	TLSKeyFile      string
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT, default 15s
-	LogLevel        slog.Level    // LOG_LEVEL: debug, info, warn, error
-	LogFormat       string        // LOG_FORMAT: text or json
+	// Ownership is ROUTE_BASE_DOMAINS (comma-separated) and
+	// HOSTNAME_VERIFICATION (dns, the default, or off: TrustUnverified).
+	Ownership hostnames.Policy
+	// DNSResolver is DNS_RESOLVER: the host:port of the DNS server custom
+	// domains' TXT records are checked with (default: the system's).
+	DNSResolver string
+	// HostnameCheckInterval is HOSTNAME_CHECK_INTERVAL, default 1m: how
+	// often pending custom domains are checked.
+	HostnameCheckInterval time.Duration
+	// RevocationCheckInterval is REVOCATION_CHECK_INTERVAL, default 15s:
+	// how often the tokens of open agent registration sockets are checked
+	// for revocation.
+	RevocationCheckInterval time.Duration
+	LogLevel                slog.Level // LOG_LEVEL: debug, info, warn, error
+	LogFormat               string     // LOG_FORMAT: text or json
+	// KEK is KEY_ENCRYPTION_KEY_FILE or KEY_ENCRYPTION_KEY, the
+	// key-encryption key that seals the signing keys, with the previous
+	// ones of KEY_ENCRYPTION_KEY_PREVIOUS_FILE and KEY_ENCRYPTION_KEY_PREVIOUS
+	// (a KEK rotation); nil when none is set (see RequireKEK).
+	KEK *keyseal.Keyring
 }
 
 // LoadConfig reads the configuration from getenv and validates what every
@@ -46,6 +68,23 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		ShutdownTimeout: r.Duration("SHUTDOWN_TIMEOUT", 15*time.Second),
 		LogLevel:        r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 		LogFormat:       r.OneOf("LOG_FORMAT", "text", "text", "json"),
+	}
+	c.DNSResolver = r.String("DNS_RESOLVER", "")
+	c.HostnameCheckInterval = r.Duration("HOSTNAME_CHECK_INTERVAL", hostnames.DefaultCheckInterval)
+	c.RevocationCheckInterval = r.Duration("REVOCATION_CHECK_INTERVAL", 15*time.Second)
+	c.Ownership.TrustUnverified = r.OneOf("HOSTNAME_VERIFICATION", "dns", "dns", "off") == "off"
+	for _, b := range strings.Split(r.String("ROUTE_BASE_DOMAINS", ""), ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			c.Ownership.BaseDomains = append(c.Ownership.BaseDomains, b)
+		}
+	}
+	if err := c.Ownership.Validate(); err != nil {
+		r.Failf("ROUTE_BASE_DOMAINS: %v", err)
+	}
+	if c.DNSResolver != "" {
+		if _, port, err := net.SplitHostPort(c.DNSResolver); err != nil || port == "" {
+			r.Failf("DNS_RESOLVER=%q must be host:port (for example 127.0.0.1:53)", c.DNSResolver)
+		}
 	}
 	if c.DatabaseURL == "" {
 		r.Failf("DATABASE_URL is required (postgres://user:password@host:5432/db)")
@@ -72,6 +111,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		r.Failf("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
 	}
+	c.KEK = loadKEK(r)
 	return c, r.Err()
 }
 
@@ -80,7 +120,7 @@ func (c Config) ValidateServe() error {
 	if c.GatewayWSURL == "" {
 		return fmt.Errorf("configuration:\n  GATEWAY_WS_URL is required: agents are told to open their tunnel there (e.g. wss://gateway.example.com/ws)")
 	}
-	return nil
+	return c.RequireKEK()
 }
 
 func validScheme(s string) bool {

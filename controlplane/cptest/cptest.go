@@ -7,10 +7,13 @@ package cptest
 
 import (
 	"context"
+	"crypto/rand"
 	"net/http/httptest"
 	"testing"
 
 	"github.com/pipeops/tunnel/controlplane/api"
+	"github.com/pipeops/tunnel/controlplane/hostnames"
+	"github.com/pipeops/tunnel/controlplane/keyseal"
 	"github.com/pipeops/tunnel/controlplane/postgres"
 	"github.com/pipeops/tunnel/controlplane/tokens"
 	"github.com/pipeops/tunnel/shared/testenv/pgtest"
@@ -24,6 +27,11 @@ type ControlPlane struct {
 	Issuer *tokens.Issuer
 	API    *api.Server
 	URL    string // the API's base URL
+	// KEK seals the signing keys: a random key-encryption key of the test.
+	KEK *keyseal.Keyring
+	// DNS checks custom domains for the API; set its Resolver before the
+	// first check to point it at a test DNS server.
+	DNS *hostnames.DNSVerifier
 }
 
 // Store returns a migrated database of t's own and an issuer over it.
@@ -39,23 +47,39 @@ func Store(t testing.TB) *ControlPlane {
 	if _, err := postgres.Migrate(ctx, db.Pool()); err != nil {
 		t.Fatal(err)
 	}
-	issuer, err := tokens.NewIssuer(ctx, db, db)
+	// Tests that are not about hostname ownership register names like
+	// app.test without publishing DNS records; the ownership tests turn
+	// verification back on (cp.DB.Ownership).
+	db.Ownership.TrustUnverified = true
+	raw := make([]byte, keyseal.KEKSize)
+	_, _ = rand.Read(raw)
+	kek, err := keyseal.NewKEK(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &ControlPlane{DB: db, DBURL: url, Issuer: issuer}
+	ring := keyseal.NewKeyring(kek)
+	issuer, err := tokens.NewIssuer(ctx, db, db, tokens.Options{KEK: ring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &ControlPlane{DB: db, DBURL: url, Issuer: issuer, KEK: ring}
 }
 
-// Start is Store plus the API, configured with cfg, behind httptest.
+// Start is Store plus the API, configured with cfg, behind httptest, with
+// the API's Run (the revocation checks of registration sockets) running.
 func Start(t testing.TB, cfg api.Config) *ControlPlane {
 	t.Helper()
 	cp := Store(t)
-	s, err := api.New(cfg, api.Deps{Clusters: cp.DB, Routes: cp.DB, Tokens: cp.DB, Issuer: cp.Issuer, DB: cp.DB})
+	cp.DNS = &hostnames.DNSVerifier{Store: cp.DB, Resolver: hostnames.NewResolver("")}
+	s, err := api.New(cfg, api.Deps{Clusters: cp.DB, Routes: cp.DB, Tokens: cp.DB, Hostnames: cp.DB, DNS: cp.DNS, Issuer: cp.Issuer, DB: cp.DB})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(s.Handler())
-	t.Cleanup(func() { s.Close(); srv.Close() })
+	runCtx, stopRun := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() { defer close(runDone); s.Run(runCtx) }() // the registration sockets' revocation checks
+	t.Cleanup(func() { stopRun(); <-runDone; s.Close(); srv.Close() })
 	cp.API, cp.URL = s, srv.URL
 	return cp
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/controlplane/hostnames"
 )
 
 // DefaultRouteTTL is how long a route lives without being registered or
@@ -38,6 +39,10 @@ type DB struct {
 	// RouteTTL is added to Now for each registered or synced route's
 	// expires_at. Defaults to DefaultRouteTTL.
 	RouteTTL time.Duration
+	// Ownership is the policy of hostname ownership (base domains, whether
+	// custom domains need their DNS challenge). The zero value requires the
+	// challenge for every name.
+	Ownership hostnames.Policy
 
 	pool  *pgxpool.Pool
 	owned bool // Close closes pool: Open made it

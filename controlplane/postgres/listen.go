@@ -61,12 +61,23 @@ func (l *Listener) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("listen on %s: %w", controlplane.RouteNotifyChannel, err)
 		}
-		var change controlplane.RouteChange
-		if err := json.Unmarshal([]byte(n.Payload), &change); err != nil || change.ClusterUUID == "" {
+		change, ok := decodeRouteChange(n.Payload)
+		if !ok {
 			continue
 		}
 		if l.OnChange != nil {
 			l.OnChange(change)
 		}
 	}
+}
+
+// decodeRouteChange decodes a notification payload, as notify encodes it.
+// A payload that is not a route change (not JSON of that shape, or naming
+// no cluster) is not ok.
+func decodeRouteChange(payload string) (controlplane.RouteChange, bool) {
+	var change controlplane.RouteChange
+	if err := json.Unmarshal([]byte(payload), &change); err != nil || change.ClusterUUID == "" {
+		return controlplane.RouteChange{}, false
+	}
+	return change, true
 }

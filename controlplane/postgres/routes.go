@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/controlplane/hostnames"
 )
 
 // Route path types, as in a Kubernetes Ingress.
@@ -27,18 +28,23 @@ const (
 // "all of the cluster" instead.
 const maxNotifyPayload = 8000
 
-// claimAttempts bounds the retries of a hostname claim that lost a race with
-// a release (see claimHostnames).
-const claimAttempts = 5
-
 const routeColumns = `hostname, path, path_type, cluster_uuid, namespace, service_name, service_port,
 	ingress_name, tls, annotations, public_endpoint, routing_mode, deployment_id, deployment_name,
 	updated_at, expires_at`
 
+// selectRoutes reads routes with their hostname's state.
+const selectRoutes = `SELECT r.hostname, r.path, r.path_type, r.cluster_uuid, r.namespace, r.service_name, r.service_port,
+	r.ingress_name, r.tls, r.annotations, r.public_endpoint, r.routing_mode, r.deployment_id, r.deployment_name,
+	r.updated_at, r.expires_at, h.verified_at IS NULL
+	FROM routes r JOIN hostnames h ON h.hostname = r.hostname AND h.cluster_uuid = r.cluster_uuid`
+
 // RegisterRoute upserts r and sets its expiry to Now+RouteTTL. The hostname
-// is claimed for r.ClusterUUID if no cluster owns it. EINVALID for a bad
-// route, ENOTFOUND for an unknown cluster, ECONFLICT (with nothing changed)
-// when another cluster owns the hostname. The change is announced on
+// is claimed for r.ClusterUUID under the ownership rules (package
+// controlplane/hostnames, policy db.Ownership): verified at once, or stored
+// pending verification (the route is kept and not served). EINVALID for a
+// bad route, ENOTFOUND for an unknown cluster, ECONFLICT (with nothing
+// changed) when another cluster holds the hostname or one that overlaps it,
+// EFORBIDDEN for a name the platform reserves. The change is announced on
 // controlplane.RouteNotifyChannel when the transaction commits.
 func (db *DB) RegisterRoute(ctx context.Context, r controlplane.Route) error {
 	if r.ClusterUUID == "" {
@@ -52,7 +58,7 @@ func (db *DB) RegisterRoute(ctx context.Context, r controlplane.Route) error {
 		if err := lockCluster(ctx, tx, r.ClusterUUID); err != nil {
 			return err
 		}
-		if err := claimHostnames(ctx, tx, r.ClusterUUID, []string{r.Hostname}); err != nil {
+		if err := db.claimHostnames(ctx, tx, r.ClusterUUID, []string{r.Hostname}); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, upsertRouteSQL, routeArgs(r, now, now.Add(db.routeTTL()))...); err != nil {
@@ -67,7 +73,9 @@ func (db *DB) RegisterRoute(ctx context.Context, r controlplane.Route) error {
 // not own the hostname; another cluster's hostname is left alone. The change
 // is announced on controlplane.RouteNotifyChannel.
 func (db *DB) UnregisterRoute(ctx context.Context, clusterUUID, hostname string) error {
-	hostname = strings.ToLower(hostname)
+	if h, err := hostnames.Normalize(hostname); err == nil {
+		hostname = h
+	}
 	return db.inTx(ctx, func(tx pgx.Tx) error {
 		if err := lockCluster(ctx, tx, clusterUUID); err != nil {
 			return err
@@ -90,9 +98,9 @@ func (db *DB) UnregisterRoute(ctx context.Context, clusterUUID, hostname string)
 // mode and ingress controller are recorded. Routes without a RoutingMode or
 // PublicEndpoint take the sync's, so that a route alone says where to send
 // its traffic. EINVALID naming the first bad route (or a duplicate
-// hostname and path), ENOTFOUND for an unknown cluster, ECONFLICT naming the
-// first hostname, in sorted order, that another cluster owns; on any error
-// nothing is applied. One change covering the whole cluster is announced.
+// hostname and path), ENOTFOUND for an unknown cluster, ECONFLICT or
+// EFORBIDDEN naming the first hostname, in sorted order, that the ownership
+// rules refuse; on any error nothing is applied. One change covering the whole cluster is announced.
 func (db *DB) SyncRoutes(ctx context.Context, s controlplane.RouteSync) error {
 	if s.ClusterUUID == "" {
 		return controlplane.Errorf(controlplane.EINVALID, "sync has no cluster_uuid")
@@ -111,7 +119,7 @@ func (db *DB) SyncRoutes(ctx context.Context, s controlplane.RouteSync) error {
 	type key struct{ hostname, path string }
 	seen := make(map[key]bool, len(routes))
 	claimed := make(map[string]bool)
-	var hostnames []string
+	var hosts []string
 	for i := range routes {
 		r := &routes[i]
 		if r.ClusterUUID != "" && r.ClusterUUID != s.ClusterUUID {
@@ -135,7 +143,7 @@ func (db *DB) SyncRoutes(ctx context.Context, s controlplane.RouteSync) error {
 		seen[k] = true
 		if !claimed[r.Hostname] {
 			claimed[r.Hostname] = true
-			hostnames = append(hostnames, r.Hostname)
+			hosts = append(hosts, r.Hostname)
 		}
 	}
 	paths := make([]string, len(routes))
@@ -150,12 +158,12 @@ func (db *DB) SyncRoutes(ctx context.Context, s controlplane.RouteSync) error {
 		if err := lockCluster(ctx, tx, s.ClusterUUID); err != nil {
 			return err
 		}
-		if err := claimHostnames(ctx, tx, s.ClusterUUID, hostnames); err != nil {
+		if err := db.claimHostnames(ctx, tx, s.ClusterUUID, hosts); err != nil {
 			return err
 		}
 		// Releasing a hostname deletes its routes too (ON DELETE CASCADE).
 		if _, err := tx.Exec(ctx, `DELETE FROM hostnames WHERE cluster_uuid = $1 AND hostname <> ALL($2::text[])`,
-			s.ClusterUUID, nonNil(hostnames)); err != nil {
+			s.ClusterUUID, nonNil(hosts)); err != nil {
 			return fmt.Errorf("sync: release hostnames: %w", err)
 		}
 		if _, err := tx.Exec(ctx, `
@@ -194,9 +202,9 @@ func (db *DB) Routes(ctx context.Context, clusterUUID string) ([]controlplane.Ro
 		err  error
 	)
 	if clusterUUID == "" {
-		rows, err = db.pool.Query(ctx, `SELECT `+routeColumns+` FROM routes ORDER BY hostname, path`)
+		rows, err = db.pool.Query(ctx, selectRoutes+` ORDER BY r.hostname, r.path, r.cluster_uuid`)
 	} else {
-		rows, err = db.pool.Query(ctx, `SELECT `+routeColumns+` FROM routes WHERE cluster_uuid = $1 ORDER BY hostname, path`, clusterUUID)
+		rows, err = db.pool.Query(ctx, selectRoutes+` WHERE r.cluster_uuid = $1 ORDER BY r.hostname, r.path`, clusterUUID)
 	}
 	if err != nil {
 		return nil, listErr(err, "list routes")
@@ -204,6 +212,20 @@ func (db *DB) Routes(ctx context.Context, clusterUUID string) ([]controlplane.Ro
 	routes, err := pgx.CollectRows(rows, scanRoute)
 	if err != nil {
 		return nil, listErr(err, "list routes")
+	}
+	return routes, nil
+}
+
+// ServedRoutes lists the routes whose hostname is verified, the ones a
+// gateway serves, ordered by hostname and path.
+func (db *DB) ServedRoutes(ctx context.Context) ([]controlplane.Route, error) {
+	rows, err := db.pool.Query(ctx, selectRoutes+` WHERE h.verified_at IS NOT NULL ORDER BY r.hostname, r.path`)
+	if err != nil {
+		return nil, fmt.Errorf("list served routes: %w", err)
+	}
+	routes, err := pgx.CollectRows(rows, scanRoute)
+	if err != nil {
+		return nil, fmt.Errorf("list served routes: %w", err)
 	}
 	return routes, nil
 }
@@ -262,7 +284,7 @@ func (db *DB) deleteExpired(ctx context.Context, cluster string, now time.Time) 
 		if _, err := tx.Exec(ctx, `
 			DELETE FROM hostnames h
 			WHERE h.cluster_uuid = $1 AND h.hostname = ANY($2::text[])
-			  AND NOT EXISTS (SELECT 1 FROM routes r WHERE r.hostname = h.hostname)`,
+			  AND NOT EXISTS (SELECT 1 FROM routes r WHERE r.hostname = h.hostname AND r.cluster_uuid = h.cluster_uuid)`,
 			cluster, hosts); err != nil {
 			return fmt.Errorf("release hostnames of %s: %w", cluster, err)
 		}
@@ -343,67 +365,11 @@ func lockCluster(ctx context.Context, tx pgx.Tx, uuid string) error {
 	return nil
 }
 
-// claimHostnames makes cluster the owner of every hostname in hostnames that
-// has no owner, and fails with ECONFLICT when another cluster owns one.
-//
-// Claims are inserted in sorted order so that two clusters claiming
-// overlapping sets wait on each other in one direction only, never in a
-// cycle (which PostgreSQL would break by aborting one with a deadlock
-// error). ON CONFLICT DO NOTHING leaves another cluster's row unlocked,
-// so a claim that is about to fail never blocks that cluster's own changes.
-// An insert racing another cluster's claim of the same hostname waits for
-// that transaction and then sees its row: the primary key is the arbiter.
-func claimHostnames(ctx context.Context, tx pgx.Tx, cluster string, hostnames []string) error {
-	if len(hostnames) == 0 {
-		return nil
-	}
-	sorted := uniqueSorted(append([]string(nil), hostnames...))
-	for attempt := 0; attempt < claimAttempts; attempt++ {
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO hostnames (hostname, cluster_uuid)
-			SELECT h, $1 FROM unnest($2::text[]) AS h ORDER BY h
-			ON CONFLICT (hostname) DO NOTHING`, cluster, sorted); err != nil {
-			if pgCode(err) == codeUniqueViolation {
-				return controlplane.Errorf(controlplane.ECONFLICT, "a hostname of this cluster is registered to another cluster")
-			}
-			return clusterErr(err, cluster, "claim hostnames")
-		}
-		rows, err := tx.Query(ctx, `SELECT hostname, cluster_uuid::text FROM hostnames WHERE hostname = ANY($1::text[])`, sorted)
-		if err != nil {
-			return fmt.Errorf("claim hostnames: %w", err)
-		}
-		owners := make(map[string]string, len(sorted))
-		var h, owner string
-		_, err = pgx.ForEachRow(rows, []any{&h, &owner}, func() error {
-			owners[h] = owner
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("claim hostnames: %w", err)
-		}
-		missing := false
-		for _, h := range sorted {
-			switch owner, ok := owners[h]; {
-			case !ok:
-				// Owned by another cluster when we inserted, released
-				// before we looked: try the insert again.
-				missing = true
-			case owner != cluster:
-				return controlplane.Errorf(controlplane.ECONFLICT, "hostname %q is registered to another cluster", h)
-			}
-		}
-		if !missing {
-			return nil
-		}
-	}
-	return controlplane.Errorf(controlplane.ECONFLICT, "hostnames of this cluster keep changing owner; retry")
-}
-
 // notify announces a change of cluster's routes (of the given hostnames, or
 // all of them when none are given) to Listen. pg_notify inside the
 // transaction delivers only if, and when, the transaction commits.
-func notify(ctx context.Context, tx pgx.Tx, cluster string, hostnames []string) error {
-	payload, err := json.Marshal(controlplane.RouteChange{ClusterUUID: cluster, Hostnames: hostnames})
+func notify(ctx context.Context, tx pgx.Tx, cluster string, hosts []string) error {
+	payload, err := json.Marshal(controlplane.RouteChange{ClusterUUID: cluster, Hostnames: hosts})
 	if err != nil {
 		return fmt.Errorf("encode route change: %w", err)
 	}
@@ -424,9 +390,8 @@ func notify(ctx context.Context, tx pgx.Tx, cluster string, hostnames []string) 
 const upsertRouteSQL = `
 	INSERT INTO routes (` + routeColumns + `)
 	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-	ON CONFLICT (hostname, path) DO UPDATE SET
+	ON CONFLICT (hostname, path, cluster_uuid) DO UPDATE SET
 		path_type = EXCLUDED.path_type,
-		cluster_uuid = EXCLUDED.cluster_uuid,
 		namespace = EXCLUDED.namespace,
 		service_name = EXCLUDED.service_name,
 		service_port = EXCLUDED.service_port,
@@ -454,7 +419,7 @@ func scanRoute(row pgx.CollectableRow) (controlplane.Route, error) {
 	var r controlplane.Route
 	err := row.Scan(&r.Hostname, &r.Path, &r.PathType, &r.ClusterUUID, &r.Namespace, &r.ServiceName, &r.ServicePort,
 		&r.IngressName, &r.TLS, &r.Annotations, &r.PublicEndpoint, &r.RoutingMode, &r.DeploymentID, &r.DeploymentName,
-		&r.UpdatedAt, &r.ExpiresAt)
+		&r.UpdatedAt, &r.ExpiresAt, &r.Pending)
 	if len(r.Annotations) == 0 {
 		r.Annotations = nil // as callers send "none": omitted, not {}
 	}
@@ -501,38 +466,17 @@ func validRoutingMode(mode string) error {
 	return nil
 }
 
-// normalizeHostname lowercases h and checks that it is a DNS name, or a
-// wildcard "*." followed by one.
+// normalizeHostname returns h in its canonical form (hostnames.Normalize),
+// or EINVALID.
 func normalizeHostname(h string) (string, error) {
-	h = strings.ToLower(h)
 	if h == "" {
 		return "", controlplane.Errorf(controlplane.EINVALID, "route has no hostname")
 	}
-	if len(h) > 253 {
-		return "", controlplane.Errorf(controlplane.EINVALID, "hostname of %d characters is longer than 253", len(h))
+	n, err := hostnames.Normalize(h)
+	if err != nil {
+		return "", controlplane.Errorf(controlplane.EINVALID, "%s", err.Error())
 	}
-	name := strings.TrimPrefix(h, "*.")
-	for _, label := range strings.Split(name, ".") {
-		if !validLabel(label) {
-			return "", controlplane.Errorf(controlplane.EINVALID, "hostname %q is not a DNS name (or *. and one)", h)
-		}
-	}
-	return h, nil
-}
-
-// validLabel reports whether s is a DNS label: 1-63 letters, digits and
-// inner hyphens (lowercase: names are lowercased first).
-func validLabel(s string) bool {
-	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return false
-		}
-	}
-	return true
+	return n, nil
 }
 
 func uniqueSorted(s []string) []string {

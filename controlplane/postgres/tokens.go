@@ -11,7 +11,7 @@ import (
 	"github.com/pipeops/tunnel/controlplane"
 )
 
-const tokenColumns = `id, kind, coalesce(cluster_uuid::text, ''), clusters, subject, issued_at, expires_at, revoked_at`
+const tokenColumns = `id, issuer, kind, coalesce(cluster_uuid::text, ''), clusters, subject, issued_at, expires_at, revoked_at`
 
 // RecordToken stores the record of an issued token. EINVALID without an ID,
 // a Kind or an ExpiresAt; ECONFLICT when the ID is already recorded;
@@ -36,9 +36,9 @@ func (db *DB) RecordToken(ctx context.Context, t controlplane.Token) error {
 		revoked = t.RevokedAt
 	}
 	_, err := db.pool.Exec(ctx, `
-		INSERT INTO tokens (id, kind, cluster_uuid, clusters, subject, issued_at, expires_at, revoked_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-		t.ID, t.Kind, cluster, nonNil(t.Clusters), t.Subject, t.IssuedAt, t.ExpiresAt, revoked)
+		INSERT INTO tokens (id, issuer, kind, cluster_uuid, clusters, subject, issued_at, expires_at, revoked_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+		t.ID, t.Issuer, t.Kind, cluster, nonNil(t.Clusters), t.Subject, t.IssuedAt, t.ExpiresAt, revoked)
 	if err != nil {
 		if pgCode(err) == codeUniqueViolation {
 			return controlplane.Errorf(controlplane.ECONFLICT, "token %q is already recorded", t.ID)
@@ -98,19 +98,37 @@ func (db *DB) Tokens(ctx context.Context, clusterUUID string) ([]controlplane.To
 	if err != nil {
 		return nil, listErr(err, "list tokens")
 	}
-	tokens, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (controlplane.Token, error) {
-		var (
-			t       controlplane.Token
-			revoked *time.Time
-		)
-		err := row.Scan(&t.ID, &t.Kind, &t.ClusterUUID, &t.Clusters, &t.Subject, &t.IssuedAt, &t.ExpiresAt, &revoked)
-		if revoked != nil {
-			t.RevokedAt = *revoked
-		}
-		return t, err
-	})
+	tokens, err := pgx.CollectRows(rows, scanToken)
 	if err != nil {
 		return nil, listErr(err, "list tokens")
 	}
 	return tokens, nil
+}
+
+// Token implements controlplane.TokenStore.
+func (db *DB) Token(ctx context.Context, id string) (controlplane.Token, error) {
+	rows, err := db.pool.Query(ctx, `SELECT `+tokenColumns+` FROM tokens WHERE id = $1`, id)
+	if err != nil {
+		return controlplane.Token{}, fmt.Errorf("load token %q: %w", id, err)
+	}
+	t, err := pgx.CollectExactlyOneRow(rows, scanToken)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return controlplane.Token{}, controlplane.Errorf(controlplane.ENOTFOUND, "token %q not found", id)
+	}
+	if err != nil {
+		return controlplane.Token{}, fmt.Errorf("load token %q: %w", id, err)
+	}
+	return t, nil
+}
+
+func scanToken(row pgx.CollectableRow) (controlplane.Token, error) {
+	var (
+		t       controlplane.Token
+		revoked *time.Time
+	)
+	err := row.Scan(&t.ID, &t.Issuer, &t.Kind, &t.ClusterUUID, &t.Clusters, &t.Subject, &t.IssuedAt, &t.ExpiresAt, &revoked)
+	if revoked != nil {
+		t.RevokedAt = *revoked
+	}
+	return t, err
 }

@@ -1,8 +1,12 @@
 // Package tokens issues and verifies the control plane's JWTs. The signing
 // key (Ed25519) is created on first start and kept in the database (see
-// controlplane.KeyStore), so every replica and every restart signs with the
-// same key; verifiers elsewhere fetch the public half from the JWKS endpoint.
-// Every issued token is recorded by id, which is what makes revocation work.
+// controlplane.KeyStore), sealed under a key-encryption key the database
+// never sees (package keyseal), so every replica and every restart signs
+// with the same key; verifiers elsewhere fetch the public half from the JWKS
+// endpoint. Keys are rotated by adding a newer one (RotateKey) and retired
+// by deleting an old one; issuers read the keys again every KeyReload, so a
+// rotation needs no restart. Every issued token is recorded by id, which is
+// what makes revocation work.
 package tokens
 
 import (
@@ -10,17 +14,16 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/controlplane/keyseal"
 	"github.com/pipeops/tunnel/shared/auth"
 )
 
@@ -34,84 +37,26 @@ const (
 )
 
 // Issuer signs tokens with the newest key and verifies them with any key it
-// holds. Safe for concurrent use.
+// holds. It reads the keys again every KeyReload (and, at most once a
+// second, when a token names a key id it does not hold), so a key rotated
+// or retired by the CLI or another replica is seen without a restart. Safe
+// for concurrent use.
 type Issuer struct {
 	tokens controlplane.TokenStore
 	now    func() time.Time
+
+	keys        controlplane.KeyStore
+	kek         *keyseal.Keyring
+	reloadEvery time.Duration
+	log         *slog.Logger
+	reloading   sync.Mutex // held by the one caller reading the keys
+	lastUnknown time.Time  // the last read for an unknown key id; under reloading
 
 	mu     sync.RWMutex
 	kid    string
 	signer ed25519.PrivateKey
 	public auth.StaticKeys
-}
-
-// NewIssuer loads the signing keys, creating one when there is none.
-func NewIssuer(ctx context.Context, keys controlplane.KeyStore, tokens controlplane.TokenStore) (*Issuer, error) {
-	stored, err := keys.SigningKeys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("load signing keys: %w", err)
-	}
-	if len(stored) == 0 {
-		k, err := newSigningKey(time.Now())
-		if err != nil {
-			return nil, err
-		}
-		if err := keys.AddSigningKey(ctx, k); err != nil {
-			// Another replica may have created one at the same moment.
-			if controlplane.ErrorCode(err) != controlplane.ECONFLICT {
-				return nil, fmt.Errorf("store signing key: %w", err)
-			}
-		}
-		if stored, err = keys.SigningKeys(ctx); err != nil || len(stored) == 0 {
-			return nil, fmt.Errorf("reload signing keys: %v", err)
-		}
-	}
-	iss := &Issuer{tokens: tokens, now: time.Now, public: auth.StaticKeys{}}
-	for i, k := range stored {
-		priv, err := parseKey(k)
-		if err != nil {
-			return nil, err
-		}
-		iss.public[k.ID] = priv.Public()
-		if i == 0 {
-			iss.kid, iss.signer = k.ID, priv
-		}
-	}
-	return iss, nil
-}
-
-func newSigningKey(now time.Time) (controlplane.SigningKey, error) {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return controlplane.SigningKey{}, err
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		return controlplane.SigningKey{}, err
-	}
-	sum := sha256.Sum256(pub)
-	return controlplane.SigningKey{
-		ID:         hex.EncodeToString(sum[:8]), // stable, derived from the key
-		Algorithm:  "EdDSA",
-		PrivatePEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
-		CreatedAt:  now,
-	}, nil
-}
-
-func parseKey(k controlplane.SigningKey) (ed25519.PrivateKey, error) {
-	block, _ := pem.Decode(k.PrivatePEM)
-	if block == nil {
-		return nil, fmt.Errorf("signing key %s: not PEM", k.ID)
-	}
-	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("signing key %s: %w", k.ID, err)
-	}
-	priv, ok := key.(ed25519.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("signing key %s: %T is not Ed25519", k.ID, key)
-	}
-	return priv, nil
+	loaded time.Time // when the keys were last read, or a read failed
 }
 
 // Request describes a token to issue.
@@ -145,18 +90,17 @@ func (i *Issuer) Issue(ctx context.Context, r Request) (string, controlplane.Tok
 	idBytes := make([]byte, 16)
 	_, _ = rand.Read(idBytes)
 	rec := controlplane.Token{
-		ID: hex.EncodeToString(idBytes), Kind: string(r.Kind), ClusterUUID: r.ClusterUUID, Clusters: r.Clusters,
+		ID: hex.EncodeToString(idBytes), Issuer: auth.Issuer, Kind: string(r.Kind), ClusterUUID: r.ClusterUUID, Clusters: r.Clusters,
 		Subject: r.Subject, IssuedAt: now, ExpiresAt: now.Add(r.TTL),
 	}
 	claims := &auth.Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
-			ID: rec.ID, Subject: r.Subject, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(rec.ExpiresAt),
+			ID: rec.ID, Issuer: auth.Issuer, Subject: r.Subject, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(rec.ExpiresAt),
 		},
 		Kind: r.Kind, ClusterID: r.ClusterUUID, Clusters: r.Clusters,
 	}
-	i.mu.RLock()
-	signed, err := auth.Sign(i.signer, i.kid, claims)
-	i.mu.RUnlock()
+	kid, signer := i.signingKey(ctx)
+	signed, err := auth.Sign(signer, kid, claims)
 	if err != nil {
 		return "", controlplane.Token{}, fmt.Errorf("sign token: %w", err)
 	}
@@ -173,25 +117,38 @@ func orDefault(d, def time.Duration) time.Duration {
 	return d
 }
 
-// Verifier returns a verifier that accepts this issuer's tokens and checks
-// revocation against the token store on every use.
+// Verifier returns a verifier that accepts this issuer's tokens and holds
+// each to its record in the token store (revocation included) on every use.
 func (i *Issuer) Verifier() *auth.Verifier {
-	return &auth.Verifier{Keys: i, Revoked: i.tokens, Now: func() time.Time { return i.now() }}
+	return &auth.Verifier{Keys: i, Records: controlplane.TokenRecords{Store: i.tokens}, Now: func() time.Time { return i.now() }}
 }
 
-// PublicKey implements auth.KeySet.
-func (i *Issuer) PublicKey(_ context.Context, kid string) (crypto.PublicKey, error) {
+// PublicKey implements auth.KeySet. A key id it does not hold makes it read
+// the keys again (at most once a second) before refusing: the key may have
+// been rotated in since the last read.
+func (i *Issuer) PublicKey(ctx context.Context, kid string) (crypto.PublicKey, error) {
+	i.refresh(ctx)
+	if k, ok := i.publicKey(kid); ok {
+		return k, nil
+	}
+	i.refreshUnknown(ctx)
+	if k, ok := i.publicKey(kid); ok {
+		return k, nil
+	}
+	return nil, fmt.Errorf("unknown key id %q", kid)
+}
+
+func (i *Issuer) publicKey(kid string) (crypto.PublicKey, bool) {
 	i.mu.RLock()
 	defer i.mu.RUnlock()
 	k, ok := i.public[kid]
-	if !ok {
-		return nil, fmt.Errorf("unknown key id %q", kid)
-	}
-	return k, nil
+	return k, ok
 }
 
-// JWKS returns the public keys as a JSON Web Key Set.
-func (i *Issuer) JWKS() ([]byte, error) {
+// JWKS returns the public keys as a JSON Web Key Set: every key until it is
+// retired, so tokens signed before a rotation keep verifying.
+func (i *Issuer) JWKS(ctx context.Context) ([]byte, error) {
+	i.refresh(ctx)
 	i.mu.RLock()
 	defer i.mu.RUnlock()
 	keys := make(map[string]crypto.PublicKey, len(i.public))

@@ -30,7 +30,8 @@ func TestIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	first, err := tokens.NewIssuer(ctx, db, db)
+	kek := newKeyring(t)
+	first, err := tokens.NewIssuer(ctx, db, db, tokens.Options{KEK: kek})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +44,7 @@ func TestIssuer(t *testing.T) {
 	}
 
 	// A restart (or another replica) loads the same key: old tokens verify.
-	second, err := tokens.NewIssuer(ctx, db, db)
+	second, err := tokens.NewIssuer(ctx, db, db, tokens.Options{KEK: kek})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func TestIssuer(t *testing.T) {
 			t.Errorf("%s: %v, want EINVALID", name, err)
 		}
 	}
-	if _, err := first.JWKS(); err != nil {
+	if _, err := first.JWKS(ctx); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -3,6 +3,7 @@ package compose
 import (
 	"bufio"
 	"context"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -27,6 +28,7 @@ import (
 // empty on purpose.
 var secrets = map[string]string{
 	"POSTGRES_PASSWORD":      "test-password-0123",
+	"KEY_ENCRYPTION_KEY":     "q83vEjRWeJq8qrvM3e7/ABEiM0RVZneImaq7zN3u/wA=", // base64 of 32 bytes
 	"PIPEOPS_AGENT_TOKEN":    "test-agent-token",
 	"GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
 }
@@ -128,6 +130,9 @@ func loadConfigs(t *testing.T, p *types.Project) configs {
 	if err := c.cp.ValidateServe(); err != nil {
 		t.Errorf("controlplane serve: %v", err)
 	}
+	if c.cp.KEK == nil {
+		t.Error("controlplane: no key-encryption key from the compose environment")
+	}
 	if c.gw, err = server.LoadConfig(getenv(service(t, p, "gateway"))); err != nil {
 		t.Fatalf("gateway: LoadConfig with the compose environment: %v", err)
 	}
@@ -140,8 +145,16 @@ func loadConfigs(t *testing.T, p *types.Project) configs {
 
 func TestEnvExampleAloneIsRefused(t *testing.T) {
 	_, err := load(t, nil, nil)
-	if err == nil || !strings.Contains(err.Error(), "POSTGRES_PASSWORD") {
-		t.Fatalf("docker compose with .env.example unchanged: err = %v, want a refusal naming POSTGRES_PASSWORD", err)
+	if err == nil || !strings.Contains(err.Error(), "POSTGRES_PASSWORD") && !strings.Contains(err.Error(), "KEY_ENCRYPTION_KEY") {
+		t.Fatalf("docker compose with .env.example unchanged: err = %v, want a refusal naming a missing secret", err)
+	}
+	// Each required secret alone is enough to refuse.
+	for _, name := range []string{"POSTGRES_PASSWORD", "KEY_ENCRYPTION_KEY"} {
+		partial := maps.Clone(secrets)
+		delete(partial, name)
+		if _, err := load(t, nil, partial); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("docker compose without %s: err = %v, want a refusal naming it", name, err)
+		}
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pipeops/tunnel/shared/auth"
 )
 
 // Metrics are the Prometheus collectors of JWKS and Revocations. Make one
@@ -13,6 +15,7 @@ type Metrics struct {
 	jwksFetches      *prometheus.CounterVec
 	jwksLastSuccess  prometheus.Gauge
 	revocationChecks *prometheus.CounterVec
+	refused          *prometheus.CounterVec
 }
 
 // NewMetrics returns the collectors, registered on reg. With a nil reg they
@@ -29,6 +32,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		revocationChecks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "revocation_checks_total", Help: "Token revocation checks, by how they were answered: " +
 				"cached, queried, stale (cached answer served because the token store failed), error."}, []string{"result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tokens_refused_total", Help: "Tokens refused, by cause: invalid, wrong_kind, revoked, " +
+				"not_as_recorded (signed with the real key but with claims that differ from the token's record: " +
+				"a forgery by a holder of the signing key), error."}, []string{"cause"}),
 	}
 	// Create the series up front so that dashboards see zeros, not gaps.
 	for _, r := range []string{"ok", "error"} {
@@ -37,8 +44,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"cached", "queried", "stale", "error"} {
 		m.revocationChecks.WithLabelValues(r)
 	}
+	for _, c := range []string{"invalid", "wrong_kind", "revoked", "not_as_recorded", "error"} {
+		m.refused.WithLabelValues(c)
+	}
 	if reg != nil {
-		reg.MustRegister(m.jwksFetches, m.jwksLastSuccess, m.revocationChecks)
+		reg.MustRegister(m.jwksFetches, m.jwksLastSuccess, m.revocationChecks, m.refused)
 	}
 	return m
 }
@@ -63,4 +73,13 @@ func (m *Metrics) revocationCheck(result string) {
 		return
 	}
 	m.revocationChecks.WithLabelValues(result).Inc()
+}
+
+// TokenRefused counts a token a verifier refused; give it to
+// auth.Verifier.OnRefuse.
+func (m *Metrics) TokenRefused(err error) {
+	if m == nil {
+		return
+	}
+	m.refused.WithLabelValues(auth.Cause(err)).Inc()
 }

@@ -58,6 +58,7 @@ type Revocations struct {
 	mu      sync.Mutex
 	revoked map[string]struct{}  // token ids known revoked
 	live    map[string]liveEntry // token ids known not revoked
+	records map[string]*auth.Record
 }
 
 // liveEntry is a cached not-revoked answer.
@@ -66,7 +67,40 @@ type liveEntry struct {
 	next     time.Time // ask the store again from then on
 }
 
-var _ auth.RevocationChecker = (*Revocations)(nil)
+var (
+	_ auth.RevocationChecker = (*Revocations)(nil)
+	_ auth.RecordSource      = (*Revocations)(nil)
+)
+
+// TokenRecord implements auth.RecordSource. A record never changes once
+// issued but for its revocation, which Revoked answers (with its TTL): so a
+// record is cached until the cache is full, and the one returned never says
+// revoked. A token whose record is not cached while the store is down is
+// refused (the error), like one whose revocation was never checked.
+func (r *Revocations) TokenRecord(ctx context.Context, id string) (*auth.Record, error) {
+	r.mu.Lock()
+	rec, ok := r.records[id]
+	r.mu.Unlock()
+	if ok {
+		return rec, nil
+	}
+	t, err := r.Store.Token(ctx, id)
+	if controlplane.ErrorCode(err) == controlplane.ENOTFOUND {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	rec = t.AuthRecord()
+	rec.Revoked = false
+	r.mu.Lock()
+	if r.records == nil || len(r.records) >= r.maxEntries() {
+		r.records = make(map[string]*auth.Record)
+	}
+	r.records[id] = rec
+	r.mu.Unlock()
+	return rec, nil
+}
 
 // Revoked implements auth.RevocationChecker: it answers from the cache when
 // it can and asks the store otherwise, as the type's documentation

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/gateway/session"
+	"github.com/pipeops/tunnel/shared/ratelog"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
@@ -64,12 +65,19 @@ type Recorder struct {
 	Store controlplane.ClusterStore
 	// FlushInterval is how often Run flushes (default 5 s).
 	FlushInterval time.Duration
-	// Logger receives malformed heartbeats and failed writes; nil discards.
+	// Logger receives malformed heartbeats and failed writes, rate-limited
+	// per kind and cluster (a line, then a count); nil discards.
 	Logger *slog.Logger
 	// Now is the clock for heartbeat times (default time.Now); for tests.
 	Now func() time.Time
 	// Metrics counts heartbeats and writes; nil counts nothing.
 	Metrics *Metrics
+
+	// logs rate-limits the lines an agent can cause once per message (a
+	// malformed heartbeat) and those a flush writes per cluster, keyed by
+	// kind and cluster; made on first use.
+	logsOnce sync.Once
+	logs     *ratelog.Limiter
 
 	// flushMu makes flushes take turns: two flushes at once could write an
 	// older snapshot of a cluster after a newer one.
@@ -126,6 +134,18 @@ func (r *Recorder) log() *slog.Logger {
 	return discard
 }
 
+// limited returns the rate limiter of the lines below.
+func (r *Recorder) limited() *ratelog.Limiter {
+	r.logsOnce.Do(func() { r.logs = ratelog.New(r.log(), ratelog.Config{}) })
+	return r.logs
+}
+
+// logLimited logs msg for cluster, once per interval per kind and cluster,
+// then a count.
+func (r *Recorder) logLimited(level slog.Level, kind, cluster, msg string, args ...any) {
+	r.limited().Log(context.Background(), level, kind+"\x00"+cluster, msg, append([]any{"cluster", cluster}, args...)...)
+}
+
 func (r *Recorder) now() time.Time {
 	if r.Now != nil {
 		return r.Now()
@@ -150,7 +170,7 @@ func (r *Recorder) HandleControl(_ context.Context, s *session.Session, msg tunn
 	}
 	if err := s.Send(tunnel.TypeHeartbeatAck, tunnel.HeartbeatAck{}, msg.RequestID); err != nil {
 		// The session is ending; its end is handled elsewhere.
-		r.log().Debug("send heartbeat_ack", "cluster", s.Cluster, "err", err)
+		r.logLimited(slog.LevelDebug, "ack", s.Cluster, "send heartbeat_ack", "err", err)
 	}
 }
 
@@ -160,7 +180,7 @@ func (r *Recorder) heartbeat(cluster string, msg tunnel.Message) bool {
 	var hb tunnel.Heartbeat
 	if err := msg.DecodePayload(&hb); err != nil {
 		r.Metrics.heartbeat("malformed")
-		r.log().Warn("dropping malformed heartbeat", "cluster", cluster, "msg", msg.String(), "err", err)
+		r.logLimited(slog.LevelWarn, "malformed", cluster, "dropping malformed heartbeat", "msg", msg.String(), "err", err)
 		return false
 	}
 	r.Metrics.heartbeat("ok")
@@ -302,6 +322,7 @@ func (r *Recorder) Run(ctx context.Context) {
 			if err := r.Flush(fctx); err != nil {
 				r.log().Error("final heartbeat flush", "err", err)
 			}
+			r.limited().Flush() // the counts not written yet
 			return
 		case <-t.C:
 			// A flush that hangs on the database must not hold up the
@@ -362,11 +383,11 @@ func (r *Recorder) Flush(ctx context.Context) error {
 			// The cluster was deleted while its agent was connected;
 			// nothing to record.
 			r.Metrics.write("not_found")
-			r.log().Debug("heartbeat of an unknown cluster dropped", "cluster", cluster)
+			r.logLimited(slog.LevelDebug, "not_found", cluster, "heartbeat of an unknown cluster dropped")
 		case code == controlplane.EINVALID:
 			// Retrying cannot help; this is a bug, not an outage.
 			r.Metrics.write("error")
-			r.log().Error("heartbeat refused by the store", "cluster", cluster, "err", err)
+			r.logLimited(slog.LevelError, "refused", cluster, "heartbeat refused by the store", "err", err)
 		default:
 			r.Metrics.write("error")
 			r.requeue(cluster, batch[cluster])

@@ -6,12 +6,17 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/revocation"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
@@ -20,6 +25,10 @@ import (
 // cluster's API server.
 const K8sPrefix = "/k8s/"
 
+// K8sConnKind is the kind under which /k8s requests are registered with the
+// revocation.Tracker (a metric label).
+const K8sConnKind = "k8s"
+
 // K8s serves the Kubernetes API of every cluster through its tunnel to
 // callers holding a user (or admin) token that allows the cluster. The
 // caller's credentials never reach the cluster: the agent sends the request
@@ -27,22 +36,67 @@ const K8sPrefix = "/k8s/"
 type K8s struct {
 	verifier *auth.Verifier
 	tunnels  *session.Registry
+	maxBody  int64
 	log      *slog.Logger
 	rp       *httputil.ReverseProxy
 	tr       *http.Transport
+	refused  *prometheus.CounterVec
+	conns    *revocation.Tracker
 }
 
 type k8sCluster struct{}
 
+// K8sConfig configures the Kubernetes API handler. Verifier and Tunnels are
+// required.
+type K8sConfig struct {
+	Verifier *auth.Verifier
+	Tunnels  *session.Registry
+	// MaxRequestBody is the request body limit in bytes (0: none), the
+	// gateway's global one: a declared Content-Length over it is answered
+	// 413 before a stream is opened, a body of unknown length is cut at it.
+	// The API server's own limits (about 3 MiB per object) are lower; this
+	// one keeps larger bodies off the gateway and the tunnel.
+	MaxRequestBody int64
+	Logger         *slog.Logger
+	// Metrics, when set, is where the handler registers its collectors.
+	Metrics prometheus.Registerer
+	// Connections, when set, tracks every request from the moment its token
+	// is accepted until it ends, so that a watch, `logs -f` or an exec or
+	// port-forward stream is cut when its token is revoked or expires (its
+	// context is cancelled, which also closes an upgraded connection). Nil:
+	// the token is checked only when the request arrives.
+	Connections *revocation.Tracker
+}
+
 // NewK8s returns the Kubernetes API handler.
-func NewK8s(verifier *auth.Verifier, tunnels *session.Registry, logger *slog.Logger) *K8s {
+func NewK8s(cfg K8sConfig) *K8s {
+	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	k := &K8s{verifier: verifier, tunnels: tunnels, log: logger}
+	k := &K8s{verifier: cfg.Verifier, tunnels: cfg.Tunnels, maxBody: cfg.MaxRequestBody, log: logger, conns: cfg.Connections,
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pipeops_gateway", Subsystem: "k8s",
+			Name: "requests_refused_total", Help: "Kubernetes API requests the gateway refused or cut, by reason (body_too_large)."}, []string{"reason"})}
+	k.refused.WithLabelValues(reasonBodyTooLarge)
+	if cfg.Metrics != nil {
+		cfg.Metrics.MustRegister(k.refused)
+	}
 	// No response header timeout: watches and `logs -f` answer late and
 	// stream for as long as they like.
-	k.tr = tunnels.Transport(64)
+	k.tr = cfg.Tunnels.Transport(64)
+	// A cut request (see K8sConfig.Connections) has its context cancelled,
+	// on which the Transport closes the request's stream. A stream's Close
+	// is a half-close, though: a read already waiting would go on until the
+	// agent closes its side too. Ending reads on Close stops the relay of a
+	// cut watch or exec stream at once, whatever the agent still sends.
+	dial := k.tr.DialContext
+	k.tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return closeEndsReads{c}, nil
+	}
 	k.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			cluster := pr.In.Context().Value(k8sCluster{}).(string)
@@ -55,11 +109,21 @@ func NewK8s(verifier *auth.Verifier, tunnels *session.Registry, logger *slog.Log
 		BufferPool:    copyBuffers,
 		FlushInterval: -1, // watch events go out as they come
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if cause := context.Cause(r.Context()); errors.Is(cause, revocation.ErrRevoked) || errors.Is(cause, revocation.ErrExpired) {
+				// Cut before the answer began (the tracker has logged it).
+				w.Header().Set("WWW-Authenticate", `Bearer realm="pipeops"`)
+				writeStatus(w, http.StatusUnauthorized, cause.Error())
+				return
+			}
 			if r.Context().Err() != nil {
 				return
 			}
+			if limit, ok := bodyTooLarge(r, err); ok {
+				writeStatus(w, http.StatusRequestEntityTooLarge, bodyTooLargeMessage(limit))
+				return
+			}
 			status := http.StatusBadGateway
-			if errors.Is(err, session.ErrAgentOffline) {
+			if errors.Is(err, session.ErrAgentOffline) || errors.Is(err, session.ErrTooManyStreams) {
 				status = http.StatusServiceUnavailable
 			}
 			k.log.Info("kubernetes API proxy error", "path", r.URL.Path, "status", status, "err", err)
@@ -75,9 +139,8 @@ func (k *K8s) Close() { k.tr.CloseIdleConnections() }
 
 // ServeHTTP serves K8sPrefix.
 func (k *K8s) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rest, ok := strings.CutPrefix(r.URL.Path, K8sPrefix)
-	cluster, apiPath, _ := strings.Cut(rest, "/")
-	if !ok || cluster == "" {
+	cluster, apiPath, ok := splitK8sPath(r.URL.Path)
+	if !ok {
 		writeStatus(w, http.StatusNotFound, "use "+K8sPrefix+"{cluster}/...")
 		return
 	}
@@ -98,7 +161,16 @@ func (k *K8s) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusForbidden, "this token does not allow cluster "+cluster)
 		return
 	}
-	out := r.Clone(r.Context())
+	// A watch or an exec session outlives the token check above: the
+	// request is cut if the token is revoked or expires while it runs.
+	ctx, cut := context.WithCancelCause(r.Context())
+	defer cut(nil)
+	conn := revocation.Conn{Kind: K8sConnKind, TokenID: claims.ID, Cluster: cluster, Cut: cut}
+	if claims.ExpiresAt != nil {
+		conn.Expires = claims.ExpiresAt.Time
+	}
+	defer k.conns.Register(conn)()
+	out := r.Clone(ctx)
 	// The caller's identity stops here: the agent acts with its own
 	// ServiceAccount, and impersonation headers would let a caller borrow
 	// any identity that account may impersonate.
@@ -108,9 +180,41 @@ func (k *K8s) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			out.Header.Del(h)
 		}
 	}
-	out.URL.Path = "/" + apiPath
+	out.URL.Path = apiPath
 	out.URL.RawPath = ""
-	k.rp.ServeHTTP(w, out.WithContext(context.WithValue(out.Context(), k8sCluster{}, cluster)))
+	body, fits := limitBody(out, k.maxBody)
+	if fits {
+		k.rp.ServeHTTP(w, out.WithContext(context.WithValue(out.Context(), k8sCluster{}, cluster)))
+	} else {
+		writeStatus(w, http.StatusRequestEntityTooLarge, bodyTooLargeMessage(k.maxBody))
+	}
+	if !fits || body.exceeded() {
+		k.refused.WithLabelValues(reasonBodyTooLarge).Inc()
+	}
+}
+
+// closeEndsReads is a tunnel stream whose Close also ends its reads, the
+// one waiting and any to come.
+type closeEndsReads struct{ net.Conn }
+
+func (c closeEndsReads) Close() error {
+	err := c.Conn.Close()
+	_ = c.Conn.SetReadDeadline(time.Unix(1, 0))
+	return err
+}
+
+// splitK8sPath splits a request path under K8sPrefix into the cluster it
+// names and the path to request from that cluster's API server (at least
+// "/"). The cluster is the first path element, never empty and never
+// holding a '/': it is the cluster the caller's token is checked against,
+// and the only one the request can reach.
+func splitK8sPath(path string) (cluster, apiPath string, ok bool) {
+	rest, ok := strings.CutPrefix(path, K8sPrefix)
+	cluster, apiPath, _ = strings.Cut(rest, "/")
+	if !ok || cluster == "" {
+		return "", "", false
+	}
+	return cluster, "/" + apiPath, true
 }
 
 func writeStatus(w http.ResponseWriter, code int, message string) {

@@ -6,6 +6,7 @@ type metrics struct {
 	requests  *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
 	fallbacks prometheus.Counter
+	refused   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -17,9 +18,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}, []string{"mode"}),
 		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "pipeops_gateway", Subsystem: "proxy",
 			Name: "direct_fallbacks_total", Help: "Direct-mode requests sent through the tunnel because the load balancer was unreachable."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pipeops_gateway", Subsystem: "proxy",
+			Name: "requests_refused_total", Help: "Routed requests the gateway refused or cut, by reason (body_too_large)."}, []string{"reason"}),
 	}
+	m.refused.WithLabelValues(reasonBodyTooLarge) // present at 0 from the start
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.fallbacks)
+		reg.MustRegister(m.requests, m.duration, m.fallbacks, m.refused)
 	}
 	return m
 }

@@ -54,8 +54,15 @@ type Config struct {
 	// MaxIdlePerTarget is how many idle connections (streams) are kept per
 	// upstream; at least the expected concurrency per cluster (default 256).
 	MaxIdlePerTarget int
-	Logger           *slog.Logger
-	Metrics          prometheus.Registerer
+	// MaxRequestBody is the global request body limit in bytes; 0 means
+	// none. A route's own limit (routetable.Match.MaxRequestBody) may lower
+	// it, never raise it. A declared Content-Length over the limit is
+	// answered 413 before anything upstream is dialled; a body of unknown
+	// length is cut at the limit, and the visitor gets 413 unless the
+	// upstream has answered already.
+	MaxRequestBody int64
+	Logger         *slog.Logger
+	Metrics        prometheus.Registerer
 }
 
 // Proxy is the public proxy handler. Safe for concurrent use. It owns the
@@ -178,10 +185,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rec := &statusRecorder{ResponseWriter: w}
 	r = r.WithContext(context.WithValue(r.Context(), targetKey{}, t))
-	if upType := upgradeType(r.Header); upType != "" && r.ProtoMajor == 1 {
+	limit := bodyLimit(p.cfg.MaxRequestBody, m.MaxRequestBody)
+	body, fits := limitBody(r, limit)
+	if !fits {
+		http.Error(rec, bodyTooLargeMessage(limit), http.StatusRequestEntityTooLarge)
+	} else if upType := upgradeType(r.Header); upType != "" && r.ProtoMajor == 1 {
 		p.serveUpgrade(rec, r, t, upType)
 	} else {
 		p.rp.ServeHTTP(rec, r)
+	}
+	if !fits || body.exceeded() {
+		p.metrics.refused.WithLabelValues(reasonBodyTooLarge).Inc()
 	}
 	mode := t.mode
 	if t.fellBack.Load() {
@@ -223,15 +237,22 @@ func tunnelHeader(m routetable.Match) tunnel.StreamHeader {
 }
 
 // directAddr turns a public endpoint ("203.0.113.7", "lb.example.com",
-// "lb.example.com:8080", "http://lb.example.com") into host:port.
+// "lb.example.com:8080", "http://lb.example.com") into host:port. An
+// endpoint that gives no host:port, or one without a host (":8080", "[]"),
+// gives "", which nothing dials: an empty host would dial this machine.
 func directAddr(endpoint string) string {
 	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
 		endpoint = u.Host
 	}
-	if _, _, err := net.SplitHostPort(endpoint); err == nil {
-		return endpoint
+	host, _, err := net.SplitHostPort(endpoint)
+	if err != nil {
+		endpoint = net.JoinHostPort(strings.Trim(endpoint, "[]"), "80")
+		host, _, err = net.SplitHostPort(endpoint)
 	}
-	return net.JoinHostPort(strings.Trim(endpoint, "[]"), "80")
+	if err != nil || host == "" {
+		return ""
+	}
+	return endpoint
 }
 
 func (p *Proxy) roundTrip(r *http.Request) (*http.Response, error) {
@@ -269,11 +290,17 @@ func (p *Proxy) dialDirect(ctx context.Context, network, addr string) (net.Conn,
 	return st, nil
 }
 
-// errorHandler maps upstream failures to statuses: no agent 503, timeout
-// waiting for headers 504, anything else 502. A visitor that went away gets
-// nothing (there is nobody to answer).
+// errorHandler maps upstream failures to statuses: the visitor's body over
+// its limit 413, no agent 503, the agent's session at its stream limit 503,
+// timeout waiting for headers 504, anything else 502. A visitor that went
+// away gets nothing (there is nobody to answer).
 func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
+		return
+	}
+	if limit, ok := bodyTooLarge(r, err); ok {
+		// The visitor's doing, counted in ServeHTTP; not worth a log line.
+		http.Error(w, bodyTooLargeMessage(limit), http.StatusRequestEntityTooLarge)
 		return
 	}
 	status := http.StatusBadGateway
@@ -282,6 +309,8 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 	switch {
 	case errors.Is(err, session.ErrAgentOffline):
 		status, msg = http.StatusServiceUnavailable, "the cluster's agent is not connected"
+	case errors.Is(err, session.ErrTooManyStreams):
+		status, msg = http.StatusServiceUnavailable, "the cluster's tunnel is at its limit of concurrent streams"
 	case errors.As(err, &ne) && ne.Timeout(), strings.Contains(err.Error(), "timeout awaiting response headers"):
 		status, msg = http.StatusGatewayTimeout, "upstream did not answer in time"
 	}

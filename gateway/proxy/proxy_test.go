@@ -343,7 +343,7 @@ func TestKubernetesAPIAccess(t *testing.T) {
 	}))
 	defer api.Close()
 	f.startAgent("c1", "", addr(api))
-	k8s := NewK8s(&auth.Verifier{Keys: auth.StaticKeys{"k": f.key.Public()}}, f.reg, nil)
+	k8s := NewK8s(K8sConfig{Verifier: &auth.Verifier{Keys: auth.StaticKeys{"k": f.key.Public()}}, Tunnels: f.reg})
 	defer k8s.Close()
 	srv := httptest.NewServer(k8s)
 	defer srv.Close()

@@ -30,12 +30,14 @@ import (
 
 // upgradeType is the protocol a request or response asks to switch to
 // ("websocket"), or "" when it does not (the Connection header must name
-// Upgrade), as ReverseProxy decides it.
+// Upgrade), as ReverseProxy decides it, but without surrounding white space,
+// which is not part of a field value: a folded header line leaves some
+// ("websocket "), and a request written with it would read back without.
 func upgradeType(h http.Header) string {
 	if !headerHasToken(h["Connection"], "upgrade") {
 		return ""
 	}
-	return h.Get("Upgrade")
+	return textproto.TrimString(h.Get("Upgrade"))
 }
 
 // headerHasToken reports whether the comma-separated values hold token

@@ -119,6 +119,11 @@ type Store struct {
 	wake    chan struct{}
 	restart chan struct{}
 
+	// bodySizeLogged holds the body size annotation problems already
+	// logged (bodySizeProblem.key), so that each is logged once, not on
+	// every reload. Only the reload loop uses it.
+	bodySizeLogged map[string]struct{}
+
 	mu          sync.Mutex // guards the fields below
 	pending     reloadRequest
 	isLoaded    bool
@@ -472,7 +477,7 @@ func (s *Store) reload(ctx context.Context) error {
 	start := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, s.opts.LoadTimeout)
 	defer cancel()
-	routes, err := s.db.Routes(lctx, "")
+	routes, err := s.db.ServedRoutes(lctx)
 	var clusters []*controlplane.Cluster
 	if err == nil {
 		clusters, err = s.db.Clusters(lctx)
@@ -488,6 +493,7 @@ func (s *Store) reload(ctx context.Context) error {
 	}
 	t := NewTable(routes, clusters)
 	s.table.Store(t)
+	s.logBodySizeProblems(t)
 	s.m.routes.Set(float64(t.Len()))
 	s.m.reloads.WithLabelValues(resultOK).Inc()
 
@@ -510,6 +516,26 @@ func (s *Store) reload(ctx context.Context) error {
 		s.log.Debug("route store: route table reloaded", "routes", t.Len(), "took", took)
 	}
 	return nil
+}
+
+// logBodySizeProblems logs, once per route and value, the body size
+// annotations of t that do not parse (those routes get the gateway's global
+// limit). It forgets problems that are gone, so the memory is bounded by the
+// current table, and a value that comes back is logged again.
+func (s *Store) logBodySizeProblems(t *Table) {
+	if len(t.bodySizeProblems) == 0 && len(s.bodySizeLogged) == 0 {
+		return
+	}
+	logged := make(map[string]struct{}, len(t.bodySizeProblems))
+	for _, p := range t.bodySizeProblems {
+		k := p.key()
+		if _, seen := s.bodySizeLogged[k]; !seen {
+			s.log.Warn("route store: ignoring a body size annotation that does not parse; the global limit applies",
+				"host", p.host, "path", p.path, "cluster", p.cluster, "annotation", p.annotation, "value", p.value, "err", p.err)
+		}
+		logged[k] = struct{}{}
+	}
+	s.bodySizeLogged = logged
 }
 
 // nextDelay doubles a retry delay up to the cap.

@@ -40,8 +40,8 @@ import (
 	"github.com/pipeops/tunnel/controlplane/postgres"
 )
 
-// maxHostLen is the longest DNS name. Stored hostnames are never longer, so
-// a longer request host cannot match and need not be lowercased.
+// maxHostLen is the longest DNS name. A longer request host names no route,
+// exact or wildcard, and need not be lowercased.
 const maxHostLen = 253
 
 // Match is a lookup result. It shares the Table's data: the Route's
@@ -54,6 +54,12 @@ type Match struct {
 	// the cluster's last route sync; nil when the cluster never reported
 	// one (or is not in the cluster list the Table was built from).
 	IngressController *controlplane.IngressController
+	// MaxRequestBody is the route's own request body limit in bytes, read
+	// from its annotations when the Table was built (AnnotationMaxBodySize,
+	// else AnnotationNginxBodySize). 0 means the route sets none: neither
+	// annotation, a value of 0, or a value that does not parse. The
+	// gateway's global limit still applies over it.
+	MaxRequestBody int64
 }
 
 // entry is one route of a host, prepared for matching.
@@ -75,6 +81,9 @@ type Table struct {
 	hosts     map[string][]entry
 	wildcards map[string][]entry
 	n         int
+	// bodySizeProblems are the routes whose body size annotation does not
+	// parse, for the Store to log.
+	bodySizeProblems []bodySizeProblem
 }
 
 // NewTable builds a Table from routes and the clusters they belong to (for
@@ -85,7 +94,8 @@ type Table struct {
 // stores such a pair), the first one given wins.
 //
 // The Table keeps the routes' Annotations maps; neither the caller nor any
-// reader may change them afterwards. Ingress controllers are copied.
+// reader may change them afterwards. Ingress controllers are copied. Each
+// route's body size annotation is parsed here (see Match.MaxRequestBody).
 func NewTable(routes []controlplane.Route, clusters []*controlplane.Cluster) *Table {
 	ingress := make(map[string]*controlplane.IngressController, len(clusters))
 	for _, c := range clusters {
@@ -111,6 +121,12 @@ func NewTable(routes []controlplane.Route, clusters []*controlplane.Cluster) *Ta
 			r.PathType = postgres.PathTypePrefix
 		}
 		e := entry{match: Match{Route: r, IngressController: ingress[r.ClusterUUID]}}
+		limit, annotation, value, err := routeBodyLimit(r.Annotations)
+		if err != nil {
+			t.bodySizeProblems = append(t.bodySizeProblems, bodySizeProblem{host: host, path: r.Path,
+				cluster: r.ClusterUUID, annotation: annotation, value: value, err: err})
+		}
+		e.match.MaxRequestBody = limit
 		if r.PathType == postgres.PathTypeExact {
 			e.exact = true
 		} else {
@@ -176,6 +192,12 @@ func (t *Table) Lookup(host, path string) (Match, bool) {
 		path = "/"
 	}
 	host = trimHost(host)
+	if len(host) > maxHostLen {
+		// Longer than any DNS name: it names no route, whatever its case
+		// (a wildcard's suffix is shorter, so the length must be checked
+		// here, not only where the case is folded).
+		return Match{}, false
+	}
 	if !hasUpper(host) {
 		if e := matchPath(t.hosts[host], path); e != nil {
 			return e.match, true
@@ -190,9 +212,6 @@ func (t *Table) Lookup(host, path string) (Match, bool) {
 	// Same as above on a lowercased copy in a stack buffer: a map index by
 	// string(bytes) does not allocate, so mixed-case hosts cost nothing
 	// extra either.
-	if len(host) > maxHostLen {
-		return Match{}, false
-	}
 	var buf [maxHostLen]byte
 	b := buf[:len(host)]
 	for i := 0; i < len(host); i++ {
@@ -240,14 +259,12 @@ func prefixMatches(prefix, path string) bool {
 }
 
 // trimHost removes a port and a trailing dot from a request host without
-// allocating. A bracketed IPv6 literal loses its brackets; it matches no
-// route anyway, since routes are DNS names.
+// allocating. A bracketed host (an IPv6 literal) becomes "": routes are DNS
+// names, so it must match none, not even when what is in the brackets
+// looks like one ("[app.example.com]").
 func trimHost(h string) string {
 	if strings.HasPrefix(h, "[") {
-		if i := strings.IndexByte(h, ']'); i > 0 {
-			return h[1:i]
-		}
-		return h
+		return ""
 	}
 	if i := strings.LastIndexByte(h, ':'); i >= 0 {
 		h = h[:i]

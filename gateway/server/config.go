@@ -7,7 +7,25 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pipeops/tunnel/gateway/routetable"
+	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/shared/envconfig"
+)
+
+// Defaults of the limits (see the Limits section of docs/gateway.md).
+const (
+	// DefaultMaxRequestBody is large enough for the uploads web applications
+	// take (media, archives, disk images in pieces) and still bounds what
+	// one request can push through a tunnel. A route lowers it with an
+	// annotation; an operator raises it, or sets 0 for no limit.
+	DefaultMaxRequestBody = 1 << 30
+	// DefaultMaxHeaderBytes is net/http's own default, made explicit.
+	DefaultMaxHeaderBytes = 1 << 20
+	minMaxHeaderBytes     = 4 << 10 // less refuses ordinary requests with a few cookies
+	maxMaxHeaderBytes     = 1 << 30
+	// maxStreamWindow keeps a yamux frame (a 12-byte header and up to a
+	// window of data) within the 64 MiB WebSocket message limit of both ends.
+	maxStreamWindow = 64<<20 - 12
 )
 
 // Config is the gateway's configuration, read from the environment. Every
@@ -28,15 +46,24 @@ type Config struct {
 	ACMEEmail       string        // ACME_EMAIL: contact for the CA
 	ACMECacheDir    string        // ACME_CACHE_DIR: where certificates and the account key are kept
 	ACMEDirectory   string        // ACME_DIRECTORY_URL: the CA (default Let's Encrypt production)
+	ACMECAFile      string        // ACME_CA_FILE: PEM roots that verify the CA's HTTPS (a private CA)
+	ACMERenewBefore time.Duration // ACME_RENEW_BEFORE: renew this long before expiry (0: a third of the lifetime, at most 30 days)
 	HeaderTimeout   time.Duration // RESPONSE_HEADER_TIMEOUT, default 60s
 	IdleTimeout     time.Duration // IDLE_TIMEOUT (visitor keep-alive), default 120s
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT, default 30s
 	ReloadInterval  time.Duration // ROUTE_RELOAD_INTERVAL, default 5m
 	RevokeInterval  time.Duration // REVOCATION_CHECK_INTERVAL, default 15s
 	StreamWindow    uint32        // STREAM_WINDOW bytes, default 4 MiB
+	MaxRequestBody  int64         // MAX_REQUEST_BODY bytes, default 1 GiB; 0: no limit
+	MaxHeaderBytes  int           // MAX_HEADER_BYTES, default 1 MiB
+	MaxStreams      int           // MAX_STREAMS_PER_SESSION, default 10000
 	LogLevel        slog.Level    // LOG_LEVEL
 	LogFormat       string        // LOG_FORMAT: text or json
 }
+
+// maxRenewBefore is autocert's own cap on Manager.RenewBefore: a larger
+// value would be silently cut to it.
+const maxRenewBefore = 30 * 24 * time.Hour
 
 // LoadConfig reads and validates the configuration; each problem names its
 // variable.
@@ -57,12 +84,17 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		ACMEEmail:       r.String("ACME_EMAIL", ""),
 		ACMECacheDir:    r.String("ACME_CACHE_DIR", "/var/lib/pipeops-gateway/acme"),
 		ACMEDirectory:   r.String("ACME_DIRECTORY_URL", ""),
+		ACMECAFile:      r.String("ACME_CA_FILE", ""),
+		ACMERenewBefore: r.Duration("ACME_RENEW_BEFORE", 0),
 		HeaderTimeout:   r.Duration("RESPONSE_HEADER_TIMEOUT", 60*time.Second),
 		IdleTimeout:     r.Duration("IDLE_TIMEOUT", 120*time.Second),
 		ShutdownTimeout: r.Duration("SHUTDOWN_TIMEOUT", 30*time.Second),
 		ReloadInterval:  r.Duration("ROUTE_RELOAD_INTERVAL", 5*time.Minute),
 		RevokeInterval:  r.Duration("REVOCATION_CHECK_INTERVAL", 15*time.Second),
 		StreamWindow:    4 << 20,
+		MaxRequestBody:  DefaultMaxRequestBody,
+		MaxHeaderBytes:  DefaultMaxHeaderBytes,
+		MaxStreams:      session.DefaultMaxStreamsPerSession,
 		LogLevel:        r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 		LogFormat:       r.OneOf("LOG_FORMAT", "text", "text", "json"),
 	}
@@ -73,10 +105,34 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	if v := r.String("STREAM_WINDOW", ""); v != "" {
 		n, err := strconv.ParseUint(v, 10, 32)
-		if err != nil || n < 256<<10 {
-			r.Failf("STREAM_WINDOW=%q must be a byte count of at least 262144", v)
+		if err != nil || n < 256<<10 || n > maxStreamWindow {
+			r.Failf("STREAM_WINDOW=%q must be a byte count from 262144 to %d (a frame must fit a 64 MiB WebSocket message)", v, maxStreamWindow)
 		} else {
 			c.StreamWindow = uint32(n)
+		}
+	}
+	if v := r.String("MAX_REQUEST_BODY", ""); v != "" {
+		n, err := routetable.ParseBodySize(v)
+		if err != nil {
+			r.Failf("MAX_REQUEST_BODY=%q must be a byte size like 1Gi, 100Mi, 8m or 1048576, or 0 for no limit", v)
+		} else {
+			c.MaxRequestBody = n
+		}
+	}
+	if v := r.String("MAX_HEADER_BYTES", ""); v != "" {
+		n, err := routetable.ParseBodySize(v)
+		if err != nil || n < minMaxHeaderBytes || n > maxMaxHeaderBytes {
+			r.Failf("MAX_HEADER_BYTES=%q must be a byte size from 4Ki to 1Gi, like 64Ki or 1Mi", v)
+		} else {
+			c.MaxHeaderBytes = int(n)
+		}
+	}
+	if v := r.String("MAX_STREAMS_PER_SESSION", ""); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			r.Failf("MAX_STREAMS_PER_SESSION=%q must be a positive number of streams", v)
+		} else {
+			c.MaxStreams = n
 		}
 	}
 	if u, err := url.Parse(c.DatabaseURL); c.DatabaseURL == "" || err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
@@ -93,6 +149,23 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	if c.ACME && c.HTTPSAddr == "" {
 		r.Failf("ACME needs HTTPS_ADDR (and HTTP_ADDR reachable on port 80 for the HTTP-01 challenge)")
+	}
+	if u, err := url.Parse(c.ACMEDirectory); c.ACMEDirectory != "" && (err != nil || u.Scheme != "https" || u.Host == "") {
+		r.Failf("ACME_DIRECTORY_URL=%q must be the CA's https:// directory URL (ACME runs over HTTPS only)", c.ACMEDirectory)
+	}
+	if c.ACMECAFile != "" {
+		if !c.ACME {
+			r.Failf("ACME_CA_FILE is set but ACME is not true")
+		} else if _, err := loadRoots(c.ACMECAFile); err != nil {
+			r.Failf("ACME_CA_FILE: %v", err)
+		}
+	}
+	if c.ACMERenewBefore != 0 {
+		if !c.ACME {
+			r.Failf("ACME_RENEW_BEFORE is set but ACME is not true")
+		} else if c.ACMERenewBefore > maxRenewBefore {
+			r.Failf("ACME_RENEW_BEFORE=%s is more than %s, the most autocert renews ahead", c.ACMERenewBefore, maxRenewBefore)
+		}
 	}
 	if c.RedirectHTTPS && c.HTTPSAddr == "" {
 		r.Failf("HTTP_REDIRECT_HTTPS needs HTTPS_ADDR")

@@ -29,6 +29,7 @@ import (
 	"github.com/pipeops/tunnel/gateway/routetable"
 	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/revocation"
 	"github.com/pipeops/tunnel/shared/tunnel"
 	"github.com/pipeops/tunnel/shared/wsconn"
 )
@@ -47,8 +48,18 @@ type Gateway struct {
 	registry *prometheus.Registry
 	draining atomic.Bool
 	gwHosts  map[string]bool
+	// acmeRefused counts the names the ACME host policy refused;
+	// acmeRefusals keeps their log lines few (see allowCertificate).
+	acmeRefused  prometheus.Counter
+	acmeRefusals *logLimiter
 	// cpTransport carries the JWKS fetches to the control plane.
 	cpTransport *http.Transport
+
+	// conns re-checks the tokens of the agent sessions and /k8s requests
+	// while they stay open; sessionConns holds each session's unregister
+	// function (*session.Session -> func()).
+	conns        *revocation.Tracker
+	sessionConns sync.Map
 }
 
 // New builds a gateway; Run starts it.
@@ -59,7 +70,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	g := &Gateway{cfg: cfg, log: log, db: db, registry: reg, gwHosts: map[string]bool{}}
+	g := &Gateway{cfg: cfg, log: log, db: db, registry: reg, gwHosts: map[string]bool{},
+		acmeRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pipeops_gateway_acme_refused_total",
+			Help: "Certificate requests (TLS handshakes, HTTP-01 challenge requests) for names that are neither a gateway host nor routed; none reaches the ACME CA.",
+		}),
+		acmeRefusals: newLogLimiter(time.Minute, maxRefusalLines, time.Now),
+	}
+	reg.MustRegister(g.acmeRefused)
 	for _, h := range cfg.GatewayHosts {
 		g.gwHosts[h] = true
 	}
@@ -74,30 +92,45 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 		log.Warn("control plane keys not available yet", "url", jwks.URL, "err", err)
 	}
 	g.revs = &authn.Revocations{Store: db, Logger: log, Metrics: authMetrics}
-	verifier := &auth.Verifier{Keys: jwks, Revoked: g.revs}
+	verifier := &auth.Verifier{Keys: jwks, Revoked: g.revs, Records: g.revs, OnRefuse: authMetrics.TokenRefused}
+	g.conns, err = revocation.New(revocation.Config{Checker: g.revs, Interval: cfg.RevokeInterval, Logger: log,
+		Metrics: reg, MetricsNamespace: "pipeops_gateway", Kinds: []string{agentSessionKind, proxy.K8sConnKind}})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	g.routes = routetable.NewStore(db, routetable.Options{ReloadInterval: cfg.ReloadInterval, Logger: log, Metrics: reg})
 	g.recorder = &heartbeat.Recorder{Store: db, Logger: log, Metrics: heartbeat.NewMetrics(reg)}
 	g.sessions, err = session.NewRegistry(session.Config{
-		Auth:    session.JWTAuthenticator{Verifier: verifier},
-		Control: g.recorder,
-		Yamux:   tunnel.YamuxConfig{MaxStreamWindowSize: cfg.StreamWindow},
-		Logger:  log,
-		Metrics: reg,
+		Auth:                 session.JWTAuthenticator{Verifier: verifier},
+		Control:              g.recorder,
+		Yamux:                tunnel.YamuxConfig{MaxStreamWindowSize: cfg.StreamWindow},
+		MaxStreamsPerSession: cfg.MaxStreams,
+		Logger:               log,
+		Metrics:              reg,
 		// The session hooks, unlike Connected/Disconnected, ignore the end of
 		// a session replaced by the same agent's reconnect.
-		OnConnect:    g.recorder.SessionStarted,
-		OnDisconnect: g.recorder.SessionEnded,
+		OnConnect: func(s *session.Session) {
+			g.recorder.SessionStarted(s)
+			g.trackSession(s)
+		},
+		OnDisconnect: func(s *session.Session) {
+			g.untrackSession(s)
+			g.recorder.SessionEnded(s)
+		},
 	})
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
-	g.proxy, err = proxy.New(proxy.Config{Routes: g.routes, Tunnels: g.sessions, ResponseHeaderTimeout: cfg.HeaderTimeout, Logger: log, Metrics: reg})
+	g.proxy, err = proxy.New(proxy.Config{Routes: g.routes, Tunnels: g.sessions, ResponseHeaderTimeout: cfg.HeaderTimeout,
+		MaxRequestBody: cfg.MaxRequestBody, Logger: log, Metrics: reg})
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
-	g.k8s = proxy.NewK8s(verifier, g.sessions, log)
+	g.k8s = proxy.NewK8s(proxy.K8sConfig{Verifier: verifier, Tunnels: g.sessions, MaxRequestBody: cfg.MaxRequestBody, Logger: log, Metrics: reg,
+		Connections: g.conns})
 	return g, nil
 }
 
@@ -170,7 +203,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	start("routes", func(ctx context.Context) { _ = g.routes.Run(ctx) })
 	start("heartbeats", g.recorder.Run)
-	start("revocations", g.closeRevokedSessions)
+	start("revocations", g.conns.Run)
 
 	var servers []*http.Server
 	errc := make(chan error, 3)
@@ -180,7 +213,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 			return fmt.Errorf("%s listener on %s: %w", name, addr, err)
 		}
 		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: g.cfg.IdleTimeout, TLSConfig: tlsCfg,
-			ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelDebug)}
+			MaxHeaderBytes: g.cfg.MaxHeaderBytes,
+			ErrorLog:       slog.NewLogLogger(g.log.Handler(), slog.LevelDebug)}
 		servers = append(servers, hs)
 		g.log.Info("listening", "listener", name, "addr", l.Addr().String())
 		go func() {
@@ -198,9 +232,15 @@ func (g *Gateway) Run(ctx context.Context) error {
 	var err error
 	var acmeMgr *autocert.Manager
 	if g.cfg.ACME {
-		acmeMgr = NewACME(g.cfg, g.allowCertificate)
+		var a *ACME
+		if a, err = NewACME(g.cfg, g.allowCertificate); err == nil {
+			// Deferred: it must outlive the listeners' shutdown below, as
+			// an HTTP-01 answer or a handshake may still be in flight.
+			defer a.Close()
+			acmeMgr = a.Manager
+		}
 	}
-	if g.cfg.HTTPSAddr != "" {
+	if err == nil && g.cfg.HTTPSAddr != "" {
 		var tlsCfg *tls.Config
 		if tlsCfg, err = LoadTLS(g.cfg, acmeMgr); err == nil {
 			err = serve("https", g.cfg.HTTPSAddr, public, tlsCfg)
@@ -275,38 +315,51 @@ func (g *Gateway) Run(ctx context.Context) error {
 	return err
 }
 
-// allowCertificate says whether the ACME CA may be asked for host: one of
-// the gateway's own hosts, or a host with a route.
+// maxRefusalLines bounds the ACME refusal lines logged per minute, whatever
+// the number of distinct names refused.
+const maxRefusalLines = 20
+
+// allowCertificate is the ACME host policy, the only one: it says whether
+// the CA may be asked for host (lower case, no port), which must be one of
+// the gateway's own hosts or a host with a route. The route table only
+// holds verified routes, so a visitor's made-up SNI or Host never reaches
+// the CA. Refusals are counted, and logged at most once per host per minute
+// and maxRefusalLines times per minute in all: scanners send made-up names
+// by the thousand.
 func (g *Gateway) allowCertificate(host string) bool {
 	if g.gwHosts[host] {
 		return true
 	}
-	_, ok := g.routes.Lookup(host, "/")
-	return ok
+	if _, ok := g.routes.Lookup(host, "/"); ok {
+		return true
+	}
+	g.acmeRefused.Inc()
+	if len(host) > 253 {
+		host = host[:253] + "..." // longer than any DNS name; keep the log line short
+	}
+	if ok, held := g.acmeRefusals.allow(host); ok {
+		g.log.Info("acme: no certificate requested for a host without a route", "host", host, "refusals_not_logged", held)
+	}
+	return false
 }
 
-// closeRevokedSessions closes, every RevokeInterval, the sessions whose
-// agent token has been revoked since they connected.
-func (g *Gateway) closeRevokedSessions(ctx context.Context) {
-	t := time.NewTicker(g.cfg.RevokeInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		for _, s := range g.sessions.Sessions() {
-			revoked, err := g.revs.RevokedFresh(ctx, s.Info.TokenID)
-			if err != nil {
-				g.log.Warn("revocation check failed", "cluster", s.Cluster, "err", err)
-				continue
-			}
-			if revoked {
-				g.log.Warn("closing session: its agent token was revoked", "cluster", s.Cluster, "token", s.Info.TokenID)
-				s.Close()
-			}
-		}
+// agentSessionKind is the kind under which agent sessions are registered
+// with the revocation tracker (a metric label).
+const agentSessionKind = "agent_session"
+
+// trackSession registers a new agent session with the revocation tracker,
+// which closes it within REVOCATION_CHECK_INTERVAL of its token's revocation
+// and when its token expires. Called from the registry's OnConnect hook;
+// untrackSession, from OnDisconnect, undoes it for every session.
+func (g *Gateway) trackSession(s *session.Session) {
+	unregister := g.conns.Register(revocation.Conn{Kind: agentSessionKind, TokenID: s.Info.TokenID,
+		Expires: s.Info.TokenExpires, Cluster: s.Cluster, Cut: func(error) { s.Close() }})
+	g.sessionConns.Store(s, unregister)
+}
+
+func (g *Gateway) untrackSession(s *session.Session) {
+	if unregister, ok := g.sessionConns.LoadAndDelete(s); ok {
+		unregister.(func())()
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -35,7 +37,7 @@ func freeAddr(t *testing.T) string {
 // jwksServer serves the issuer's JWKS, as the control plane does.
 func jwksServer(t *testing.T, iss *tokens.Issuer) string {
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, err := iss.JWKS()
+		b, err := iss.JWKS(r.Context())
 		if err != nil {
 			http.Error(w, err.Error(), 500)
 			return
@@ -256,24 +258,51 @@ func TestLoadConfig(t *testing.T) {
 	if c.HTTPAddr != ":8080" || c.AdminAddr != "127.0.0.1:9090" || c.StreamWindow != 4<<20 || c.HeaderTimeout != time.Minute {
 		t.Fatalf("defaults: %+v", c)
 	}
-	for want, extra := range map[string]map[string]string{
-		"DATABASE_URL":        {"DATABASE_URL": ""},
-		"CONTROLPLANE_URL":    {"CONTROLPLANE_URL": "cp:8080"},
-		"HTTPS_ADDR":          {"HTTPS_ADDR": ":8443"},
-		"TLS_SELF_SIGNED":     {"TLS_SELF_SIGNED": "maybe"},
-		"STREAM_WINDOW":       {"STREAM_WINDOW": "1024"},
-		"SHUTDOWN_TIMEOUT":    {"SHUTDOWN_TIMEOUT": "0s"},
-		"HTTP_REDIRECT_HTTPS": {"HTTP_REDIRECT_HTTPS": "true"},
-	} {
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk.pem")
+	os.WriteFile(junk, []byte("not a certificate"), 0o600)
+	writePair(t, dir, "ca", []string{"ca.example.com"}) // a self-signed certificate serves as a root
+	caFile := filepath.Join(dir, "ca.crt")
+	acme := map[string]string{"ACME": "true", "HTTPS_ADDR": ":8443"}
+	with := func(maps ...map[string]string) map[string]string {
 		env := map[string]string{}
-		for k, v := range base {
-			env[k] = v
+		for _, m := range append([]map[string]string{base}, maps...) {
+			for k, v := range m {
+				env[k] = v
+			}
 		}
-		for k, v := range extra {
-			env[k] = v
+		return env
+	}
+	for _, tc := range []struct {
+		want string // the variable the error must name
+		env  map[string]string
+	}{
+		{"DATABASE_URL", with(map[string]string{"DATABASE_URL": ""})},
+		{"CONTROLPLANE_URL", with(map[string]string{"CONTROLPLANE_URL": "cp:8080"})},
+		{"HTTPS_ADDR", with(map[string]string{"HTTPS_ADDR": ":8443"})},
+		{"TLS_SELF_SIGNED", with(map[string]string{"TLS_SELF_SIGNED": "maybe"})},
+		{"STREAM_WINDOW", with(map[string]string{"STREAM_WINDOW": "1024"})},
+		{"SHUTDOWN_TIMEOUT", with(map[string]string{"SHUTDOWN_TIMEOUT": "0s"})},
+		{"HTTP_REDIRECT_HTTPS", with(map[string]string{"HTTP_REDIRECT_HTTPS": "true"})},
+		{"ACME_DIRECTORY_URL", with(acme, map[string]string{"ACME_DIRECTORY_URL": "http://ca.example.com/dir"})},
+		{"ACME_CA_FILE", with(acme, map[string]string{"ACME_CA_FILE": filepath.Join(dir, "missing.pem")})},
+		{"ACME_CA_FILE", with(acme, map[string]string{"ACME_CA_FILE": junk})},
+		{"ACME_CA_FILE", with(map[string]string{"ACME_CA_FILE": caFile})},
+		{"ACME_RENEW_BEFORE", with(acme, map[string]string{"ACME_RENEW_BEFORE": "soon"})},
+		{"ACME_RENEW_BEFORE", with(acme, map[string]string{"ACME_RENEW_BEFORE": "721h"})},
+		{"ACME_RENEW_BEFORE", with(map[string]string{"ACME_RENEW_BEFORE": "24h"})},
+	} {
+		if _, err := LoadConfig(func(k string) string { return tc.env[k] }); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want one naming %s", tc.env, err, tc.want)
 		}
-		if _, err := LoadConfig(func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("%v: err = %v, want one naming %s", extra, err, want)
-		}
+	}
+	c, err = LoadConfig(func(k string) string {
+		return with(acme, map[string]string{"ACME_DIRECTORY_URL": "https://ca.example.com/dir", "ACME_CA_FILE": caFile, "ACME_RENEW_BEFORE": "240h"})[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ACMECAFile != caFile || c.ACMERenewBefore != 240*time.Hour || c.ACMEDirectory != "https://ca.example.com/dir" {
+		t.Fatalf("ACME settings: %+v", c)
 	}
 }

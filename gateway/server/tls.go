@@ -12,8 +12,11 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/acme"
@@ -27,7 +30,8 @@ import (
 // no default is given, a self-signed development certificate. TLS 1.2+.
 //
 // With ACME, hosts that have no certificate of their own get one from the
-// ACME CA (acme, built by NewACME), before the default certificate is used.
+// ACME CA (acme, the Manager of NewACME), before the default certificate is
+// used.
 func LoadTLS(cfg Config, acme *autocert.Manager) (*tls.Config, error) {
 	byName := map[string]*tls.Certificate{}
 	if cfg.TLSCertDir != "" {
@@ -127,23 +131,103 @@ func SelfSigned(names []string) (*tls.Certificate, error) {
 // acmeALPN is the TLS-ALPN-01 challenge protocol, answered by autocert.
 const acmeALPN = "acme-tls/1"
 
-// NewACME returns a certificate manager that asks the ACME CA only for hosts
+// ACME is the gateway's ACME client: the certificate manager that LoadTLS and
+// the HTTP listener use, and the transport it reaches the CA with. It lives
+// as long as the gateway's Run; Close ends its traffic to the CA.
+type ACME struct {
+	Manager   *autocert.Manager
+	transport *acmeTransport
+}
+
+// errACMEClosed is what an ACME request gets once the gateway has stopped.
+var errACMEClosed = errors.New("acme: the gateway has stopped")
+
+// acmeTransport carries the ACME client's requests until it is closed.
+// autocert's renewal timers cannot be stopped, so without it a renewal that
+// comes due after shutdown (in tests, or in a process that embeds the
+// gateway) would still order certificates from the CA.
+type acmeTransport struct {
+	base   *http.Transport
+	closed atomic.Bool
+}
+
+func (t *acmeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if t.closed.Load() {
+		if r.Body != nil {
+			r.Body.Close() // a RoundTripper owns the body, even on error
+		}
+		return nil, errACMEClosed
+	}
+	return t.base.RoundTrip(r)
+}
+
+// NewACME builds the certificate manager. It asks the ACME CA only for hosts
 // allowed by allow (routed hosts and the gateway's own), so that a flood of
-// made-up names cannot exhaust the CA's rate limits.
-func NewACME(cfg Config, allow func(host string) bool) *autocert.Manager {
+// made-up names cannot exhaust the CA's rate limits. The CA's HTTPS is
+// verified against ACME_CA_FILE when set (a private CA), the system roots
+// otherwise; ACME_RENEW_BEFORE, when set, replaces autocert's renewal point
+// (a third of the certificate's lifetime before it ends, at most 30 days).
+func NewACME(cfg Config, allow func(host string) bool) (*ACME, error) {
+	tr := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		TLSHandshakeTimeout: 10 * time.Second,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	if cfg.ACMECAFile != "" {
+		roots, err := loadRoots(cfg.ACMECAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ACME_CA_FILE: %w", err)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	}
+	t := &acmeTransport{base: tr}
+	dir := cfg.ACMEDirectory
+	if dir == "" {
+		dir = autocert.DefaultACMEDirectory
+	}
 	m := &autocert.Manager{
-		Prompt: autocert.AcceptTOS,
-		Cache:  autocert.DirCache(cfg.ACMECacheDir),
-		Email:  cfg.ACMEEmail,
+		Prompt:      autocert.AcceptTOS,
+		Cache:       autocert.DirCache(cfg.ACMECacheDir),
+		Email:       cfg.ACMEEmail,
+		RenewBefore: cfg.ACMERenewBefore,
+		Client:      &acme.Client{DirectoryURL: dir, HTTPClient: &http.Client{Transport: t}},
 		HostPolicy: func(_ context.Context, host string) error {
-			if !allow(strings.ToLower(host)) {
+			if !allow(policyHost(host)) {
 				return fmt.Errorf("acme: %q has no route on this gateway", host)
 			}
 			return nil
 		},
 	}
-	if cfg.ACMEDirectory != "" {
-		m.Client = &acme.Client{DirectoryURL: cfg.ACMEDirectory}
+	return &ACME{Manager: m, transport: t}, nil
+}
+
+// Close stops all further traffic to the CA (renewals included) and closes
+// the idle connections to it. Call it once the listeners are shut down.
+func (a *ACME) Close() {
+	a.transport.closed.Store(true)
+	a.transport.base.CloseIdleConnections()
+}
+
+// policyHost puts a name the way the host policy compares names: lower
+// case, no trailing dot, and no port (autocert hands the policy an HTTP-01
+// request's Host header as it came, port included when not 80).
+func policyHost(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
 	}
-	return m
+	return strings.ToLower(strings.TrimSuffix(host, "."))
+}
+
+// loadRoots reads a PEM file of CA certificates; a file without any is an
+// error, not an empty pool that would trust nothing.
+func loadRoots(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s has no PEM certificate", path)
+	}
+	return pool, nil
 }

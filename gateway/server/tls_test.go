@@ -65,10 +65,18 @@ func TestLoadTLS(t *testing.T) {
 // hosts with a certificate of their own never reach the ACME manager.
 func TestACMEHostPolicy(t *testing.T) {
 	allowed := map[string]bool{"shop.example.com": true}
-	m := NewACME(Config{ACMECacheDir: t.TempDir()}, func(h string) bool { return allowed[h] })
+	a, err := NewACME(Config{ACMECacheDir: t.TempDir()}, func(h string) bool { return allowed[h] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	m := a.Manager
 	ctx := context.Background()
-	if err := m.HostPolicy(ctx, "SHOP.example.com"); err != nil {
-		t.Fatalf("routed host refused: %v", err)
+	// As autocert passes them: an SNI, and an HTTP-01 request's Host.
+	for _, host := range []string{"SHOP.example.com", "shop.example.com.", "shop.example.com:5002"} {
+		if err := m.HostPolicy(ctx, host); err != nil {
+			t.Fatalf("routed host %q refused: %v", host, err)
+		}
 	}
 	if err := m.HostPolicy(ctx, "random.example.net"); err == nil {
 		t.Fatal("a host without a route was allowed to ask the CA")

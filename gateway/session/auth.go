@@ -18,5 +18,9 @@ func (a JWTAuthenticator) AuthenticateAgent(ctx context.Context, token string) (
 	if err != nil {
 		return AgentIdentity{}, err
 	}
-	return AgentIdentity{Cluster: claims.ClusterID, TokenID: claims.ID}, nil
+	id := AgentIdentity{Cluster: claims.ClusterID, TokenID: claims.ID}
+	if claims.ExpiresAt != nil {
+		id.TokenExpires = claims.ExpiresAt.Time
+	}
+	return id, nil
 }

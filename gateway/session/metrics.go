@@ -15,6 +15,8 @@ type metrics struct {
 	bytesOut        prometheus.Counter
 	controlMessages *prometheus.CounterVec
 	controlDropped  *prometheus.CounterVec
+	sessionsClosed  *prometheus.CounterVec
+	violations      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, r *Registry) *metrics {
@@ -27,7 +29,7 @@ func newMetrics(reg prometheus.Registerer, r *Registry) *metrics {
 		replaced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "sessions_replaced_total", Help: "Sessions closed because the same cluster connected again."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "refused_total", Help: "Agent connections and agent-opened streams refused, by reason."}, []string{"reason"}),
+			Name: "refused_total", Help: "Agent connections, agent-opened streams and streams over the per-session limit refused, by reason."}, []string{"reason"}),
 		streamsOpened: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "streams_opened_total", Help: "Streams opened to agents."}),
 		bytesIn: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -38,10 +40,14 @@ func newMetrics(reg prometheus.Registerer, r *Registry) *metrics {
 			Name: "control_messages_total", Help: "Control messages received from agents, by type."}, []string{"type"}),
 		controlDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "control_dropped_total", Help: "Control messages dropped, by reason."}, []string{"reason"}),
+		sessionsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "sessions_closed_total", Help: "Agent sessions ended, by reason (protocol violations among them)."}, []string{"reason"}),
+		violations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "protocol_violations_total", Help: "Protocol violations by agents that count against a session's budgets, by kind."}, []string{"kind"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.sessions, m.sessionsTotal, m.replaced, m.refused, m.streamsOpened,
-			m.bytesIn, m.bytesOut, m.controlMessages, m.controlDropped,
+			m.bytesIn, m.bytesOut, m.controlMessages, m.controlDropped, m.sessionsClosed, m.violations,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 				Name: "streams", Help: "Open streams over all sessions."}, func() float64 { return float64(r.numStreams()) }))
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pipeops/tunnel/shared/ratelog"
 	"github.com/pipeops/tunnel/shared/tunnel"
 	"github.com/pipeops/tunnel/shared/wsconn"
 )
@@ -31,12 +32,25 @@ import (
 // ErrAgentOffline means the cluster has no connected agent.
 var ErrAgentOffline = errors.New("agent offline")
 
+// ErrTooManyStreams means the cluster's session has MaxStreamsPerSession
+// streams open already.
+var ErrTooManyStreams = errors.New("too many streams open to the agent")
+
+// DefaultMaxStreamsPerSession is Config.MaxStreamsPerSession's default: far
+// above what one cluster's traffic needs (idle pooled streams are capped per
+// target, see Transport), low enough that one cluster cannot make the agent
+// hold an unbounded number of connections and buffers.
+const DefaultMaxStreamsPerSession = 10000
+
 // AgentIdentity is what an agent's token says about it.
 type AgentIdentity struct {
 	Cluster string
 	// TokenID names the token (jti), so a session can be closed when its
 	// token is revoked.
 	TokenID string
+	// TokenExpires is when the token expires (zero: never), so a session
+	// can be closed then.
+	TokenExpires time.Time
 }
 
 // Authenticator checks an agent's Bearer token and says which cluster it
@@ -65,7 +79,22 @@ type Config struct {
 	// ControlQueue bounds the control messages waiting for the handler per
 	// session (default 64); more are dropped and counted.
 	ControlQueue int
-	Logger       *slog.Logger
+	// MaxStreamsPerSession bounds the streams open at once on one agent's
+	// session (default DefaultMaxStreamsPerSession); Dial refuses more with
+	// ErrTooManyStreams. A stream counts until both sides have closed it,
+	// idle ones pooled by a Transport included.
+	MaxStreamsPerSession int
+	Logger               *slog.Logger
+	// AbuseWindow, FrameBudget and ControlBudget bound the protocol
+	// violations one session may commit per window before it is closed
+	// (defaults DefaultAbuseWindow, DefaultFrameBudget, DefaultControlBudget):
+	// FrameBudget counts frames for streams that do not exist and streams
+	// the agent opens; ControlBudget counts control messages that are
+	// malformed, of a type only the server side sends, out of order, or
+	// over ControlQueue.
+	AbuseWindow   time.Duration
+	FrameBudget   int
+	ControlBudget int
 	// Metrics, when set, is where the registry registers its collectors.
 	Metrics prometheus.Registerer
 	// OnConnect and OnDisconnect, when set, are told of sessions starting
@@ -78,6 +107,7 @@ type Config struct {
 type Registry struct {
 	cfg      Config
 	log      *slog.Logger
+	logs     *ratelog.Limiter // lines agents can trigger at will, keyed by kind and cluster
 	metrics  *metrics
 	upgrader websocket.Upgrader
 
@@ -101,6 +131,18 @@ func NewRegistry(cfg Config) (*Registry, error) {
 	if cfg.ControlQueue <= 0 {
 		cfg.ControlQueue = 64
 	}
+	if cfg.AbuseWindow <= 0 {
+		cfg.AbuseWindow = DefaultAbuseWindow
+	}
+	if cfg.FrameBudget <= 0 {
+		cfg.FrameBudget = DefaultFrameBudget
+	}
+	if cfg.ControlBudget <= 0 {
+		cfg.ControlBudget = DefaultControlBudget
+	}
+	if cfg.MaxStreamsPerSession <= 0 {
+		cfg.MaxStreamsPerSession = DefaultMaxStreamsPerSession
+	}
 	def := tunnel.DefaultYamuxConfig()
 	if cfg.Yamux.MaxStreamWindowSize == 0 {
 		cfg.Yamux.MaxStreamWindowSize = def.MaxStreamWindowSize
@@ -119,8 +161,12 @@ func NewRegistry(cfg Config) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{
-		cfg:      cfg,
-		log:      log,
+		cfg: cfg,
+		log: log,
+		// Keys are an event kind and a cluster, so an agent that reconnects
+		// to repeat itself shares its previous sessions' count; the cap
+		// bounds the memory a crowd of clusters can make it hold.
+		logs:     ratelog.New(log, ratelog.Config{MaxKeys: 4096}),
 		sessions: make(map[string]*Session),
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: 10 * time.Second,
@@ -150,7 +196,9 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	cluster := id.Cluster
 	if err != nil {
 		r.metrics.refused.WithLabelValues("bad_token").Inc()
-		r.log.Info("agent refused: bad token", "remote", req.RemoteAddr, "err", err)
+		// Anyone can send bad tokens, as fast as they like: one line per
+		// interval, with a count.
+		r.logs.Log(req.Context(), slog.LevelInfo, "bad_token", "agent refused: bad token", "remote", req.RemoteAddr, "err", err)
 		http.Error(w, "invalid token", http.StatusUnauthorized)
 		return
 	}
@@ -169,9 +217,9 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		return // the upgrader has answered the client
 	}
-	s, err := newSession(r, cluster, ws, AgentInfo{AgentVersion: q.Get("agent_version"), Remote: req.RemoteAddr, TokenID: id.TokenID})
+	s, err := newSession(r, cluster, ws, AgentInfo{AgentVersion: q.Get("agent_version"), Remote: req.RemoteAddr, TokenID: id.TokenID, TokenExpires: id.TokenExpires})
 	if err != nil {
-		r.log.Warn("agent session setup failed", "cluster", cluster, "err", err)
+		r.logs.Log(req.Context(), slog.LevelWarn, "setup_failed\x00"+cluster, "agent session setup failed", "cluster", cluster, "err", err)
 		return
 	}
 	if !r.add(s) {
@@ -209,10 +257,12 @@ func (r *Registry) add(s *Session) bool {
 	r.metrics.sessionsTotal.Inc()
 	if old != nil {
 		r.metrics.replaced.Inc()
-		r.log.Info("agent reconnected; closing its previous session", "cluster", s.Cluster)
-		old.Close()
+		r.logs.Log(context.Background(), slog.LevelInfo, "replaced\x00"+s.Cluster, "agent reconnected; closing its previous session", "cluster", s.Cluster)
+		old.closeWith(ReasonReplaced)
 	}
-	r.log.Info("agent connected", "cluster", s.Cluster, "agent_version", s.Info.AgentVersion, "remote", s.Info.Remote)
+	// An agent reconnecting in a loop gets a line per interval, not one
+	// per connection.
+	r.logs.Log(context.Background(), slog.LevelInfo, "connected\x00"+s.Cluster, "agent connected", "cluster", s.Cluster, "agent_version", s.Info.AgentVersion, "remote", s.Info.Remote)
 	if r.cfg.OnConnect != nil {
 		r.cfg.OnConnect(s)
 	}
@@ -220,6 +270,7 @@ func (r *Registry) add(s *Session) bool {
 }
 
 func (r *Registry) remove(s *Session) {
+	r.logEnd(s)
 	r.mu.Lock()
 	if r.sessions[s.Cluster] == s {
 		delete(r.sessions, s.Cluster)
@@ -229,7 +280,26 @@ func (r *Registry) remove(s *Session) {
 	if r.cfg.OnDisconnect != nil {
 		r.cfg.OnDisconnect(s)
 	}
-	r.log.Info("agent disconnected", "cluster", s.Cluster, "connected_for", time.Since(s.ConnectedAt).Round(time.Millisecond))
+}
+
+// logEnd counts and logs why s ended, before anyone is told it has.
+func (r *Registry) logEnd(s *Session) {
+	end := s.end.Load() // set before run closes the session
+	if end == nil {
+		end = &sessionEnd{reason: ReasonClosed}
+	}
+	r.metrics.sessionsClosed.WithLabelValues(end.reason).Inc()
+	level, msg := slog.LevelInfo, "agent disconnected"
+	if abusive(end.reason) {
+		// Logged once per session (and rate-limited per cluster, for an
+		// agent that reconnects to do it again).
+		level, msg = slog.LevelWarn, "agent session closed: protocol violation"
+	}
+	args := []any{"cluster", s.Cluster, "reason", end.reason, "connected_for", time.Since(s.ConnectedAt).Round(time.Millisecond)}
+	if end.detail != "" {
+		args = append(args, "detail", end.detail)
+	}
+	r.logs.Log(context.Background(), level, "end\x00"+end.reason+"\x00"+s.Cluster, msg, args...)
 }
 
 // Session returns the cluster's live session.
@@ -296,6 +366,7 @@ func (r *Registry) Shutdown(ctx context.Context) error {
 	}
 	r.mu.Unlock()
 	for _, s := range sessions {
+		s.setEnd(ReasonShutdown, "")
 		s.goAway()
 	}
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -318,9 +389,10 @@ wait:
 		}
 	}
 	for _, s := range sessions {
-		s.Close()
+		s.closeWith(ReasonShutdown)
 	}
 	r.wg.Wait()
+	r.logs.Flush()
 	return err
 }
 

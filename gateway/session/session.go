@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -20,7 +21,8 @@ import (
 type AgentInfo struct {
 	AgentVersion string
 	Remote       string
-	TokenID      string // the jti of the token it connected with
+	TokenID      string    // the jti of the token it connected with
+	TokenExpires time.Time // when that token expires (zero: never)
 }
 
 // Session is one agent's connected tunnel. It owns the WebSocket and the
@@ -30,6 +32,12 @@ type AgentInfo struct {
 // when one arrives, which ends once the queue is empty. A gateway holds
 // thousands of mostly idle sessions, and each parked goroutine costs a stack.
 // Close stops the session and waits for its control handling.
+//
+// A session that breaks the protocol pays for it, not the gateway: frames
+// for streams that do not exist, streams it opens, and control messages it
+// must not send count against budgets per Config.AbuseWindow, are logged
+// rate-limited, and once a budget is spent the session is closed with the
+// violation as its reason (see CloseReason).
 type Session struct {
 	Cluster     string
 	Info        AgentInfo
@@ -39,11 +47,23 @@ type Session struct {
 	log  *slog.Logger
 	conn *wsconn.Conn
 	mux  *yamux.Session
+	// opening counts the Dials past the stream limit check that have not
+	// returned yet, so that concurrent Dials cannot overshoot the limit.
+	opening atomic.Int64
 
 	ctlMu      sync.Mutex
 	ctlQueue   []tunnel.Message // waiting for the control goroutine
 	ctlRunning bool             // a control goroutine is draining ctlQueue
 	ctlClosed  bool             // no control goroutine may start any more
+
+	abuseMu   sync.Mutex
+	frames    budget // frames for unknown streams, agent-opened streams
+	control   budget // malformed, forbidden, out-of-order, over-queue control messages
+	helloAcks int    // gateway_hello_ack messages seen
+
+	closing  atomic.Bool                // closed for a violation; stop counting
+	end      atomic.Pointer[sessionEnd] // why the session ended, first cause wins
+	protoErr atomic.Pointer[string]     // the first protocol error yamux logged
 
 	ctx       context.Context // cancelled when the session ends
 	cancel    context.CancelFunc
@@ -61,6 +81,8 @@ func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo)
 		log:         r.log.With("cluster", cluster),
 		ctx:         ctx,
 		cancel:      cancel,
+		frames:      budget{limit: r.cfg.FrameBudget},
+		control:     budget{limit: r.cfg.ControlBudget},
 	}
 	s.conn = wsconn.New(ws, wsconn.Options{
 		OnText:       s.onText,
@@ -88,6 +110,9 @@ func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo)
 		cancel()
 		return nil, err
 	}
+	// yamux logs some of the agent's mistakes once per frame; they are
+	// counted and logged by the session instead (abuse.go).
+	cfg.Logger = tunnel.NewMuxLog(nil, s.onMuxEvent)
 	// The WebSocket keepalive already notices a dead agent; yamux's own
 	// would only add a parked goroutine per session. The agent keeps its
 	// yamux keepalive (announced in gateway_hello), which we answer.
@@ -113,29 +138,46 @@ func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo)
 // unregisters it.
 func (s *Session) run() {
 	defer s.reg.wg.Done()
-	s.refuseStreams()
-	s.Close()
+	err := s.refuseStreams()
+	s.setEnd(s.endOf(err))
+	s.close()
 	s.reg.remove(s)
 }
 
 // onText runs on the yamux receive goroutine (inside wsconn's Read): it must
-// not block, so it only decodes and queues, and starts the control goroutine
-// if none is running.
+// not block, so it only decodes, checks and queues, and starts the control
+// goroutine if none is running.
 func (s *Session) onText(b []byte) {
-	msg, err := tunnel.DecodeMessage(b)
-	if err != nil {
-		s.reg.metrics.controlDropped.WithLabelValues("malformed").Inc()
-		s.log.Warn("dropping malformed control message", "err", err)
+	if s.closing.Load() {
 		return
 	}
+	msg, err := tunnel.DecodeMessage(b)
+	if err != nil {
+		s.dropControl(ReasonControlMalformed, "malformed", "dropping malformed control message", err.Error())
+		return
+	}
+	if forbiddenControl[msg.Type] {
+		s.dropControl(ReasonControlForbidden, "forbidden", "dropping a control message only the server side sends", msg.String())
+		return
+	}
+	if msg.Type == typeGatewayHelloAck {
+		s.abuseMu.Lock()
+		s.helloAcks++
+		again := s.helloAcks > 1
+		s.abuseMu.Unlock()
+		if again {
+			s.dropControl(ReasonControlOutOfOrder, "out_of_order", "dropping a repeated gateway_hello_ack", msg.String())
+			return
+		}
+	}
 	s.ctlMu.Lock()
-	defer s.ctlMu.Unlock()
 	switch {
 	case s.ctlClosed:
+		s.ctlMu.Unlock()
 		return
 	case len(s.ctlQueue) >= s.reg.cfg.ControlQueue:
-		s.reg.metrics.controlDropped.WithLabelValues("queue_full").Inc()
-		s.log.Warn("control queue full; dropping message", "type", msg.Type)
+		s.ctlMu.Unlock()
+		s.dropControl(ReasonControlQueueFull, "queue_full", "control queue full; dropping message", msg.String())
 		return
 	}
 	s.ctlQueue = append(s.ctlQueue, msg)
@@ -144,6 +186,13 @@ func (s *Session) onText(b []byte) {
 		s.wg.Add(1)
 		go s.handleControl()
 	}
+	s.ctlMu.Unlock()
+}
+
+// dropControl counts a control message dropped for a violation.
+func (s *Session) dropControl(kind, dropReason, msg, detail string) {
+	s.reg.metrics.controlDropped.WithLabelValues(dropReason).Inc()
+	s.violation(kind, &s.control, slog.LevelWarn, msg, detail)
 }
 
 // handleControl handles queued control messages in order until the queue is
@@ -163,10 +212,10 @@ func (s *Session) handleControl() {
 		s.ctlQueue = s.ctlQueue[1:]
 		s.ctlMu.Unlock()
 
-		s.reg.metrics.controlMessages.WithLabelValues(msg.Type).Inc()
+		s.reg.metrics.controlMessages.WithLabelValues(controlTypeLabel(msg.Type)).Inc()
 		if msg.Type == tunnel.TypePing {
 			if err := s.Send(tunnel.TypePong, tunnel.Pong{}, msg.RequestID); err != nil {
-				s.log.Debug("send pong", "err", err)
+				s.reg.logs.Log(s.ctx, slog.LevelDebug, "pong\x00"+s.Cluster, "send pong", "cluster", s.Cluster, "err", err)
 			}
 		}
 		if s.reg.cfg.Control != nil {
@@ -176,15 +225,17 @@ func (s *Session) handleControl() {
 }
 
 // refuseStreams accepts and closes streams the agent opens: only the gateway
-// opens streams, and unaccepted ones would fill yamux's backlog.
-func (s *Session) refuseStreams() {
+// opens streams, and unaccepted ones would fill yamux's backlog. Each counts
+// against the frame budget. It returns why yamux ended.
+func (s *Session) refuseStreams() error {
 	for {
 		st, err := s.mux.AcceptStream()
 		if err != nil {
-			return
+			return err
 		}
 		s.reg.metrics.refused.WithLabelValues("agent_opened_stream").Inc()
 		st.Close()
+		s.violation(ReasonAgentStreams, &s.frames, slog.LevelInfo, "agent opened a stream; only the gateway opens streams", "")
 	}
 }
 
@@ -202,8 +253,17 @@ func (s *Session) Send(typ string, payload any, requestID string) error {
 	return s.conn.WriteText(b)
 }
 
-// Dial opens a stream to the agent and writes h.
+// Dial opens a stream to the agent and writes h. It refuses with
+// ErrTooManyStreams when the session has MaxStreamsPerSession streams open.
 func (s *Session) Dial(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+	// A stream being opened counts from before the check until it is in
+	// NumStreams, and for a moment both: the limit is never exceeded.
+	opening := s.opening.Add(1)
+	defer s.opening.Add(-1)
+	if limit := s.reg.cfg.MaxStreamsPerSession; int64(s.mux.NumStreams())+opening > int64(limit) {
+		s.reg.metrics.refused.WithLabelValues("stream_limit").Inc()
+		return nil, fmt.Errorf("open stream to cluster %s: %w (limit %d)", s.Cluster, ErrTooManyStreams, limit)
+	}
 	hdr, err := h.MarshalBinary()
 	if err != nil {
 		return nil, err
@@ -236,7 +296,20 @@ func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
 func (s *Session) goAway() { _ = s.mux.GoAway() }
 
 // Close ends the session and waits for its control handling. Idempotent.
+// Unless the session had already ended, its reason is ReasonClosed.
 func (s *Session) Close() error {
+	s.closeWith(ReasonClosed)
+	return nil
+}
+
+// closeWith ends the session for reason (unless another was recorded
+// first) and waits for its control handling.
+func (s *Session) closeWith(reason string) {
+	s.setEnd(reason, "")
+	s.close()
+}
+
+func (s *Session) close() {
 	s.closeOnce.Do(func() {
 		s.cancel()
 		s.ctlMu.Lock()
@@ -246,7 +319,6 @@ func (s *Session) Close() error {
 		_ = s.conn.Close()
 		s.wg.Wait()
 	})
-	return nil
 }
 
 // countedStream counts the bytes of a stream. Close and CloseWrite both send

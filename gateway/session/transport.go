@@ -21,11 +21,18 @@ const targetSuffix = ".tunnel"
 // names and cluster ids do not).
 func TargetHost(cluster string, h tunnel.StreamHeader) (string, error) {
 	for _, part := range []string{h.Service, h.Namespace, cluster} {
-		if part == "" || strings.ContainsAny(part, ".:/") {
+		if !targetNamePart(part) {
 			return "", fmt.Errorf("target %s in cluster %q cannot be named in a URL host", h, cluster)
 		}
 	}
 	return h.Service + "." + h.Namespace + "." + cluster + targetSuffix + ":" + strconv.Itoa(int(h.Port)), nil
+}
+
+// targetNamePart reports whether s can be one of the dot-separated parts of
+// a target host. The parser holds what it reads to the same rule, so that
+// it accepts exactly what TargetHost can write.
+func targetNamePart(s string) bool {
+	return s != "" && !strings.ContainsAny(s, ".:/")
 }
 
 func parseTargetHost(addr string) (string, tunnel.StreamHeader, error) {
@@ -36,7 +43,7 @@ func parseTargetHost(addr string) (string, tunnel.StreamHeader, error) {
 	port, err := strconv.ParseUint(portStr, 10, 16)
 	name, ok := strings.CutSuffix(host, targetSuffix)
 	parts := strings.Split(name, ".")
-	if err != nil || !ok || len(parts) != 3 {
+	if err != nil || !ok || len(parts) != 3 || !targetNamePart(parts[0]) || !targetNamePart(parts[1]) || !targetNamePart(parts[2]) {
 		return "", tunnel.StreamHeader{}, fmt.Errorf("%q is not a tunnel target address", addr)
 	}
 	return parts[2], tunnel.StreamHeader{Protocol: tunnel.ProtocolTCP, Port: uint16(port), Service: parts[0], Namespace: parts[1]}, nil

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -366,12 +367,25 @@ func ManagedIngress(namespace, name, host string) *networkingv1.Ingress {
 }
 
 // CreateIngress creates namespace (if missing) and a managed Ingress for
-// host in it.
+// host in it. Test hosts have no DNS to publish a challenge in, so the host
+// is first granted to the cluster as an operator would (GrantDomain),
+// unless another cluster holds it: then the grant is skipped and the
+// cluster's claim is refused as it should be.
 func (c *Cluster) CreateIngress(ctx context.Context, namespace, name, host string) (*networkingv1.Ingress, error) {
+	if err := c.GrantDomain(ctx, strings.TrimPrefix(host, "*.")); err != nil && !strings.Contains(err.Error(), "another cluster") {
+		return nil, err
+	}
 	if _, err := c.Kube.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
 	return c.Kube.Client.NetworkingV1().Ingresses(namespace).Create(ctx, ManagedIngress(namespace, name, host), metav1.CreateOptions{})
+}
+
+// GrantDomain lets the cluster route domain and every name below it without
+// a DNS challenge (`pipeops-controlplane domain grant`).
+func (c *Cluster) GrantDomain(ctx context.Context, domain string) error {
+	_, err := c.stack.CLI(ctx, "domain", "grant", c.ID, domain)
+	return err
 }
 
 // AgentStatus fetches the agent's /status JSON.

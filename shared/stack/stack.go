@@ -21,6 +21,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,7 +55,9 @@ type Options struct {
 	// Progress receives one line per step; nil discards them.
 	Progress io.Writer
 	// ControlPlaneEnv and GatewayEnv add or override component variables
-	// (for example ROUTE_TTL, REAPER_INTERVAL, LOG_LEVEL).
+	// (for example ROUTE_TTL, REAPER_INTERVAL, LOG_LEVEL; a
+	// KEY_ENCRYPTION_KEY_FILE of the caller's for a database whose keys
+	// an earlier KEK sealed).
 	ControlPlaneEnv map[string]string
 	GatewayEnv      map[string]string
 }
@@ -63,6 +67,14 @@ type Stack struct {
 	DatabaseURL string
 	// CAFile is the PEM CA that signed the gateway's certificate.
 	CAFile string
+	// KEKFile is the control plane's key-encryption key (0600, a fresh
+	// random one per stack), which seals its signing keys.
+	KEKFile string
+	// EnvFile (0600) sets DATABASE_URL and KEY_ENCRYPTION_KEY_FILE for
+	// running the control plane CLI by hand: (set -a; . EnvFile; ...). It
+	// holds the database password, which is why it is a file and not
+	// something printed.
+	EnvFile string
 	// ControlPlaneURL is the control plane's base URL.
 	ControlPlaneURL string
 	// GatewayHTTP and GatewayHTTPS are the gateway's public base URLs;
@@ -132,6 +144,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		return nil, fmt.Errorf("certificates: %w", err)
 	}
 	s.CAFile = caFile
+	if s.KEKFile, err = writeKEK(opts.Dir); err != nil {
+		return nil, fmt.Errorf("key-encryption key: %w", err)
+	}
 
 	var cpAddr, gwHTTP, gwHTTPS, gwAdmin string
 	for _, p := range []*string{&cpAddr, &gwHTTP, &gwHTTPS, &gwAdmin} {
@@ -150,9 +165,19 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		"GATEWAY_CA_FILE":  caFile,
 		"API_URL":          s.ControlPlaneURL,
 		"SHUTDOWN_TIMEOUT": "5s",
+		// A file rather than KEY_ENCRYPTION_KEY: the environment of a
+		// process is easier to leak (crash reports, /proc to root).
+		"KEY_ENCRYPTION_KEY_FILE": s.KEKFile,
 	}
 	for k, v := range opts.ControlPlaneEnv {
 		cpEnv[k] = v
+	}
+	s.EnvFile = filepath.Join(opts.Dir, "controlplane.env")
+	quote := func(v string) string { return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'" }
+	envFile := "DATABASE_URL=" + quote(cpEnv["DATABASE_URL"]) + "\nKEY_ENCRYPTION_KEY_FILE=" + quote(cpEnv["KEY_ENCRYPTION_KEY_FILE"]) + "\n"
+	_ = os.Remove(s.EnvFile) // WriteFile keeps the mode of a file left by an earlier run
+	if err := os.WriteFile(s.EnvFile, []byte(envFile), 0o600); err != nil {
+		return nil, err
 	}
 	s.ControlPlane = &Component{Name: "controlplane", LogPath: filepath.Join(opts.Dir, "logs", "controlplane.log"),
 		bin: filepath.Join(opts.BinDir, "pipeops-controlplane"), args: []string{"serve"}, env: cpEnv,
@@ -187,6 +212,31 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s.closers = append(s.closers, func() { s.Gateway.Stop(10 * time.Second) })
 	s.progress("gateway      up in %s at %s and %s", since(t0), s.GatewayHTTP, s.GatewayHTTPS)
 	return s, nil
+}
+
+// writeKEK writes a fresh key-encryption key into dir, as an operator
+// would (`openssl rand -base64 32`), readable by its owner only.
+func writeKEK(dir string) (string, error) {
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "controlplane.kek")
+	// A file left by an earlier run in the same directory goes: the
+	// database is a fresh one, and O_EXCL makes sure the new file is ours,
+	// with our mode.
+	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		return "", err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	_, err = f.WriteString(base64.StdEncoding.EncodeToString(raw) + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return path, err
 }
 
 // Close stops every cluster and component, newest first. Safe to call more

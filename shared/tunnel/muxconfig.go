@@ -1,11 +1,8 @@
 package tunnel
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -41,7 +38,8 @@ func DefaultYamuxConfig() YamuxConfig {
 
 // MuxConfig turns an announced yamux_config into a yamux configuration, so
 // both ends of a tunnel run with the same window and keepalive. Zero fields
-// take the defaults above; values yamux would reject are an error.
+// take the defaults above; values yamux would reject are an error. yamux's
+// own messages go to logger (nil discards) through a MuxLog, rate-limited.
 func MuxConfig(c YamuxConfig, logger *slog.Logger) (*yamux.Config, error) {
 	cfg := yamux.DefaultConfig()
 	cfg.AcceptBacklog = 1024
@@ -59,32 +57,9 @@ func MuxConfig(c YamuxConfig, logger *slog.Logger) (*yamux.Config, error) {
 		cfg.ConnectionWriteTimeout = time.Duration(c.ConnectionTimeoutSeconds) * time.Second
 	}
 	cfg.LogOutput = nil
-	cfg.Logger = yamuxLogger{logger}
-	if logger == nil {
-		cfg.Logger = yamuxLogger{slog.New(slog.NewTextHandler(io.Discard, nil))}
-	}
+	cfg.Logger = NewMuxLog(logger, nil)
 	if err := yamux.VerifyConfig(cfg); err != nil {
 		return nil, fmt.Errorf("yamux config: %w", err)
 	}
 	return cfg, nil
-}
-
-// yamuxLogger routes yamux's printf logging into slog, mapping its
-// "[ERR]"/"[WARN]" prefixes to levels.
-type yamuxLogger struct{ l *slog.Logger }
-
-func (y yamuxLogger) Print(v ...any)                 { y.log(fmt.Sprint(v...)) }
-func (y yamuxLogger) Println(v ...any)               { y.log(fmt.Sprintln(v...)) }
-func (y yamuxLogger) Printf(format string, v ...any) { y.log(fmt.Sprintf(format, v...)) }
-
-func (y yamuxLogger) log(msg string) {
-	msg = strings.TrimSpace(msg)
-	level := slog.LevelDebug
-	switch {
-	case strings.HasPrefix(msg, "[ERR]"):
-		level, msg = slog.LevelWarn, strings.TrimSpace(strings.TrimPrefix(msg, "[ERR]"))
-	case strings.HasPrefix(msg, "[WARN]"):
-		level, msg = slog.LevelInfo, strings.TrimSpace(strings.TrimPrefix(msg, "[WARN]"))
-	}
-	y.l.Log(context.Background(), level, msg, "component", "yamux")
 }

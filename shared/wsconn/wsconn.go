@@ -12,6 +12,7 @@
 package wsconn
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/pipeops/tunnel/shared/ratelog"
 )
 
 const (
@@ -66,7 +69,7 @@ type Options struct {
 	// already been returned by Read. It must return quickly (Read, and with it
 	// pongs and keepalive, stalls while it runs) and must not call Read.
 	// It may call Write, WriteText and Close. OnText owns msg.
-	// Nil: text messages are dropped (logged at debug level).
+	// Nil: text messages are dropped (logged at debug level, rate-limited).
 	OnText func(msg []byte)
 
 	// MaxTextSize bounds one TEXT message (default 1 MiB). A larger one is
@@ -115,6 +118,7 @@ type Conn struct {
 	maxText   int64
 	maxBinary int64
 	log       *slog.Logger
+	dropLog   *ratelog.Limiter // dropped text messages; nil with OnText
 
 	// Owned by the goroutine in Read.
 	msg     io.Reader // binary message being returned, nil between messages
@@ -170,6 +174,11 @@ func New(ws *websocket.Conn, opts Options) *Conn {
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.onText == nil {
+		// The peer decides how many text messages come: a line for the
+		// first, then a count.
+		c.dropLog = ratelog.New(c.log, ratelog.Config{MaxKeys: 1})
 	}
 	// gorilla rejects an oversized message from its frame header, before we
 	// read a byte of it. It has one limit for both types, so give it the
@@ -301,7 +310,7 @@ func (c *Conn) readText(r io.Reader) error {
 	}
 	c.touch()
 	if c.onText == nil {
-		c.log.Debug("wsconn: dropped text message", "size", n)
+		c.dropLog.Log(context.Background(), slog.LevelDebug, "dropped", "wsconn: dropped text message", "size", n)
 		return nil
 	}
 	c.onText(msg)
@@ -489,6 +498,9 @@ func (c *Conn) Close() error {
 func (c *Conn) CloseWithCode(code int, reason string) error {
 	err := c.shutdown(ErrClosed, code, reason)
 	c.stopKeepalive()
+	if c.dropLog != nil {
+		c.dropLog.Flush()
+	}
 	return err
 }
 

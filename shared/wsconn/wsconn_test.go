@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -928,5 +929,56 @@ func BenchmarkCoalescedWrites(b *testing.B) {
 			s, c := benchConns(b, 0)
 			benchStream(b, c, s, [][]byte{pattern(size, 0)})
 		})
+	}
+}
+
+// lockedLog is a log destination the reader and Close may both write to.
+type lockedLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Text messages without OnText are dropped with a debug line for the first
+// and a count, not a line each: the peer decides how many come.
+func TestDroppedTextLoggedRateLimited(t *testing.T) {
+	sws, cws := dialPair(t, false, 0)
+	out := &lockedLog{}
+	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s := New(sws, Options{Logger: log})
+	const n = 5000
+	for range n {
+		if err := cws.WriteMessage(websocket.TextMessage, []byte("dropped")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cws.WriteMessage(websocket.BinaryMessage, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	if _, err := s.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // writes the count
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var drops []string
+	for _, l := range lines {
+		if strings.Contains(l, "dropped text message") {
+			drops = append(drops, l)
+		}
+	}
+	if len(drops) != 2 || !strings.Contains(drops[1], fmt.Sprintf("repeated=%d", n-1)) {
+		t.Fatalf("drop lines = %q, want the first and a count of %d", drops, n-1)
 	}
 }

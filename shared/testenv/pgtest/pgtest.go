@@ -9,6 +9,12 @@
 //  3. The local PostgreSQL binaries (PG_BIN, or postgres on PATH, or the
 //     newest /usr/lib/postgresql/*/bin), run from a temporary directory; as
 //     the postgres user when the tests run as root, since initdb refuses root.
+//     The server requires a password (scram-sha-256, a random one per run)
+//     and listens only on a Unix socket in its private (0700) directory, not
+//     on TCP: other users of the machine can neither reach it nor log in.
+//     The URLs carry the password and the socket directory
+//     (postgres://postgres:PASSWORD@/DB?host=/tmp/pgtest-.../sock); the
+//     password is never on a command line or in a log.
 //
 // When none is available the test is skipped, or fails when CI is set (see
 // testenv.Require). The server starts on first use; call Stop (or use
@@ -180,7 +186,8 @@ func start() (*server, error) {
 func fromURL(raw string) (*server, error) {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		return nil, fmt.Errorf("TEST_DATABASE_URL must be a postgres:// URL, got %q", raw)
+		// Not quoted: it may hold a password.
+		return nil, errors.New("TEST_DATABASE_URL must be a postgres:// URL")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -208,7 +215,7 @@ func fromContainer() (*server, error) {
 	ctr, err := tcpostgres.Run(ctx, ContainerImage,
 		tcpostgres.WithDatabase("postgres"),
 		tcpostgres.WithUsername("postgres"),
-		tcpostgres.WithPassword("postgres"),
+		tcpostgres.WithPassword(randomHex(24)), // the published port may be reachable by others
 		tcpostgres.BasicWaitStrategies(),
 	)
 	if err != nil {
@@ -271,6 +278,8 @@ func fromLocalBinaries() (*server, error) {
 		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
 
+	// MkdirTemp makes the directory 0700: it holds the data, the password
+	// file and the socket, and only the server's user may enter it.
 	dir, err := os.MkdirTemp("", "pgtest-")
 	if err != nil {
 		return nil, err
@@ -284,41 +293,53 @@ func fromLocalBinaries() (*server, error) {
 			return fail(err)
 		}
 	}
+	password := randomHex(24)
+	// initdb reads the superuser's password from a file, so that it is on
+	// no command line; the file goes as soon as initdb is done.
+	pwfile := filepath.Join(dir, "pwfile")
+	if err := os.WriteFile(pwfile, []byte(password+"\n"), 0o600); err != nil {
+		return fail(err)
+	}
+	if cred != nil {
+		if err := os.Chown(pwfile, int(cred.Uid), int(cred.Gid)); err != nil {
+			return fail(err)
+		}
+	}
 	data := filepath.Join(dir, "data")
-	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--no-locale")
+	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres",
+		"--auth=scram-sha-256", "--pwfile="+pwfile, "--no-sync", "-E", "UTF8", "--no-locale")
 	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	if out, err := initdb.CombinedOutput(); err != nil {
+	out, err := initdb.CombinedOutput()
+	os.Remove(pwfile)
+	if err != nil {
 		return fail(fmt.Errorf("initdb in %s: %w\n%s", dir, err, out))
 	}
 
-	// A port picked free can be taken before postgres binds it; try again.
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		port, err := testenv.FreePort()
-		if err != nil {
-			return fail(err)
-		}
-		proc, err := testenv.StartProcess("postgres", filepath.Join(bin, "postgres"), []string{
-			"-D", data, "-k", dir, "-p", strconv.Itoa(port),
-			"-c", "listen_addresses=127.0.0.1",
-			"-c", "max_connections=300",
-			// Test data is disposable: trade durability for speed.
-			"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-		}, filepath.Join(dir, "postgres.log"), cred)
-		if err != nil {
-			return fail(err)
-		}
-		u := &url.URL{Scheme: "postgres", User: url.User("postgres"), Host: "127.0.0.1:" + strconv.Itoa(port), Path: "/postgres", RawQuery: "sslmode=disable"}
-		lastErr = proc.WaitReady(30*time.Second, func(ctx context.Context) error { return exec1(ctx, u.String(), "SELECT 1") })
-		if lastErr == nil {
-			return &server{adminURL: u, source: "local PostgreSQL in " + dir, stop: func() {
-				proc.Stop(syscall.SIGINT, 10*time.Second) // SIGINT: fast shutdown
-				os.RemoveAll(dir)
-			}}, nil
-		}
-		proc.Stop(syscall.SIGINT, 5*time.Second)
+	// No TCP at all (listen_addresses empty): clients come through the
+	// socket in dir. The port only names the socket file, so any will do
+	// and none can be taken by another process.
+	const port = "5432"
+	proc, err := testenv.StartProcess("postgres", filepath.Join(bin, "postgres"), []string{
+		"-D", data, "-k", dir, "-p", port,
+		"-c", "listen_addresses=",
+		"-c", "unix_socket_permissions=0700",
+		"-c", "max_connections=300",
+		// Test data is disposable: trade durability for speed.
+		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+	}, filepath.Join(dir, "postgres.log"), cred)
+	if err != nil {
+		return fail(err)
 	}
-	return fail(fmt.Errorf("start local PostgreSQL from %s: %w", bin, lastErr))
+	u := &url.URL{Scheme: "postgres", User: url.UserPassword("postgres", password), Path: "/postgres",
+		RawQuery: url.Values{"host": {dir}, "port": {port}, "sslmode": {"disable"}}.Encode()}
+	if err := proc.WaitReady(30*time.Second, func(ctx context.Context) error { return exec1(ctx, u.String(), "SELECT 1") }); err != nil {
+		proc.Stop(syscall.SIGINT, 5*time.Second)
+		return fail(fmt.Errorf("start local PostgreSQL from %s: %w", bin, err))
+	}
+	return &server{adminURL: u, source: "local PostgreSQL in " + dir, stop: func() {
+		proc.Stop(syscall.SIGINT, 10*time.Second) // SIGINT: fast shutdown
+		os.RemoveAll(dir)
+	}}, nil
 }
 
 // exec1 runs one statement on a short-lived connection.

@@ -1,8 +1,15 @@
 package pgtest_test
 
 import (
+	"bytes"
 	"context"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/pgtest"
@@ -58,5 +65,70 @@ func TestIsolation(t *testing.T) {
 	_ = b.QueryRow(ctx, `SELECT current_database()`).Scan(&dbB)
 	if dbA == dbB || dbA == "" {
 		t.Fatalf("current_database a=%q b=%q, want two distinct databases", dbA, dbB)
+	}
+}
+
+// TestPasswordAuth: the local server asks for the password the URLs carry,
+// listens on a socket in a private directory and not on TCP, and the
+// password shows on no command line and in no log.
+func TestPasswordAuth(t *testing.T) {
+	ctx := context.Background()
+	raw := pgtest.URL(t)
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	password, ok := u.User.Password()
+	if !ok || len(password) < 32 {
+		t.Fatalf("the URL carries no strong password")
+	}
+	sockDir := u.Query().Get("host")
+	if !strings.HasPrefix(sockDir, "/") {
+		t.Skipf("the server is not the local one pgtest starts (%s): nothing of its setup to check", u.Redacted())
+	}
+	if fi, err := os.Stat(sockDir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("socket directory %s: %v, %v; want mode 0700", sockDir, fi.Mode(), err)
+	}
+
+	for name, user := range map[string]*url.Userinfo{"wrong password": url.UserPassword("postgres", "wrong"), "no password": url.User("postgres")} {
+		bad := *u
+		bad.User = user
+		conn, err := pgx.Connect(ctx, bad.String())
+		if err == nil {
+			conn.Close(ctx)
+			t.Fatalf("%s: connected", name)
+		}
+		if strings.Contains(err.Error(), password) {
+			t.Fatalf("%s: the error shows the password: %v", name, err)
+		}
+	}
+
+	conn, err := pgx.Connect(ctx, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var listen, method string
+	if err := conn.QueryRow(ctx, `SHOW listen_addresses`).Scan(&listen); err != nil || listen != "" {
+		t.Fatalf("listen_addresses = %q, %v; want none (no TCP)", listen, err)
+	}
+	if err := conn.QueryRow(ctx, `SELECT auth_method FROM pg_hba_file_rules WHERE type = 'local' LIMIT 1`).Scan(&method); err != nil || method != "scram-sha-256" {
+		t.Fatalf("local connections authenticate by %q, %v; want scram-sha-256", method, err)
+	}
+
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(password)) {
+			t.Fatalf("%s holds the password: %q", p, b)
+		}
+	}
+	logs, _ := filepath.Glob(filepath.Join(sockDir, "*.log"))
+	for _, p := range logs {
+		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(password)) {
+			t.Fatalf("%s holds the password", p)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(sockDir, "pwfile")); !os.IsNotExist(err) {
+		t.Fatalf("initdb's password file is left behind: %v", err)
 	}
 }

@@ -115,13 +115,14 @@ func run(ctx context.Context, binDir string, checkOnly, keep bool) int {
   kubectl --kubeconfig %[3]s get ns
   kubectl --kubeconfig %[3]s auth whoami        # the agent's ServiceAccount, not yours
   kubectl --kubeconfig %[4]s get ingress -A     # the demo cluster directly, as its admin
-  DATABASE_URL='%[5]s' %[6]s cluster list
+  (set -a; . %[5]s; %[6]s cluster list)    # the env file holds the database password and the KEK's path
+  (set -a; . %[5]s; %[6]s keys list)
 
   agent status page   %[7]s/
   gateway metrics     %[8]s/metrics
   control plane       %[9]s/readyz
   logs                %[10]s
-`, host, s.GatewayHTTP, c.Kubeconfig, c.Kube.Kubeconfig, s.DatabaseURL, filepath.Join(bin, "pipeops-controlplane"),
+`, host, s.GatewayHTTP, c.Kubeconfig, c.Kube.Kubeconfig, s.EnvFile, filepath.Join(bin, "pipeops-controlplane"),
 		c.AgentURL, s.GatewayAdmin, s.ControlPlaneURL, filepath.Join(dir, "logs"))
 	<-ctx.Done()
 	return 0
