@@ -357,7 +357,7 @@ func conflict(c, e Claim) *RefusedError {
 	case e.Kind == Grant:
 		what = "the domain " + e.Domain
 	case e.Hostname() == c.Hostname():
-		return refuse(CodeConflict, "%s is registered to another cluster", c.Hostname())
+		return refuse(CodeConflict, "hostname %q is registered to another cluster", c.Hostname())
 	}
 	if c.Kind != Name && Covers(c, e) {
 		return refuse(CodeConflict, "%s would cover %s, which another cluster owns", c.Hostname(), what)

@@ -2,6 +2,7 @@ package routetable
 
 import (
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -134,7 +135,11 @@ func (p *tcpProxy) untrack(c net.Conn) {
 
 func (p *tcpProxy) forward(client net.Conn) {
 	defer p.untrack(client)
-	server, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	network := "tcp"
+	if strings.HasPrefix(p.target, "/") {
+		network = "unix" // a PostgreSQL socket path
+	}
+	server, err := net.DialTimeout(network, p.target, 5*time.Second)
 	if err != nil {
 		return
 	}

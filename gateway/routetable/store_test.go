@@ -357,7 +357,7 @@ func TestStoreCoalescesBursts(t *testing.T) {
 	lagBefore := metricValue(t, reg, "pipeops_gateway_route_notify_lag_seconds", nil)
 
 	err := pgx.BeginFunc(ctx, db.Pool(), func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO hostnames (hostname, cluster_uuid) VALUES ('burst.example.com', $1)`, alpha.UUID); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO hostnames (hostname, cluster_uuid, verified_at) VALUES ('burst.example.com', $1, now())`, alpha.UUID); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO routes (hostname, path, path_type, cluster_uuid, service_name, expires_at)
@@ -401,7 +401,7 @@ func TestStoreBackstopReload(t *testing.T) {
 	waitLoaded(t, s)
 
 	for _, sql := range []string{
-		`INSERT INTO hostnames (hostname, cluster_uuid) VALUES ('quiet.example.com', $1)`,
+		`INSERT INTO hostnames (hostname, cluster_uuid, verified_at) VALUES ('quiet.example.com', $1, now())`,
 		`INSERT INTO routes (hostname, path, path_type, cluster_uuid, service_name, expires_at)
 			VALUES ('quiet.example.com', '/', 'Prefix', $1, 'quiet', now() + interval '1 day')`,
 	} {
@@ -441,6 +441,18 @@ func proxied(t *testing.T, dbURL string) (string, *tcpProxy) {
 	target := u.Host
 	if u.Port() == "" {
 		target = net.JoinHostPort(u.Hostname(), "5432")
+	}
+	q := u.Query()
+	if dir := q.Get("host"); strings.HasPrefix(dir, "/") {
+		// The server listens on a private socket: proxy TCP to it.
+		port := q.Get("port")
+		if port == "" {
+			port = "5432"
+		}
+		target = dir + "/.s.PGSQL." + port
+		q.Del("host")
+		q.Del("port")
+		u.RawQuery = q.Encode()
 	}
 	p := startProxy(t, target)
 	u.Host = p.Addr()
