@@ -149,7 +149,7 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 	if cfg.EnableIngress {
 		syncer, err = ingresssync.New(ingresssync.Config{
 			ClusterUUID: res.ClusterUUID, Client: client, IngressController: cfg.IngressService,
-			API:              &routesapi.Client{BaseURL: cfg.APIURL, Token: cfg.Token, HTTP: httpClient(tlsCfg)},
+			API:              &routesapi.Client{BaseURL: cfg.APIURL, Token: cfg.Token, HTTP: httpClient(tlsCfg), Logger: log},
 			FullSyncInterval: cfg.FullSync, Logger: log, Metrics: registry,
 		})
 		if err != nil {

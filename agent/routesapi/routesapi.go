@@ -14,8 +14,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -88,6 +90,52 @@ type Client struct {
 	Token string
 	// HTTP is the client used; nil means one with DefaultTimeout.
 	HTTP *http.Client
+	// Logger is told, once per hostname and challenge, of hostnames the
+	// control plane stores but does not serve until their DNS TXT record is
+	// published; nil discards.
+	Logger *slog.Logger
+
+	mu      sync.Mutex
+	pending map[string]string // hostname -> the TXT value already logged
+}
+
+// pendingView is a hostname the control plane holds pending verification.
+type pendingView struct {
+	Hostname   string `json:"hostname"`
+	TXTName    string `json:"txt_name"`
+	TXTValue   string `json:"txt_value"`
+	CheckError string `json:"check_error"`
+}
+
+// successBody is what the register and sync answers carry that the agent
+// acts on (PipeOps' own control plane sends neither field).
+type successBody struct {
+	Verification *pendingView  `json:"verification"`
+	Pending      []pendingView `json:"pending_verification"`
+}
+
+// notePending logs each newly pending hostname once, with what to publish.
+func (c *Client) notePending(b successBody) {
+	if c.Logger == nil {
+		return
+	}
+	ps := b.Pending
+	if b.Verification != nil {
+		ps = append(ps, *b.Verification)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending == nil {
+		c.pending = map[string]string{}
+	}
+	for _, p := range ps {
+		if c.pending[p.Hostname] == p.TXTValue || len(c.pending) >= 10_000 {
+			continue
+		}
+		c.pending[p.Hostname] = p.TXTValue
+		c.Logger.Warn("hostname stored but not served until its domain is verified: publish this DNS TXT record",
+			"hostname", p.Hostname, "txt_name", p.TXTName, "txt_value", p.TXTValue, "last_check", p.CheckError)
+	}
 }
 
 // Route is one hostname and path of the cluster, as Register sends it.
@@ -188,6 +236,9 @@ func (c *Client) Sync(ctx context.Context, s Sync) error {
 	return c.post(ctx, routeproto.SyncURLPath, body)
 }
 
+// maxSuccessBody bounds the success answer read for pending hostnames.
+const maxSuccessBody = 1 << 20
+
 func (c *Client) post(ctx context.Context, path string, body any) error {
 	data, err := json.Marshal(body)
 	if err != nil {
@@ -210,8 +261,13 @@ func (c *Client) post(ctx context.Context, path string, body any) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusOK {
-		// The success body carries nothing the agent needs; draining a
-		// little of it lets the connection be reused.
+		// The success body may list hostnames pending verification; it is
+		// read bounded, and one that does not decode is no error (PipeOps'
+		// control plane answers other shapes).
+		var b successBody
+		if json.NewDecoder(io.LimitReader(resp.Body, maxSuccessBody)).Decode(&b) == nil {
+			c.notePending(b)
+		}
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
 		return nil
 	}
