@@ -321,7 +321,7 @@ func (p Policy) Decide(c Claim, cluster, clusterName string, existing []Claim) (
 		return Decision{}, refuse(CodeForbidden, "%s is under the platform's base domain %s, whose names are handed out per cluster: this cluster may use %s and names under it", c.Hostname(), base, own)
 	}
 	for _, e := range existing {
-		if e.Cluster == cluster && (e.Verified || e.Kind == Grant) && e.Hostname() != c.Hostname() && Covers(e, c) {
+		if e.Cluster == cluster && (e.Kind == Grant || e.Verified && e.Hostname() != c.Hostname()) && Covers(e, c) {
 			if e.Kind == Grant {
 				return Decision{Verified: true, Reason: "domain grant " + e.Domain}, nil
 			}
