@@ -70,7 +70,9 @@ func Store(t testing.TB) *ControlPlane {
 func Start(t testing.TB, cfg api.Config) *ControlPlane {
 	t.Helper()
 	cp := Store(t)
-	cp.DNS = &hostnames.DNSVerifier{Store: cp.DB, Resolver: hostnames.NewResolver("")}
+	// Tests send no DNS query off the machine: by default the resolver is a
+	// loopback port where nothing answers.
+	cp.DNS = &hostnames.DNSVerifier{Store: cp.DB, Resolver: hostnames.NewResolver("127.0.0.1:9")}
 	s, err := api.New(cfg, api.Deps{Clusters: cp.DB, Routes: cp.DB, Tokens: cp.DB, Hostnames: cp.DB, DNS: cp.DNS, Issuer: cp.Issuer, DB: cp.DB})
 	if err != nil {
 		t.Fatal(err)
