@@ -239,3 +239,58 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseKEK: any input either decodes to a KEK whose standard base64
+// form parses to the same KEK, or is refused with ErrBadKEK and an error
+// that does not quote the input (it may be a secret with a typo).
+func FuzzParseKEK(f *testing.F) {
+	key := bytes.Repeat([]byte{7}, KEKSize)
+	for _, s := range []string{
+		base64.StdEncoding.EncodeToString(key), base64.RawURLEncoding.EncodeToString(key),
+		" " + base64.StdEncoding.EncodeToString(key) + "\n", "", "not base64!", base64.StdEncoding.EncodeToString(key[:16]),
+	} {
+		f.Add(s)
+	}
+	// The texts of the refusals of inputs that share nothing with s: an
+	// input that is a piece of one of them is not quoted, merely common.
+	var fixed []string
+	for _, junk := range []string{"", "%%%%", base64.StdEncoding.EncodeToString(key[:16])} {
+		if _, err := ParseKEK(junk); err != nil {
+			fixed = append(fixed, err.Error())
+		}
+	}
+	inFixed := func(s string) bool {
+		for _, m := range fixed {
+			if strings.Contains(m, s) {
+				return true
+			}
+		}
+		return false
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		k, err := ParseKEK(s)
+		if err != nil {
+			if !errors.Is(err, ErrBadKEK) {
+				t.Fatalf("ParseKEK(%q) error %v does not wrap ErrBadKEK", s, err)
+			}
+			if trimmed := strings.TrimSpace(s); len(trimmed) >= 8 && strings.Contains(err.Error(), trimmed) && !inFixed(trimmed) {
+				t.Fatalf("ParseKEK error %q quotes the input", err)
+			}
+			return
+		}
+		if len(k.ID()) != 16 {
+			t.Fatalf("KEK id %q", k.ID())
+		}
+		var raw []byte
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+			if b, err := enc.DecodeString(strings.TrimSpace(s)); err == nil {
+				raw = b
+				break
+			}
+		}
+		again, err := ParseKEK(base64.StdEncoding.EncodeToString(raw))
+		if err != nil || again.ID() != k.ID() {
+			t.Fatalf("re-encoded KEK: %v, id %q vs %q", err, again.ID(), k.ID())
+		}
+	})
+}
