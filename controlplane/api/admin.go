@@ -120,15 +120,25 @@ func (s *Server) getCluster(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, viewOf(c))
 }
 
+// clusterQuery resolves the optional ?cluster= (name or id) of a listing
+// to a UUID; "" when absent.
+func (s *Server) clusterQuery(r *http.Request) (string, error) {
+	ref := r.URL.Query().Get("cluster")
+	if ref == "" {
+		return "", nil
+	}
+	c, err := s.findCluster(r.Context(), ref)
+	if err != nil {
+		return "", err
+	}
+	return c.UUID, nil
+}
+
 func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) {
-	cluster := r.URL.Query().Get("cluster")
-	if cluster != "" {
-		c, err := s.findCluster(r.Context(), cluster)
-		if err != nil {
-			writeError(w, r, err, s.log)
-			return
-		}
-		cluster = c.UUID
+	cluster, err := s.clusterQuery(r)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
 	}
 	routes, err := s.routes.Routes(r.Context(), cluster)
 	if err != nil {

@@ -129,14 +129,10 @@ func (s *Server) requestCluster(r *http.Request, req verifyRequest) (string, err
 }
 
 func (s *Server) listHostnames(w http.ResponseWriter, r *http.Request) {
-	cluster := r.URL.Query().Get("cluster")
-	if cluster != "" {
-		c, err := s.findCluster(r.Context(), cluster)
-		if err != nil {
-			writeError(w, r, err, s.log)
-			return
-		}
-		cluster = c.UUID
+	cluster, err := s.clusterQuery(r)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
 	}
 	hs, err := s.hostnames.Hostnames(r.Context(), cluster)
 	if err != nil {

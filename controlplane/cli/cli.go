@@ -165,11 +165,9 @@ func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 		if cfg.GatewayURL == "" {
 			return errors.New("GATEWAY_URL is not set: a kubeconfig must point at the gateway's public URL")
 		}
-		c, err := db.ClusterByName(ctx, rest[0])
+		c, err := findCluster(ctx, db, rest[0])
 		if err != nil {
-			if c, err = db.Cluster(ctx, rest[0]); err != nil {
-				return fmt.Errorf("cluster %q: %w", rest[0], err)
-			}
+			return err
 		}
 		tok, _, err := issuer.Issue(ctx, tokens.Request{Kind: auth.KindUser, Clusters: []string{c.UUID}, Subject: "kubeconfig:" + c.Name})
 		if err != nil {
@@ -249,11 +247,9 @@ func tokenCmd(ctx context.Context, db *postgres.DB, issuer *tokens.Issuer, args 
 	for _, ref := range clusters {
 		uuid := ref
 		if ref != "*" {
-			c, err := db.ClusterByName(ctx, ref)
+			c, err := findCluster(ctx, db, ref)
 			if err != nil {
-				if c, err = db.Cluster(ctx, ref); err != nil {
-					return fmt.Errorf("cluster %q: %w", ref, err)
-				}
+				return err
 			}
 			uuid = c.UUID
 		}
