@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
@@ -102,7 +103,7 @@ func (s *Server) agentWS(w http.ResponseWriter, r *http.Request) {
 		}
 		msg, err := tunnel.DecodeMessage(data)
 		if err != nil {
-			log.Warn("dropping malformed message from agent", "err", err)
+			s.logs.Log(r.Context(), slog.LevelWarn, "malformed\x00"+cluster, "dropping malformed message from agent", "cluster", cluster, "err", err)
 			continue
 		}
 		var reply tunnel.Message

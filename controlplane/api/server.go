@@ -24,6 +24,7 @@ import (
 	"github.com/pipeops/tunnel/controlplane/hostnames"
 	"github.com/pipeops/tunnel/controlplane/tokens"
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/ratelog"
 	"github.com/pipeops/tunnel/shared/revocation"
 )
 
@@ -66,7 +67,10 @@ type Server struct {
 	verifier  *auth.Verifier
 	db        Pinger
 	log       *slog.Logger
-	metrics   *metrics
+	// logs takes the lines anyone can trigger at will (bad tokens,
+	// malformed agent messages): one per key and interval, with a count.
+	logs    *ratelog.Limiter
+	metrics *metrics
 
 	closing   chan struct{} // closed by Close: ends agent sockets
 	closeOnce sync.Once
@@ -120,7 +124,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 	}
 	return &Server{
 		cfg: cfg, clusters: d.Clusters, routes: d.Routes, tokens: d.Tokens, hostnames: d.Hostnames, dns: d.DNS, issuer: d.Issuer,
-		verifier: verifier, db: d.DB, log: log, metrics: m,
+		verifier: verifier, db: d.DB, log: log, logs: ratelog.New(log, ratelog.Config{MaxKeys: 4096}), metrics: m,
 		closing: make(chan struct{}), conns: conns,
 	}, nil
 }
@@ -137,6 +141,7 @@ func (s *Server) Run(ctx context.Context) { s.conns.Run(ctx) }
 func (s *Server) Close() {
 	s.closeOnce.Do(func() { close(s.closing) })
 	s.sockets.Wait()
+	s.logs.Flush() // the counts of the last interval
 }
 
 // Handler returns the API's routes.
@@ -233,7 +238,7 @@ func (s *Server) requireToken(kinds ...auth.Kind) func(http.Handler) http.Handle
 					writeError(w, r, fmt.Errorf("verify token: %w", err), s.log)
 					return
 				}
-				s.log.Info("token refused", "path", r.URL.Path, "err", err)
+				s.logs.Log(r.Context(), slog.LevelInfo, "token_refused", "token refused", "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
 				writeError(w, r, controlplane.Errorf(controlplane.EUNAUTHORIZED, "invalid token"), nil)
 				return
 			}
