@@ -31,11 +31,21 @@ func RegistrationURL(apiURL string) (string, error) {
 	return u.String(), nil
 }
 
+// CapabilityK8sHTTP is the gateway socket query flag with which our agent
+// says it serves plain HTTP/1.1 on Kubernetes API streams and sends each
+// request on with its own credentials. PipeOps agents do not send it: they
+// relay those streams as raw TCP to the API server's TLS port and reach the
+// API with their own credentials only through proxy_request messages, which
+// is how a gateway must reach the API of a cluster whose agent lacks it.
+// Hosted PipeOps ignores query parameters it does not know.
+const CapabilityK8sHTTP = "supports_k8s_http"
+
 // GatewayURL returns the gateway socket URL built from the gateway_ws_url of
 // a register_success: http and https become ws and wss, an empty path
 // becomes GatewayPath, and the query carries the cluster UUID, the agent
-// version and the capability flags the gateway expects. Query parameters
-// already in gatewayWSURL are kept unless they collide with those.
+// version and the capability flags: the PipeOps ones and
+// CapabilityK8sHTTP. Query parameters already in gatewayWSURL are kept
+// unless they collide with those.
 func GatewayURL(gatewayWSURL, clusterUUID, agentVersion string) (string, error) {
 	if clusterUUID == "" {
 		return "", fmt.Errorf("%w: empty cluster uuid", ErrInvalidURL)
@@ -57,6 +67,7 @@ func GatewayURL(gatewayWSURL, clusterUUID, agentVersion string) (string, error) 
 		"supports_binary",
 		"supports_websocket",
 		"supports_response_streaming",
+		CapabilityK8sHTTP,
 	} {
 		q.Set(flag, "true")
 	}

@@ -11,7 +11,7 @@ import (
 
 // gatewayQueryKeys are the query parameters GatewayURL sets.
 var gatewayQueryKeys = []string{"cluster_uuid", "agent_version", "supports_yamux", "supports_streaming",
-	"supports_binary", "supports_websocket", "supports_response_streaming"}
+	"supports_binary", "supports_websocket", "supports_response_streaming", CapabilityK8sHTTP}
 
 // FuzzGatewayURL: the gateway_ws_url of a register_success (the server's
 // word) becomes a ws or wss URL to the same host, with /ws for an empty

@@ -63,6 +63,7 @@ func TestGatewayURL(t *testing.T) {
 				"supports_binary":             "true",
 				"supports_websocket":          "true",
 				"supports_response_streaming": "true",
+				"supports_k8s_http":           "true",
 			}
 			for k, v := range tt.extra {
 				want[k] = v

@@ -38,6 +38,14 @@ const (
 	TypePing = "ping"
 	// TypePong answers a ping; payload Pong.
 	TypePong = "pong"
+	// TypeGatewayHelloAck is the agent's answer to gateway_hello, sent by
+	// PipeOps agents (ours need not send it); payload GatewayHelloAck. A
+	// PipeOps agent starts yamux only after sending it, so a gateway must
+	// not open a stream to such an agent before it arrives.
+	TypeGatewayHelloAck = "gateway_hello_ack"
+	// TypeRegisterInProgress tells the agent a registration is under way;
+	// payload ignored. Agents only log it.
+	TypeRegisterInProgress = "register_in_progress"
 )
 
 // Errors returned when encoding or decoding control messages. They are
@@ -189,11 +197,16 @@ type Register struct {
 	Labels        map[string]string `json:"labels,omitempty"`
 	Metadata      map[string]any    `json:"metadata,omitempty"`
 	Features      map[string]any    `json:"features,omitempty"`
+	// TunnelPortConfig and ServerSpecs are what PipeOps agents report of
+	// their host; free-form, kept as sent (bounded by MaxMessageSize).
+	TunnelPortConfig map[string]any `json:"tunnel_port_config,omitempty"`
+	ServerSpecs      map[string]any `json:"server_specs,omitempty"`
 	// ClusterID is set when the agent already has an identity and wants to
 	// resume it rather than be registered as a new cluster.
 	ClusterID string `json:"cluster_id,omitempty"`
-	// K8sServiceToken is the bearer token the gateway uses for the cluster's
-	// Kubernetes API. Never log it.
+	// K8sServiceToken is a bearer token for the cluster's Kubernetes API
+	// that PipeOps agents offer. Our servers never store or use it (the
+	// agent reaches the API with its own credentials); never log it.
 	K8sServiceToken string `json:"k8s_service_token,omitempty"`
 }
 
@@ -207,6 +220,14 @@ type RegisterSuccess struct {
 	Status      string `json:"status,omitempty"`
 	// GatewayWSURL is where the agent opens its gateway socket.
 	GatewayWSURL string `json:"gateway_ws_url,omitempty"`
+	// TunnelURL is the public base URL of the gateway that serves the
+	// cluster, and APIServer the URL of the cluster's Kubernetes API
+	// through it. PipeOps agents read both; neither changes what they do.
+	TunnelURL string `json:"tunnel_url,omitempty"`
+	APIServer string `json:"api_server,omitempty"`
+	// WorkspaceID is hosted PipeOps' workspace of the cluster, a number
+	// there; any scalar is accepted and kept as text.
+	WorkspaceID LooseString `json:"workspace_id,omitempty"`
 }
 
 // Validate reports an error matching ErrMissingField when ClusterID is
@@ -293,9 +314,104 @@ type Heartbeat struct {
 	// TunnelStatus describes the gateway socket, also a Status constant.
 	TunnelStatus string            `json:"tunnel_status"`
 	Metadata     HeartbeatMetadata `json:"metadata"`
+	// Monitoring is where the cluster's monitoring stack answers, as
+	// PipeOps agents report it beside the metadata; empty when not sent.
+	Monitoring
 }
 
-// HeartbeatMetadata is the cluster snapshot a heartbeat carries.
+// Monitoring is the monitoring endpoints a heartbeat may carry, at its top
+// level. The passwords are credentials: never log them. Our servers keep
+// the URLs, user names and TLS flags and drop the passwords (see
+// Monitoring.Public).
+type Monitoring struct {
+	PrometheusURL      string `json:"prometheus_url,omitempty"`
+	PrometheusUsername string `json:"prometheus_username,omitempty"`
+	PrometheusPassword string `json:"prometheus_password,omitempty"`
+	PrometheusSSL      bool   `json:"prometheus_ssl,omitempty"`
+	LokiURL            string `json:"loki_url,omitempty"`
+	LokiUsername       string `json:"loki_username,omitempty"`
+	LokiPassword       string `json:"loki_password,omitempty"`
+	LokiSSL            bool   `json:"loki_ssl,omitempty"`
+	GrafanaURL         string `json:"grafana_url,omitempty"`
+	GrafanaUsername    string `json:"grafana_username,omitempty"`
+	GrafanaPassword    string `json:"grafana_password,omitempty"`
+	GrafanaSSL         bool   `json:"grafana_ssl,omitempty"`
+	OpenCostBaseURL    string `json:"opencost_base_url,omitempty"`
+	OpenCostUsername   string `json:"opencost_username,omitempty"`
+	OpenCostPassword   string `json:"opencost_password,omitempty"`
+	// WorkerJoin is how to join a worker node to the cluster (k3s), which
+	// holds the cluster's join token: it is never stored or logged.
+	WorkerJoin json.RawMessage `json:"worker_join,omitempty"`
+}
+
+// Public returns the monitoring fields safe to store and show: every URL,
+// user name and TLS flag that was sent, and for each password only that
+// one was sent ("prometheus_password_set": true). WorkerJoin is left out.
+func (m Monitoring) Public() map[string]any {
+	out := map[string]any{}
+	for _, svc := range []struct {
+		name, url, user, password string
+		ssl                       bool
+	}{
+		{"prometheus", m.PrometheusURL, m.PrometheusUsername, m.PrometheusPassword, m.PrometheusSSL},
+		{"loki", m.LokiURL, m.LokiUsername, m.LokiPassword, m.LokiSSL},
+		{"grafana", m.GrafanaURL, m.GrafanaUsername, m.GrafanaPassword, m.GrafanaSSL},
+		{"opencost", m.OpenCostBaseURL, m.OpenCostUsername, m.OpenCostPassword, false},
+	} {
+		if svc.url == "" {
+			continue
+		}
+		key := svc.name + "_url"
+		if svc.name == "opencost" {
+			key = "opencost_base_url"
+		}
+		out[key] = svc.url
+		if svc.user != "" {
+			out[svc.name+"_username"] = svc.user
+		}
+		if svc.password != "" {
+			out[svc.name+"_password_set"] = true
+		}
+		if svc.ssl {
+			out[svc.name+"_ssl"] = true
+		}
+	}
+	if len(m.WorkerJoin) > 0 && !bytes.Equal(m.WorkerJoin, jsonNull) {
+		out["worker_join_offered"] = true
+	}
+	return out
+}
+
+// Tunnel status values as agents report them. PipeOps agents send
+// "connected" or "disconnected"; older agents of ours sent the Status
+// constants.
+const (
+	TunnelConnected    = "connected"
+	TunnelDisconnected = "disconnected"
+	TunnelReconnecting = "reconnecting"
+	TunnelUnknown      = "unknown"
+)
+
+// NormalTunnelStatus maps what an agent sent as tunnel_status to one of the
+// Tunnel constants, so that a store never keeps free text an agent chose:
+// "connected" and "healthy" are TunnelConnected, "disconnected" and
+// "reconnecting" (any case) themselves, anything else TunnelUnknown.
+func NormalTunnelStatus(s string) string {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case TunnelConnected, StatusHealthy:
+		return TunnelConnected
+	case TunnelDisconnected:
+		return TunnelDisconnected
+	case TunnelReconnecting:
+		return TunnelReconnecting
+	}
+	return TunnelUnknown
+}
+
+// HeartbeatMetadata is the cluster snapshot a heartbeat carries. Decoding is
+// lenient the way senders differ: counts may be numbers or numeric strings,
+// usages numbers or strings such as "12.5%" (see Usage), is_private a bool
+// or "true"/"false".
 type HeartbeatMetadata struct {
 	K8sNodes      int    `json:"k8s_nodes"`
 	K8sPods       int    `json:"k8s_pods"`
@@ -305,6 +421,33 @@ type HeartbeatMetadata struct {
 	GatewayRoutes int    `json:"gateway_routes"`
 	AgentVersion  string `json:"agent_version"`
 	K8sVersion    string `json:"k8s_version"`
+}
+
+// UnmarshalJSON implements the lenient decoding described on the type.
+func (m *HeartbeatMetadata) UnmarshalJSON(b []byte) error {
+	var w struct {
+		K8sNodes      LooseInt  `json:"k8s_nodes"`
+		K8sPods       LooseInt  `json:"k8s_pods"`
+		CPUUsage      Usage     `json:"cpu_usage"`
+		MemoryUsage   Usage     `json:"memory_usage"`
+		IsPrivate     LooseBool `json:"is_private"`
+		GatewayRoutes LooseInt  `json:"gateway_routes"`
+		AgentVersion  string    `json:"agent_version"`
+		K8sVersion    string    `json:"k8s_version"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*m = HeartbeatMetadata{
+		K8sNodes: int(w.K8sNodes), K8sPods: int(w.K8sPods), CPUUsage: w.CPUUsage, MemoryUsage: w.MemoryUsage,
+		IsPrivate: bool(w.IsPrivate), GatewayRoutes: int(w.GatewayRoutes), AgentVersion: w.AgentVersion, K8sVersion: w.K8sVersion,
+	}
+	return nil
+}
+
+// GatewayHelloAck is the payload of TypeGatewayHelloAck.
+type GatewayHelloAck struct {
+	UseYamux bool `json:"use_yamux"`
 }
 
 // HeartbeatAck is the payload of TypeHeartbeatAck. It carries nothing the
@@ -329,7 +472,8 @@ func (*Pong) UnmarshalJSON([]byte) error { return nil }
 
 // Usage is a resource usage percentage that may be unknown, for example when
 // metrics-server is not installed. It exists so that "unknown" is never sent
-// as a misleading 0: on the wire it is a JSON number when Known and the
+// as a misleading 0: on the wire it is a percent string such as "12.5%"
+// when Known (the form PipeOps agents send and hosted PipeOps reads) and the
 // string "unavailable" otherwise.
 type Usage struct {
 	Percent float64
@@ -359,18 +503,16 @@ func (u Usage) String() string {
 	return strconv.FormatFloat(u.Percent, 'f', -1, 64) + "%"
 }
 
-// MarshalJSON encodes a known usage as a number and an unknown one (or a
-// NaN or infinite one) as "unavailable".
+// MarshalJSON encodes a known usage as a percent string ("12.5%") and an
+// unknown one (or a NaN or infinite one) as "unavailable".
 func (u Usage) MarshalJSON() ([]byte, error) {
-	if !u.valid() {
-		return []byte(`"` + usageUnavailable + `"`), nil
-	}
-	return json.Marshal(u.Percent)
+	return json.Marshal(u.String())
 }
 
 // UnmarshalJSON accepts a number, "unavailable" (any case), null, or a
-// string holding a decimal number such as "12.5", since senders differ in
-// how they write it. Anything else is an error.
+// string holding a decimal number with or without a trailing "%", such as
+// "12.5" or "0%", since senders differ in how they write it. Anything else
+// is an error.
 func (u *Usage) UnmarshalJSON(b []byte) error {
 	switch {
 	case len(b) == 0:
@@ -387,6 +529,9 @@ func (u *Usage) UnmarshalJSON(b []byte) error {
 		if strings.EqualFold(s, usageUnavailable) {
 			*u = UsageUnavailable
 			return nil
+		}
+		if t, ok := strings.CutSuffix(s, "%"); ok {
+			s = strings.TrimSpace(t)
 		}
 		p, ok := parseDecimal(s)
 		if !ok {

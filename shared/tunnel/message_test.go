@@ -246,7 +246,7 @@ func TestEncodeGolden(t *testing.T) {
 				K8sNodes: 3, K8sPods: 42, CPUUsage: Percent(12.5), MemoryUsage: UsageUnavailable,
 				IsPrivate: true, GatewayRoutes: 2, AgentVersion: "v1.2.3", K8sVersion: "v1.31.0",
 			}},
-			want: `{"type":"heartbeat","request_id":"r-1","payload":{"cluster_id":"c-1","agent_id":"a-1","status":"healthy","tunnel_status":"disconnected","metadata":{"k8s_nodes":3,"k8s_pods":42,"cpu_usage":12.5,"memory_usage":"unavailable","is_private":true,"gateway_routes":2,"agent_version":"v1.2.3","k8s_version":"v1.31.0"}},"timestamp":"2026-01-02T03:04:05Z"}`,
+			want: `{"type":"heartbeat","request_id":"r-1","payload":{"cluster_id":"c-1","agent_id":"a-1","status":"healthy","tunnel_status":"disconnected","metadata":{"k8s_nodes":3,"k8s_pods":42,"cpu_usage":"12.5%","memory_usage":"unavailable","is_private":true,"gateway_routes":2,"agent_version":"v1.2.3","k8s_version":"v1.31.0"}},"timestamp":"2026-01-02T03:04:05Z"}`,
 		},
 		{
 			name:    "register without optional fields",
@@ -493,7 +493,12 @@ func TestUsageJSON(t *testing.T) {
 		{in: `"0"`, want: Percent(0)},
 		{in: `"garbage"`, wantErr: true},
 		{in: `""`, wantErr: true},
-		{in: `"12.5%"`, wantErr: true},
+		{in: `"12.5%"`, want: Percent(12.5)},
+		{in: `"0%"`, want: Percent(0)},
+		{in: `" 3 % "`, want: Percent(3)},
+		{in: `"%"`, wantErr: true},
+		{in: `"12.5%%"`, wantErr: true},
+		{in: `"%12"`, wantErr: true},
 		{in: `"NaN"`, wantErr: true},
 		{in: `"Inf"`, wantErr: true},
 		{in: `"0x10"`, wantErr: true},
@@ -527,8 +532,8 @@ func TestUsageJSON(t *testing.T) {
 		want string
 		str  string
 	}{
-		{Percent(12.5), `12.5`, "12.5%"},
-		{Percent(0), `0`, "0%"},
+		{Percent(12.5), `"12.5%"`, "12.5%"},
+		{Percent(0), `"0%"`, "0%"},
 		{UsageUnavailable, `"unavailable"`, "unavailable"},
 		{Usage{Percent: 40}, `"unavailable"`, "unavailable"}, // a number that is not Known is not sent
 		{Percent(nanFloat()), `"unavailable"`, "unavailable"},
