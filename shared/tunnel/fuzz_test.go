@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/pipeops/tunnel/shared/tunnel/pipeopsfixtures"
 )
 
 // headerSentinels are the errors a header decoder may report for bad input.
@@ -130,11 +132,31 @@ var fuzzPayloadTypes = []func() any{
 	func() any { return new(Ping) },
 	func() any { return new(Pong) },
 	func() any { return new(Usage) },
+	func() any { return new(GatewayHelloAck) },
+	func() any { return new(ProxyRequest) },
+	func() any { return new(ProxyRequestChunk) },
+	func() any { return new(ProxyResponse) },
+	func() any { return new(ProxyResponseHeader) },
+	func() any { return new(ProxyResponseChunk) },
+	func() any { return new(ProxyFailure) },
+	func() any { return new(Empty) },
+	func() any { return new(WSStart) },
+	func() any { return new(WSData) },
+	func() any { return new(WSClose) },
+	func() any { return new(TCPTunnelStart) },
+	func() any { return new(TCPTunnelData) },
+	func() any { return new(TCPTunnelClose) },
+	func() any { return new(UDPTunnelData) },
+	func() any { return new(Backpressure) },
+	func() any { return new(ProtocolFallback) },
 }
 
 func FuzzDecodeMessage(f *testing.F) {
 	for _, tt := range hostedSamples {
 		f.Add([]byte(tt.json))
+	}
+	for _, fx := range pipeopsfixtures.All() {
+		f.Add(fx.JSON)
 	}
 	for _, tt := range badMessages {
 		f.Add([]byte(tt.in))

@@ -363,8 +363,12 @@ func (r *ProxyResponse) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*r = ProxyResponse{Status: statusOrOK(int(w.Status)), Headers: w.Headers, Body: body}
-	return validStatus(r.Status)
+	return nil
 }
+
+// Validate refuses a status that is not a three-digit HTTP status, which
+// includes a proxy_response with no payload at all.
+func (r ProxyResponse) Validate() error { return validStatus(r.Status) }
 
 // ProxyResponseHeader is the payload of TypeProxyResponseHeader.
 type ProxyResponseHeader struct {
@@ -382,8 +386,11 @@ func (h *ProxyResponseHeader) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*h = ProxyResponseHeader{Status: statusOrOK(int(w.Status)), Headers: w.Headers}
-	return validStatus(h.Status)
+	return nil
 }
+
+// Validate refuses a status that is not a three-digit HTTP status.
+func (h ProxyResponseHeader) Validate() error { return validStatus(h.Status) }
 
 func statusOrOK(s int) int {
 	if s == 0 {
@@ -556,6 +563,15 @@ func (d *WSData) UnmarshalJSON(b []byte) error {
 		d.FrameType, d.Payload = byte(*w.MessageType), raw
 	default:
 		return fmt.Errorf("%w: ws_data has no frame type", ErrBadBody)
+	}
+	return nil
+}
+
+// Validate refuses a frame without a valid frame type, which includes a
+// ws_data with no payload at all.
+func (d WSData) Validate() error {
+	if !validFrameType(d.FrameType) {
+		return fmt.Errorf("%w: ws_data frame type %d", ErrBadBody, d.FrameType)
 	}
 	return nil
 }
