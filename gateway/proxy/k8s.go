@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -105,7 +106,7 @@ func NewK8s(cfg K8sConfig) *K8s {
 			pr.Out.Host = ""
 			pr.SetXForwarded()
 		},
-		Transport:     k.tr,
+		Transport:     k8sTransport{streams: k.tr, tunnels: cfg.Tunnels},
 		BufferPool:    copyBuffers,
 		FlushInterval: -1, // watch events go out as they come
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -191,6 +192,33 @@ func (k *K8s) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !fits || body.exceeded() {
 		k.refused.WithLabelValues(reasonBodyTooLarge).Inc()
 	}
+}
+
+// k8sTransport sends a request to a cluster's Kubernetes API over a tunnel
+// stream when the cluster's agent serves HTTP there (ours do), and on the
+// JSON proxy path otherwise (PipeOps agents relay that stream as raw TCP to
+// the API server's TLS port and reach the API with their credentials only
+// through proxy_request). Upgrades (exec, attach, port-forward) need a
+// stream: on the JSON path they are answered 501.
+type k8sTransport struct {
+	streams *http.Transport
+	tunnels *session.Registry
+}
+
+func (t k8sTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	cluster, _ := req.Context().Value(k8sCluster{}).(string)
+	s, ok := t.tunnels.Session(cluster)
+	if !ok || s.Info.K8sHTTP {
+		return t.streams.RoundTrip(req)
+	}
+	if req.Header.Get("Upgrade") != "" {
+		body := []byte(`{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotImplemented","code":501,` +
+			`"message":"this cluster's agent reaches the Kubernetes API only through JSON proxy messages, which carry no protocol upgrades: exec, attach and port-forward need an agent that serves the API over tunnel streams"}`)
+		return &http.Response{StatusCode: http.StatusNotImplemented, Status: "501 Not Implemented", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(bytes.NewReader(body)),
+			ContentLength: int64(len(body)), Request: req}, nil
+	}
+	return s.ProxyHTTP(req)
 }
 
 // closeEndsReads is a tunnel stream whose Close also ends its reads, the

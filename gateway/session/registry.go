@@ -42,6 +42,10 @@ var ErrTooManyStreams = errors.New("too many streams open to the agent")
 // hold an unbounded number of connections and buffers.
 const DefaultMaxStreamsPerSession = 10000
 
+// DefaultHelloAckTimeout is Config.HelloAckTimeout's default. A PipeOps
+// agent acknowledges gateway_hello as soon as it reads it.
+const DefaultHelloAckTimeout = 5 * time.Second
+
 // AgentIdentity is what an agent's token says about it.
 type AgentIdentity struct {
 	Cluster string
@@ -95,6 +99,14 @@ type Config struct {
 	AbuseWindow   time.Duration
 	FrameBudget   int
 	ControlBudget int
+	// MaxProxyBuffer bounds the unread answer of one request on the JSON
+	// proxy path, in bytes (default DefaultMaxProxyBuffer); a caller that
+	// falls further behind loses its request, and the agent is told to stop.
+	MaxProxyBuffer int
+	// HelloAckTimeout is how long a session of an agent without
+	// tunnel.CapabilityK8sHTTP waits for gateway_hello_ack before streams
+	// are opened anyway (default DefaultHelloAckTimeout).
+	HelloAckTimeout time.Duration
 	// Metrics, when set, is where the registry registers its collectors.
 	Metrics prometheus.Registerer
 	// OnConnect and OnDisconnect, when set, are told of sessions starting
@@ -130,6 +142,12 @@ func NewRegistry(cfg Config) (*Registry, error) {
 	}
 	if cfg.ControlQueue <= 0 {
 		cfg.ControlQueue = 64
+	}
+	if cfg.MaxProxyBuffer <= 0 {
+		cfg.MaxProxyBuffer = DefaultMaxProxyBuffer
+	}
+	if cfg.HelloAckTimeout <= 0 {
+		cfg.HelloAckTimeout = DefaultHelloAckTimeout
 	}
 	if cfg.AbuseWindow <= 0 {
 		cfg.AbuseWindow = DefaultAbuseWindow
@@ -217,7 +235,8 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		return // the upgrader has answered the client
 	}
-	s, err := newSession(r, cluster, ws, AgentInfo{AgentVersion: q.Get("agent_version"), Remote: req.RemoteAddr, TokenID: id.TokenID, TokenExpires: id.TokenExpires})
+	s, err := newSession(r, cluster, ws, AgentInfo{AgentVersion: q.Get("agent_version"), Remote: req.RemoteAddr, TokenID: id.TokenID,
+		TokenExpires: id.TokenExpires, K8sHTTP: q.Get(tunnel.CapabilityK8sHTTP) == "true"})
 	if err != nil {
 		r.logs.Log(req.Context(), slog.LevelWarn, "setup_failed\x00"+cluster, "agent session setup failed", "cluster", cluster, "err", err)
 		return

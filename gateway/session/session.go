@@ -23,6 +23,10 @@ type AgentInfo struct {
 	Remote       string
 	TokenID      string    // the jti of the token it connected with
 	TokenExpires time.Time // when that token expires (zero: never)
+	// K8sHTTP is whether the agent serves plain HTTP on Kubernetes API
+	// streams (it sent tunnel.CapabilityK8sHTTP). Without it, the gateway
+	// reaches the cluster's API on the JSON proxy path (ProxyHTTP).
+	K8sHTTP bool
 }
 
 // Session is one agent's connected tunnel. It owns the WebSocket and the
@@ -61,6 +65,17 @@ type Session struct {
 	control   budget // malformed, forbidden, out-of-order, over-queue control messages
 	helloAcks int    // gateway_hello_ack messages seen
 
+	// ready is closed once streams may be opened: at once for our agents,
+	// after gateway_hello_ack for PipeOps agents (which start yamux only
+	// then, and drop yamux frames that come earlier), or after
+	// Config.HelloAckTimeout for an agent that never acknowledges.
+	ready      chan struct{}
+	readyOnce  sync.Once
+	readyTimer *time.Timer
+
+	callsMu sync.Mutex
+	calls   map[string]*proxyCall // JSON proxy requests in flight; nil once closed
+
 	closing  atomic.Bool                // closed for a violation; stop counting
 	end      atomic.Pointer[sessionEnd] // why the session ended, first cause wins
 	protoErr atomic.Pointer[string]     // the first protocol error yamux logged
@@ -83,6 +98,13 @@ func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo)
 		cancel:      cancel,
 		frames:      budget{limit: r.cfg.FrameBudget},
 		control:     budget{limit: r.cfg.ControlBudget},
+		ready:       make(chan struct{}),
+		calls:       make(map[string]*proxyCall),
+	}
+	if info.K8sHTTP {
+		s.markReady()
+	} else {
+		s.readyTimer = time.AfterFunc(r.cfg.HelloAckTimeout, s.markReady)
 	}
 	s.conn = wsconn.New(ws, wsconn.Options{
 		OnText:       s.onText,
@@ -156,6 +178,14 @@ func (s *Session) onText(b []byte) {
 		s.dropControl(ReasonControlMalformed, "malformed", "dropping malformed control message", err.Error())
 		return
 	}
+	if isProxyReply(msg.Type) {
+		// Answers go straight to the request waiting for them, in order,
+		// not through the control queue: a streamed answer is many
+		// messages, and the queue's bound is for the agent's own chatter.
+		s.reg.metrics.controlMessages.WithLabelValues(controlTypeLabel(msg.Type)).Inc()
+		s.deliverReply(msg)
+		return
+	}
 	if forbiddenControl[msg.Type] {
 		s.dropControl(ReasonControlForbidden, "forbidden", "dropping a control message only the server side sends", msg.String())
 		return
@@ -169,6 +199,7 @@ func (s *Session) onText(b []byte) {
 			s.dropControl(ReasonControlOutOfOrder, "out_of_order", "dropping a repeated gateway_hello_ack", msg.String())
 			return
 		}
+		s.markReady()
 	}
 	s.ctlMu.Lock()
 	switch {
@@ -239,6 +270,11 @@ func (s *Session) refuseStreams() error {
 	}
 }
 
+// markReady lets Dial open streams.
+func (s *Session) markReady() {
+	s.readyOnce.Do(func() { close(s.ready) })
+}
+
 // Send sends a control message to the agent. Safe for concurrent use.
 func (s *Session) Send(typ string, payload any, requestID string) error {
 	msg, err := tunnel.NewMessage(typ, payload)
@@ -258,6 +294,13 @@ func (s *Session) Send(typ string, payload any, requestID string) error {
 func (s *Session) Dial(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
 	// A stream being opened counts from before the check until it is in
 	// NumStreams, and for a moment both: the limit is never exceeded.
+	select {
+	case <-s.ready:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("open stream to cluster %s: waiting for gateway_hello_ack: %w", s.Cluster, ctx.Err())
+	case <-s.ctx.Done():
+		return nil, fmt.Errorf("open stream to cluster %s: %w", s.Cluster, ErrAgentOffline)
+	}
 	opening := s.opening.Add(1)
 	defer s.opening.Add(-1)
 	if limit := s.reg.cfg.MaxStreamsPerSession; int64(s.mux.NumStreams())+opening > int64(limit) {
@@ -312,6 +355,12 @@ func (s *Session) closeWith(reason string) {
 func (s *Session) close() {
 	s.closeOnce.Do(func() {
 		s.cancel()
+		if s.readyTimer != nil {
+			s.readyTimer.Stop()
+		}
+		s.callsMu.Lock()
+		s.calls = nil // calls waiting see s.ctx end
+		s.callsMu.Unlock()
 		s.ctlMu.Lock()
 		s.ctlClosed = true
 		s.ctlMu.Unlock()
