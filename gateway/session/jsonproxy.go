@@ -313,7 +313,7 @@ func failureResponse(req *http.Request, p tunnel.ProxyFailure) *http.Response {
 	})
 	return &http.Response{StatusCode: code, Status: statusText(code), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: http.Header{"Content-Type": {"application/json"}, "Content-Length": {strconv.Itoa(len(body))}},
-		Body: io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body)), Request: req}
+		Body:   io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body)), Request: req}
 }
 
 func statusText(code int) string { return strconv.Itoa(code) + " " + http.StatusText(code) }
