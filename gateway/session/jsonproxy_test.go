@@ -14,7 +14,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,6 +26,7 @@ import (
 	"github.com/pipeops/tunnel/shared/auth"
 	"github.com/pipeops/tunnel/shared/testenv/pipeopsagent"
 	"github.com/pipeops/tunnel/shared/tunnel"
+	"github.com/pipeops/tunnel/shared/tunnel/pipeopsfixtures"
 )
 
 // fakeAPI stands in for a Kubernetes API server on the agent's side of the
@@ -321,4 +324,76 @@ func TestHelloAckGatesStreams(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the ack did not open the gate")
 	}
+}
+
+// Every message a PipeOps agent sends on the gateway socket, as the golden
+// fixtures have it, is taken without a violation: the agent's own messages
+// reach the control handler in order, answers to requests nobody waits for
+// are dropped and counted, and the session lives on.
+func TestPipeOpsAgentFixturesAccepted(t *testing.T) {
+	e := newEnv(t, false)
+	rec := &typesControl{}
+	e.reg.cfg.Control = rec
+	a := e.dialRaw("c1")
+	s := e.waitSession("c1", nil)
+	var sent []string
+	for _, f := range pipeopsfixtures.All() {
+		if f.Direction != pipeopsfixtures.AgentToServer || f.Type == tunnel.TypeRegister {
+			continue // register belongs to the control plane's socket
+		}
+		if err := a.ws.WriteMessage(websocket.TextMessage, f.JSON); err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, f.Name)
+	}
+	replies := 0
+	for _, name := range sent {
+		if isProxyReply(pipeopsfixtures.Load(name).Type) {
+			replies++
+		}
+	}
+	waitUntil(t, "every fixture handled", func() bool {
+		return rec.count()+int(counterValue(e.reg.metrics.controlDropped.WithLabelValues("unknown_request"))) >= len(sent)
+	})
+	if got := counterValue(e.reg.metrics.controlDropped.WithLabelValues("unknown_request")); int(got) != replies {
+		t.Errorf("%v answers dropped as unknown, want %d", got, replies)
+	}
+	for _, k := range []string{ReasonControlMalformed, ReasonControlForbidden, ReasonControlOutOfOrder, ReasonControlQueueFull} {
+		if v := counterValue(e.reg.metrics.violations.WithLabelValues(k)); v != 0 {
+			t.Errorf("%v violations of kind %s", v, k)
+		}
+	}
+	select {
+	case <-s.ready:
+	default:
+		t.Error("gateway_hello_ack did not open the stream gate")
+	}
+	if s.CloseReason() != "" || s.ctx.Err() != nil {
+		t.Fatalf("session closed: %q", s.CloseReason())
+	}
+	rec.mu.Lock()
+	types := slices.Clone(rec.types)
+	rec.mu.Unlock()
+	for _, want := range []string{tunnel.TypeHeartbeat, tunnel.TypeGatewayHelloAck, tunnel.TypePong, tunnel.TypeBackpressure, tunnel.TypeProtocolFallback} {
+		if !slices.Contains(types, want) {
+			t.Errorf("control handler never saw %s (saw %v)", want, types)
+		}
+	}
+}
+
+type typesControl struct {
+	mu    sync.Mutex
+	types []string
+}
+
+func (r *typesControl) HandleControl(_ context.Context, _ *Session, msg tunnel.Message) {
+	r.mu.Lock()
+	r.types = append(r.types, msg.Type)
+	r.mu.Unlock()
+}
+
+func (r *typesControl) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.types)
 }
