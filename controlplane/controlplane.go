@@ -94,7 +94,8 @@ type Cluster struct {
 	AgentVersion      string
 	K8sVersion        string
 	LastHeartbeat     time.Time      // zero: never
-	Metadata          map[string]any // the last heartbeat's metadata
+	Metadata          map[string]any // the last heartbeat's metadata (see HeartbeatRecord)
+	AgentInfo         map[string]any // what the agent said of itself when it last registered (see AgentReportOf)
 	PublicEndpoint    string
 	RoutingMode       string
 	IngressController *IngressController
@@ -229,8 +230,10 @@ type ClusterStore interface {
 	// ClusterByName finds a cluster by name (ENOTFOUND).
 	ClusterByName(ctx context.Context, name string) (*Cluster, error)
 	Clusters(ctx context.Context) ([]*Cluster, error)
-	// UpdateAgent records what a registering agent said about itself.
-	UpdateAgent(ctx context.Context, uuid, agentID, agentVersion, k8sVersion string) error
+	// UpdateAgent records what a registering agent said about itself,
+	// replacing what the previous registration said. ETOOLARGE when
+	// r.Info encodes to more than MaxAgentInfoSize.
+	UpdateAgent(ctx context.Context, uuid string, r AgentReport) error
 	// RecordHeartbeat stores a heartbeat's status and metadata.
 	RecordHeartbeat(ctx context.Context, uuid, status string, metadata map[string]any, at time.Time) error
 }

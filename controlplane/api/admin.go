@@ -24,7 +24,8 @@ type clusterView struct {
 	AgentVersion      string                          `json:"agent_version,omitempty"`
 	K8sVersion        string                          `json:"k8s_version,omitempty"`
 	LastHeartbeat     *time.Time                      `json:"last_heartbeat,omitempty"`
-	Metadata          map[string]any                  `json:"metadata,omitempty"`
+	Metadata          map[string]any                  `json:"metadata,omitempty"`   // the last heartbeat's, with "monitoring" (controlplane.HeartbeatRecord)
+	AgentInfo         map[string]any                  `json:"agent_info,omitempty"` // the last register's: hostname, region, ... (controlplane.AgentReportOf)
 	PublicEndpoint    string                          `json:"public_endpoint,omitempty"`
 	RoutingMode       string                          `json:"routing_mode,omitempty"`
 	IngressController *controlplane.IngressController `json:"ingress_controller,omitempty"`
@@ -33,7 +34,7 @@ type clusterView struct {
 
 func viewOf(c *controlplane.Cluster) clusterView {
 	v := clusterView{UUID: c.UUID, Name: c.Name, Status: c.Status, AgentVersion: c.AgentVersion, K8sVersion: c.K8sVersion,
-		Metadata: c.Metadata, PublicEndpoint: c.PublicEndpoint, RoutingMode: c.RoutingMode,
+		Metadata: c.Metadata, AgentInfo: c.AgentInfo, PublicEndpoint: c.PublicEndpoint, RoutingMode: c.RoutingMode,
 		IngressController: c.IngressController, CreatedAt: c.CreatedAt}
 	if !c.LastHeartbeat.IsZero() {
 		t := c.LastHeartbeat

@@ -3,8 +3,11 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,10 +31,13 @@ var upgrader = websocket.Upgrader{HandshakeTimeout: 10 * time.Second}
 const registrationSocketKind = "registration_socket"
 
 // agentWS is the PipeOps registration socket: the agent sends register and
-// gets register_success (or error). The socket then stays open for pings
-// and heartbeats, which are recorded, until the agent closes it, the server
-// shuts down, or the token it opened with is revoked or expires (the
-// revocation tracker cuts it; see Run).
+// gets register_success (or error, when its cluster is gone or the store
+// fails), with the register's request_id, which is all a PipeOps agent
+// matches the answer by. The socket then stays open for pings and
+// heartbeats, which are recorded and answered, until the agent closes it,
+// the server shuts down, or the token it opened with is revoked or expires
+// (the revocation tracker cuts it; see Run). gateway_hello_ack and other
+// types are ignored.
 func (s *Server) agentWS(w http.ResponseWriter, r *http.Request) {
 	claims := claimsFrom(r.Context())
 	cluster := claims.ClusterID
@@ -115,6 +121,10 @@ func (s *Server) agentWS(w http.ResponseWriter, r *http.Request) {
 			reply = s.heartbeat(r.Context(), cluster, msg, log.Warn)
 		case tunnel.TypePing:
 			reply, _ = tunnel.NewMessage(tunnel.TypePong, tunnel.Pong{})
+		case tunnel.TypeGatewayHelloAck:
+			// A PipeOps agent acknowledges gateway_hello on whichever
+			// socket it holds; there is nothing to answer here.
+			continue
 		default:
 			log.Debug("ignoring message", "type", msg.Type)
 			continue
@@ -134,16 +144,23 @@ func (s *Server) agentWS(w http.ResponseWriter, r *http.Request) {
 
 type logFunc func(msg string, args ...any)
 
-// register answers a register message. The token decides the cluster; a
-// cached cluster_id that is not the token's is answered "not registered", so
-// the agent forgets it and registers afresh (protocol rule).
+// register answers a register message. The token decides the cluster: a
+// cached cluster_id that is not the token's (the agent kept the id of a
+// cluster since deleted, or its token was replaced by another cluster's)
+// is answered with register_success for the token's cluster, which the
+// agent adopts. An error would not do: a PipeOps agent never delivers an
+// error to its waiting register call, so it would wait for its timeout and
+// exit. What the agent says of itself is stored (controlplane.AgentReportOf),
+// bounded; the Kubernetes service token it may offer is discarded.
 func (s *Server) register(ctx context.Context, cluster string, msg tunnel.Message, logf logFunc) tunnel.Message {
 	var p tunnel.Register
 	if err := msg.DecodePayload(&p); err != nil {
 		return errorMessage("malformed register payload: " + err.Error())
 	}
-	if p.ClusterID != "" && p.ClusterID != cluster {
-		return errorMessage("cluster " + p.ClusterID + " not registered")
+	if p.K8sServiceToken != "" {
+		// Never its value, not even in part.
+		s.logs.Log(ctx, slog.LevelInfo, "service_token\x00"+cluster,
+			"agent offered a Kubernetes service token; discarded, never stored", "cluster", cluster)
 	}
 	c, err := s.clusters.Cluster(ctx, cluster)
 	if err != nil {
@@ -153,38 +170,70 @@ func (s *Server) register(ctx context.Context, cluster string, msg tunnel.Messag
 		s.log.Error("register: load cluster", "cluster", cluster, "err", err)
 		return errorMessage("internal error")
 	}
-	if err := s.clusters.UpdateAgent(ctx, cluster, p.AgentID, p.AgentVersion, p.K8sVersion); err != nil {
+	report, dropped := controlplane.AgentReportOf(p)
+	if len(dropped) > 0 {
+		s.logs.Log(ctx, slog.LevelWarn, "agent_info\x00"+cluster,
+			"agent's register too large to store whole; left out its largest fields",
+			"cluster", cluster, "dropped_fields", dropped, "limit_bytes", controlplane.MaxAgentInfoSize)
+	}
+	if err := s.clusters.UpdateAgent(ctx, cluster, report); err != nil {
 		s.log.Error("register: record agent", "cluster", cluster, "err", err)
 		return errorMessage("internal error")
 	}
-	logf("agent registered", "agent_id", p.AgentID, "agent_version", p.AgentVersion, "k8s_version", p.K8sVersion, "resumed", p.ClusterID != "")
+	resumed := p.ClusterID == cluster
+	if p.ClusterID != "" && !resumed {
+		logf("agent's cached cluster id is not its token's cluster; answered with the token's",
+			"cached_cluster_id", controlplane.AgentText(p.ClusterID), "cluster_id", cluster)
+	}
+	logf("agent registered", "agent_id", report.AgentID, "agent_version", report.AgentVersion,
+		"k8s_version", report.K8sVersion, "resumed", resumed)
 	reply, _ := tunnel.NewMessage(tunnel.TypeRegisterSuccess, tunnel.RegisterSuccess{
 		ClusterID: c.UUID, ClusterUUID: c.UUID, Name: c.Name, Status: c.Status, GatewayWSURL: s.cfg.GatewayWSURL,
+		TunnelURL: s.tunnelURL, APIServer: s.tunnelURL + "/k8s/" + c.UUID,
 	})
 	return reply
 }
 
+// heartbeat records a heartbeat of an agent that has no gateway socket (a
+// PipeOps agent that was given no gateway URL heartbeats here) and
+// acknowledges it. It is stored as the gateway stores one
+// (controlplane.HeartbeatRecord). The cluster is the token's; the
+// payload's cluster_id is not trusted.
 func (s *Server) heartbeat(ctx context.Context, cluster string, msg tunnel.Message, logf logFunc) tunnel.Message {
 	var hb tunnel.Heartbeat
 	if err := msg.DecodePayload(&hb); err != nil {
 		return errorMessage("malformed heartbeat: " + err.Error())
 	}
-	meta := map[string]any{
-		"k8s_nodes": hb.Metadata.K8sNodes, "k8s_pods": hb.Metadata.K8sPods,
-		"cpu_usage": hb.Metadata.CPUUsage.String(), "memory_usage": hb.Metadata.MemoryUsage.String(),
-		"is_private": hb.Metadata.IsPrivate, "gateway_routes": hb.Metadata.GatewayRoutes,
-		"agent_version": hb.Metadata.AgentVersion, "k8s_version": hb.Metadata.K8sVersion,
-		"tunnel_status": hb.TunnelStatus,
-	}
-	status := controlplane.ClusterConnected
-	if hb.Status == tunnel.StatusDisconnected {
-		status = controlplane.ClusterDisconnected
-	}
+	status, meta := controlplane.HeartbeatRecord(hb)
 	if err := s.clusters.RecordHeartbeat(ctx, cluster, status, meta, time.Now()); err != nil && !errors.Is(err, context.Canceled) {
 		logf("record heartbeat", "err", err)
 	}
 	reply, _ := tunnel.NewMessage(tunnel.TypeHeartbeatAck, tunnel.HeartbeatAck{})
 	return reply
+}
+
+// gatewayOrigin is the gateway's public origin as PipeOps agents expect it
+// in register_success.tunnel_url: the gateway WebSocket URL's scheme mapped
+// wss → https and ws → http (http and https kept), and its host; path,
+// query and user info dropped.
+func gatewayOrigin(wsURL string) (string, error) {
+	u, err := url.Parse(wsURL)
+	if err != nil {
+		return "", err
+	}
+	var scheme string
+	switch strings.ToLower(u.Scheme) {
+	case "wss", "https":
+		scheme = "https"
+	case "ws", "http":
+		scheme = "http"
+	default:
+		return "", fmt.Errorf("%q is not a ws, wss, http or https URL", wsURL)
+	}
+	if u.Host == "" {
+		return "", fmt.Errorf("%q has no host", wsURL)
+	}
+	return (&url.URL{Scheme: scheme, Host: u.Host}).String(), nil
 }
 
 func errorMessage(text string) tunnel.Message {

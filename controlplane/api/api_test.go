@@ -208,8 +208,9 @@ func (a *pipeopsAgent) call(typ string, payload any) tunnel.Message {
 }
 
 // TestPipeOpsAgentFlow walks an agent through the protocol: register (a
-// stale cached id is refused, then a fresh register succeeds), heartbeat,
-// full route sync, re-sync, single register and unregister.
+// stale cached id is answered with the token's cluster, as is a fresh
+// register), heartbeat, full route sync, re-sync, single register and
+// unregister.
 func TestPipeOpsAgentFlow(t *testing.T) {
 	f := newFixture(t)
 	c := f.createCluster("edge-1")
@@ -223,18 +224,23 @@ func TestPipeOpsAgentFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := tunnel.Register{AgentID: "agent-1", Name: "edge-1", K8sVersion: "v1.37.2", AgentVersion: "1.0.0", ClusterID: "0b5c5bc4-0000-0000-0000-000000000000"}
-	reply := a.call(tunnel.TypeRegister, reg)
-	var perr tunnel.ErrorPayload
-	if reply.Type != tunnel.TypeError || reply.DecodePayload(&perr) != nil || !perr.IsClusterNotFound() {
-		t.Fatalf("register with a stale cluster_id: %s %s, want a not-registered error", reply.Type, reply.Payload)
+	for _, stale := range []string{reg.ClusterID, other.Cluster.UUID} {
+		// The token's cluster is the answer; the agent adopts it.
+		reg.ClusterID = stale
+		reply := a.call(tunnel.TypeRegister, reg)
+		var ok tunnel.RegisterSuccess
+		if reply.Type != tunnel.TypeRegisterSuccess || reply.DecodePayload(&ok) != nil || ok.ClusterID != c.Cluster.UUID {
+			t.Fatalf("register with a stale cluster_id: %s %s, want register_success for %s", reply.Type, reply.Payload, c.Cluster.UUID)
+		}
 	}
 	reg.ClusterID = ""
-	reply = a.call(tunnel.TypeRegister, reg)
+	reply := a.call(tunnel.TypeRegister, reg)
 	var ok tunnel.RegisterSuccess
 	if reply.Type != tunnel.TypeRegisterSuccess || reply.DecodePayload(&ok) != nil {
 		t.Fatalf("register: %s %s", reply.Type, reply.Payload)
 	}
-	if ok.ClusterID != c.Cluster.UUID || ok.ClusterUUID != c.Cluster.UUID || ok.GatewayWSURL != gatewayWS || ok.Name != "edge-1" {
+	if ok.ClusterID != c.Cluster.UUID || ok.ClusterUUID != c.Cluster.UUID || ok.GatewayWSURL != gatewayWS || ok.Name != "edge-1" ||
+		ok.TunnelURL != "https://gateway.example.com" || ok.APIServer != "https://gateway.example.com/k8s/"+c.Cluster.UUID {
 		t.Fatalf("register_success = %+v", ok)
 	}
 	reg.ClusterID = ok.ClusterID // resuming with the id it got

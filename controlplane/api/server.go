@@ -57,7 +57,10 @@ type Config struct {
 
 // Server serves the API. Build it with New; all fields are required.
 type Server struct {
-	cfg       Config
+	cfg Config
+	// tunnelURL is the gateway's public origin, derived from
+	// cfg.GatewayWSURL, that register_success carries as tunnel_url.
+	tunnelURL string
 	clusters  controlplane.ClusterStore
 	routes    controlplane.RouteStore
 	tokens    controlplane.TokenStore
@@ -105,6 +108,10 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if cfg.GatewayWSURL == "" {
 		return nil, errors.New("api: Config.GatewayWSURL is required (agents are told to connect there)")
 	}
+	tunnelURL, err := gatewayOrigin(cfg.GatewayWSURL)
+	if err != nil {
+		return nil, fmt.Errorf("api: Config.GatewayWSURL: %w", err)
+	}
 	log := d.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -125,7 +132,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 	return &Server{
 		cfg: cfg, clusters: d.Clusters, routes: d.Routes, tokens: d.Tokens, hostnames: d.Hostnames, dns: d.DNS, issuer: d.Issuer,
 		verifier: verifier, db: d.DB, log: log, logs: ratelog.New(log, ratelog.Config{MaxKeys: 4096}), metrics: m,
-		closing: make(chan struct{}), conns: conns,
+		closing: make(chan struct{}), conns: conns, tunnelURL: tunnelURL,
 	}, nil
 }
 

@@ -15,10 +15,12 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/controlplane/api"
 	"github.com/pipeops/tunnel/controlplane/hostnames"
 	"github.com/pipeops/tunnel/controlplane/postgres"
@@ -33,7 +35,8 @@ Usage:
   pipeops-controlplane serve                      run the API (migrates the database first)
   pipeops-controlplane migrate                    apply database migrations and exit
   pipeops-controlplane cluster create NAME [--json]  create a cluster; prints its agent token and install command
-  pipeops-controlplane cluster list               list clusters and their status
+  pipeops-controlplane cluster list [--wide]      list clusters and their status; --wide adds the agent's
+                                                  hostname, region and cloud provider
   pipeops-controlplane token create --kind KIND [--cluster C]... [--ttl D] [--subject S]
                                                   mint a token: admin, user (reaches the named clusters'
                                                   Kubernetes API through the gateway) or agent (one cluster)
@@ -198,22 +201,47 @@ func clusterCmd(ctx context.Context, cfg Config, db *postgres.DB, issuer *tokens
 		fmt.Fprintf(stdout, "cluster %s created (id %s)\n\nagent token (shown once; keep it secret):\n%s\n\ninstall the agent:\n%s\n",
 			out.Cluster.Name, out.Cluster.UUID, out.AgentToken, out.InstallCommand)
 		return nil
-	case len(args) == 1 && args[0] == "list":
+	case len(args) == 1 && args[0] == "list", len(args) == 2 && args[0] == "list" && args[1] == "--wide":
 		cs, err := db.Clusters(ctx)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%-36s  %-24s  %-12s  %s\n", "ID", "NAME", "STATUS", "LAST HEARTBEAT")
-		for _, c := range cs {
-			hb := "never"
-			if !c.LastHeartbeat.IsZero() {
-				hb = c.LastHeartbeat.UTC().Format(time.RFC3339)
-			}
-			fmt.Fprintf(stdout, "%-36s  %-24s  %-12s  %s\n", c.UUID, c.Name, c.Status, hb)
-		}
+		printClusters(stdout, cs, len(args) == 2)
 		return nil
 	}
-	return usageError{"usage: cluster create NAME [--json] | cluster list"}
+	return usageError{"usage: cluster create NAME [--json] | cluster list [--wide]"}
+}
+
+// printClusters writes the cluster table; wide adds where each agent runs,
+// as it said when it registered.
+func printClusters(w io.Writer, cs []*controlplane.Cluster, wide bool) {
+	row := func(cells ...string) {
+		line := fmt.Sprintf("%-36s  %-24s  %-12s  %-20s", cells[0], cells[1], cells[2], cells[3])
+		if wide {
+			line += fmt.Sprintf("  %-24s  %-16s  %s", cells[4], cells[5], cells[6])
+		}
+		fmt.Fprintln(w, strings.TrimRight(line, " "))
+	}
+	row("ID", "NAME", "STATUS", "LAST HEARTBEAT", "HOSTNAME", "REGION", "PROVIDER")
+	for _, c := range cs {
+		hb := "never"
+		if !c.LastHeartbeat.IsZero() {
+			hb = c.LastHeartbeat.UTC().Format(time.RFC3339)
+		}
+		info := func(key string) string {
+			if s, ok := c.AgentInfo[key].(string); ok && s != "" {
+				// The agent chose it: no escape sequences to the terminal.
+				return strings.Map(func(r rune) rune {
+					if unicode.IsControl(r) {
+						return '?'
+					}
+					return r
+				}, s)
+			}
+			return "-"
+		}
+		row(c.UUID, c.Name, c.Status, hb, info("hostname"), info("region"), info("cloud_provider"))
+	}
 }
 
 type multiFlag []string

@@ -17,7 +17,7 @@ import (
 var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 const clusterColumns = `uuid::text, name, status, agent_id, agent_version, k8s_version, last_heartbeat,
-	metadata, public_endpoint, routing_mode, ingress_controller, created_at, updated_at`
+	metadata, agent_info, public_endpoint, routing_mode, ingress_controller, created_at, updated_at`
 
 // CreateCluster creates a cluster named name in status pending, with a new
 // UUID. EINVALID when name is not a DNS-1123 label (lowercase letters, digits
@@ -81,12 +81,22 @@ func (db *DB) Clusters(ctx context.Context) ([]*controlplane.Cluster, error) {
 	return clusters, nil
 }
 
-// UpdateAgent records the agent's id and versions; ENOTFOUND for an unknown
-// cluster.
-func (db *DB) UpdateAgent(ctx context.Context, uuid, agentID, agentVersion, k8sVersion string) error {
+// UpdateAgent records the agent's id, versions and info, replacing those of
+// its previous registration; ENOTFOUND for an unknown cluster, ETOOLARGE
+// when r.Info encodes to more than controlplane.MaxAgentInfoSize (callers
+// trim it first, see controlplane.AgentReportOf).
+func (db *DB) UpdateAgent(ctx context.Context, uuid string, r controlplane.AgentReport) error {
+	info := r.Info
+	if info == nil {
+		info = map[string]any{}
+	}
+	if n := controlplane.AgentInfoSize(info); n > controlplane.MaxAgentInfoSize {
+		return controlplane.Errorf(controlplane.ETOOLARGE, "agent info of cluster %s is %d bytes of JSON, limit %d",
+			uuid, n, controlplane.MaxAgentInfoSize)
+	}
 	tag, err := db.pool.Exec(ctx, `
-		UPDATE clusters SET agent_id = $2, agent_version = $3, k8s_version = $4, updated_at = $5
-		WHERE uuid = $1`, uuid, agentID, agentVersion, k8sVersion, db.now())
+		UPDATE clusters SET agent_id = $2, agent_version = $3, k8s_version = $4, agent_info = $5, updated_at = $6
+		WHERE uuid = $1`, uuid, r.AgentID, r.AgentVersion, r.K8sVersion, info, db.now())
 	if err != nil {
 		return clusterErr(err, uuid, "update agent")
 	}
@@ -131,7 +141,7 @@ func scanCluster(row pgx.Row) (*controlplane.Cluster, error) {
 		heartbeat *time.Time
 	)
 	err := row.Scan(&c.UUID, &c.Name, &c.Status, &c.AgentID, &c.AgentVersion, &c.K8sVersion, &heartbeat,
-		&c.Metadata, &c.PublicEndpoint, &c.RoutingMode, &c.IngressController, &c.CreatedAt, &c.UpdatedAt)
+		&c.Metadata, &c.AgentInfo, &c.PublicEndpoint, &c.RoutingMode, &c.IngressController, &c.CreatedAt, &c.UpdatedAt)
 	if err != nil {
 		return nil, err
 	}

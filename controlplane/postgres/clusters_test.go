@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -85,9 +86,9 @@ func TestClusterLookups(t *testing.T) {
 		{"empty uuid", func() error { _, err := db.Cluster(ctx, ""); return err }},
 		{"unknown name", func() error { _, err := db.ClusterByName(ctx, "charlie"); return err }},
 		{"update agent, unknown", func() error {
-			return db.UpdateAgent(ctx, "00000000-0000-0000-0000-000000000000", "agent", "v1", "v1.31")
+			return db.UpdateAgent(ctx, "00000000-0000-0000-0000-000000000000", controlplane.AgentReport{AgentID: "agent"})
 		}},
-		{"update agent, malformed", func() error { return db.UpdateAgent(ctx, "x", "agent", "v1", "v1.31") }},
+		{"update agent, malformed", func() error { return db.UpdateAgent(ctx, "x", controlplane.AgentReport{AgentID: "agent"}) }},
 		{"heartbeat, unknown", func() error {
 			return db.RecordHeartbeat(ctx, "00000000-0000-0000-0000-000000000000", controlplane.ClusterConnected, nil, time.Time{})
 		}},
@@ -106,7 +107,7 @@ func TestUpdateAgentAndHeartbeat(t *testing.T) {
 	c := mustCluster(t, db, "alpha")
 
 	clk.Add(time.Minute)
-	if err := db.UpdateAgent(ctx, c.UUID, "agent-7", "v2.1.0", "v1.31.2"); err != nil {
+	if err := db.UpdateAgent(ctx, c.UUID, controlplane.AgentReport{AgentID: "agent-7", AgentVersion: "v2.1.0", K8sVersion: "v1.31.2"}); err != nil {
 		t.Fatalf("UpdateAgent: %v", err)
 	}
 	at := clk.Now().Add(-time.Second)
@@ -126,4 +127,69 @@ func TestUpdateAgentAndHeartbeat(t *testing.T) {
 	}
 
 	wantCode(t, db.RecordHeartbeat(ctx, c.UUID, "on-fire", nil, at), controlplane.EINVALID)
+}
+
+// What a registering agent says of itself is read back as stored, replaced
+// by its next registration, and bounded.
+func TestUpdateAgentInfo(t *testing.T) {
+	ctx := context.Background()
+	db, _ := newDB(t)
+	c := mustCluster(t, db, "alpha")
+	if c.AgentInfo == nil || len(c.AgentInfo) != 0 {
+		t.Fatalf("new cluster's agent info = %#v, want an empty map", c.AgentInfo)
+	}
+	read := func() *controlplane.Cluster {
+		t.Helper()
+		got, err := db.Cluster(ctx, c.UUID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	info := map[string]any{
+		"hostname": "fra-node-1", "region": "DE", "cloud_provider": "hetzner",
+		"labels":       map[string]string{"team": "payments"},
+		"server_specs": map[string]any{"cpu_cores": 8, "os": "Debian GNU/Linux 12 (bookworm)"},
+		"features":     map[string]any{"supports_gateway": true},
+	}
+	tests := []struct {
+		name string
+		r    controlplane.AgentReport
+		code string
+		want map[string]any // read back from JSON; nil: as before
+	}{
+		{"first", controlplane.AgentReport{AgentID: "agent-1", AgentVersion: "v1.12.0", K8sVersion: "v1.31.4+k3s1", Info: info}, "",
+			map[string]any{
+				"hostname": "fra-node-1", "region": "DE", "cloud_provider": "hetzner",
+				"labels":       map[string]any{"team": "payments"},
+				"server_specs": map[string]any{"cpu_cores": float64(8), "os": "Debian GNU/Linux 12 (bookworm)"},
+				"features":     map[string]any{"supports_gateway": true},
+			}},
+		{"replaced, not merged", controlplane.AgentReport{AgentID: "agent-1", Info: map[string]any{"region": "FR"}}, "",
+			map[string]any{"region": "FR"}},
+		{"too large", controlplane.AgentReport{AgentID: "agent-2", Info: map[string]any{
+			"labels": map[string]string{"x": strings.Repeat("a", controlplane.MaxAgentInfoSize)}}}, controlplane.ETOOLARGE, nil},
+		{"not JSON", controlplane.AgentReport{AgentID: "agent-2", Info: map[string]any{"f": func() {}}}, controlplane.ETOOLARGE, nil},
+		{"none", controlplane.AgentReport{AgentID: "agent-3"}, "", map[string]any{}},
+	}
+	var want map[string]any
+	wantAgent := ""
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			wantCode(t, db.UpdateAgent(ctx, c.UUID, tt.r), tt.code)
+			if tt.want != nil {
+				want, wantAgent = tt.want, tt.r.AgentID
+			}
+			got := read()
+			if !reflect.DeepEqual(got.AgentInfo, want) || got.AgentID != wantAgent {
+				t.Errorf("stored agent %q, info %#v; want %q, %#v", got.AgentID, got.AgentInfo, wantAgent, want)
+			}
+		})
+	}
+	// A heartbeat does not touch what the registration said.
+	wantCode(t, db.UpdateAgent(ctx, c.UUID, controlplane.AgentReport{AgentID: "agent-4", Info: map[string]any{"region": "DE"}}), "")
+	wantCode(t, db.RecordHeartbeat(ctx, c.UUID, controlplane.ClusterConnected, map[string]any{"k8s_pods": 3}, time.Time{}), "")
+	if got := read(); got.AgentInfo["region"] != "DE" || got.Metadata["k8s_pods"] != float64(3) {
+		t.Errorf("after a heartbeat: info %v, metadata %v", got.AgentInfo, got.Metadata)
+	}
 }

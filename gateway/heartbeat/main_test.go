@@ -333,6 +333,6 @@ func wantMeta(pods int) map[string]any {
 	return map[string]any{
 		"k8s_nodes": float64(3), "k8s_pods": float64(pods), "cpu_usage": "12.5%", "memory_usage": "unavailable",
 		"is_private": false, "gateway_routes": float64(7), "agent_version": "1.2.3", "k8s_version": "v1.31.0",
-		"tunnel_status": "healthy",
+		"tunnel_status": "connected", // an agent's "healthy", normalised
 	}
 }

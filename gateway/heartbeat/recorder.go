@@ -14,7 +14,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/gateway/session"
@@ -33,10 +32,6 @@ const (
 	// minFlushTimeout is the least a periodic flush is given before the
 	// clusters it has not written yet wait for the next one.
 	minFlushTimeout = 10 * time.Second
-	// maxTextLen bounds the strings of a heartbeat kept in the store (a
-	// version or a status is short), so that an agent cannot fill the
-	// cluster row with a megabyte of text.
-	maxTextLen = 256
 )
 
 // Recorder is a session.ControlHandler: it acknowledges heartbeats at once
@@ -55,8 +50,10 @@ const (
 // for the store but Flush (and Run).
 //
 // What is stored is what the control plane's registration socket stores for
-// a heartbeat: status connected (disconnected when the agent says so) and
-// the same metadata map. The heartbeat's time is when the gateway received
+// a heartbeat, made by the same function (controlplane.HeartbeatRecord):
+// status connected (disconnected when the agent says so) and the metadata
+// map, with its strings cut to controlplane.MaxAgentText bytes and the
+// monitoring endpoints without their passwords. The heartbeat's time is when the gateway received
 // it; the agent's clock is not trusted. Between flushes the state lives only
 // in memory: a gateway that crashes loses at most one interval of it, which
 // the agents' next heartbeats restore.
@@ -184,7 +181,7 @@ func (r *Recorder) heartbeat(cluster string, msg tunnel.Message) bool {
 		return false
 	}
 	r.Metrics.heartbeat("ok")
-	status, meta := stored(hb)
+	status, meta := controlplane.HeartbeatRecord(hb)
 	snap := snapshot{meta: meta, at: r.now()}
 	r.mu.Lock()
 	r.initLocked()
@@ -193,41 +190,6 @@ func (r *Recorder) heartbeat(cluster string, msg tunnel.Message) bool {
 	r.Metrics.setPending(len(r.pending))
 	r.mu.Unlock()
 	return true
-}
-
-// stored is what the store keeps of a heartbeat: the status and metadata
-// map the control plane's registration socket stores, so that a cluster
-// looks the same whichever of the two its agent last spoke to.
-func stored(hb tunnel.Heartbeat) (status string, meta map[string]any) {
-	status = controlplane.ClusterConnected
-	if hb.Status == tunnel.StatusDisconnected {
-		status = controlplane.ClusterDisconnected
-	}
-	m := hb.Metadata
-	meta = map[string]any{
-		"k8s_nodes":      m.K8sNodes,
-		"k8s_pods":       m.K8sPods,
-		"cpu_usage":      m.CPUUsage.String(),
-		"memory_usage":   m.MemoryUsage.String(),
-		"is_private":     m.IsPrivate,
-		"gateway_routes": m.GatewayRoutes,
-		"agent_version":  truncate(m.AgentVersion),
-		"k8s_version":    truncate(m.K8sVersion),
-		"tunnel_status":  truncate(hb.TunnelStatus),
-	}
-	return status, meta
-}
-
-// truncate cuts s to at most maxTextLen bytes, on a character boundary.
-func truncate(s string) string {
-	if len(s) <= maxTextLen {
-		return s
-	}
-	n := maxTextLen
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
 }
 
 // SessionStarted is for session.Config.OnConnect: it records that the

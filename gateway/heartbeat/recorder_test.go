@@ -12,7 +12,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -21,6 +20,7 @@ import (
 	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/tunnel"
+	"github.com/pipeops/tunnel/shared/tunnel/pipeopsfixtures"
 )
 
 func TestHeartbeatsBatched(t *testing.T) {
@@ -157,61 +157,80 @@ func TestMalformedHeartbeatDropped(t *testing.T) {
 	}
 }
 
-func TestStored(t *testing.T) {
-	long := strings.Repeat("é", maxTextLen) // two bytes each: the cut falls inside one
-	tests := []struct {
-		name       string
-		hb         tunnel.Heartbeat
-		wantStatus string
-		check      func(map[string]any) error
-	}{
-		{"healthy", heartbeat(5), controlplane.ClusterConnected, func(m map[string]any) error {
-			want := map[string]any{
-				"k8s_nodes": 3, "k8s_pods": 5, "cpu_usage": "12.5%", "memory_usage": "unavailable",
-				"is_private": false, "gateway_routes": 7, "agent_version": "1.2.3", "k8s_version": "v1.31.0",
-				"tunnel_status": "healthy",
+// TestPipeOpsHeartbeatsStored sends the PipeOps agent's heartbeats byte
+// for byte as it writes them and checks what the store keeps: the shape
+// controlplane.HeartbeatRecord makes (the control plane's registration
+// socket stores the same), with the monitoring endpoints and no password
+// or join token.
+func TestPipeOpsHeartbeatsStored(t *testing.T) {
+	e := newEnv(t, 1)
+	cluster := e.clusters[0]
+	rec := e.recorder(&Recorder{FlushInterval: time.Hour})
+	a, _ := e.gateway(rec, cluster).agent(nil)
+
+	for _, name := range []string{"heartbeat", "heartbeat_monitoring"} {
+		t.Run(name, func(t *testing.T) {
+			a.t = t
+			defer func() { a.t = e.t }()
+			raw := pipeopsfixtures.Load(name).JSON
+			msg, err := tunnel.DecodeMessage(raw)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if !reflect.DeepEqual(m, want) {
-				return fmt.Errorf("metadata %v, want %v", m, want)
+			a.sendRaw(name, msg)
+			if got := a.ack(); got != name {
+				t.Fatalf("ack for %q, want %q", got, name)
 			}
-			return nil
-		}},
-		{"reconnecting", tunnel.Heartbeat{Status: tunnel.StatusReconnecting}, controlplane.ClusterConnected, nil},
-		{"no status", tunnel.Heartbeat{}, controlplane.ClusterConnected, nil},
-		{"disconnected", tunnel.Heartbeat{Status: tunnel.StatusDisconnected, TunnelStatus: tunnel.StatusDisconnected},
-			controlplane.ClusterDisconnected, func(m map[string]any) error {
-				if m["tunnel_status"] != "disconnected" || m["cpu_usage"] != "unavailable" {
-					return fmt.Errorf("metadata %v", m)
+			if err := rec.Flush(e.ctx); err != nil {
+				t.Fatal(err)
+			}
+			var hb tunnel.Heartbeat
+			if err := msg.DecodePayload(&hb); err != nil {
+				t.Fatal(err)
+			}
+			_, made := controlplane.HeartbeatRecord(hb)
+			var want map[string]any // as read back from the database's JSON
+			if err := json.Unmarshal([]byte(mustJSON(t, made)), &want); err != nil {
+				t.Fatal(err)
+			}
+			c := e.row(cluster)
+			if c.Status != controlplane.ClusterConnected || !reflect.DeepEqual(c.Metadata, want) {
+				t.Errorf("stored %q %v, want connected %v", c.Status, c.Metadata, want)
+			}
+			if c.Metadata["cpu_usage"] != "0%" || c.Metadata["memory_usage"] != "0%" || c.Metadata["k8s_pods"] != float64(57) {
+				t.Errorf("stored usages and counts %v", c.Metadata)
+			}
+			stored := mustJSON(t, c.Metadata)
+			for _, secret := range []string{"password\"", "fixture-prom-password", "fixture-grafana-password", "fixture-loki-password",
+				"K3S_TOKEN", "fixture-k3s-join-token", "worker_join\""} {
+				if strings.Contains(stored, secret) {
+					t.Errorf("stored metadata holds %q: %s", secret, stored)
 				}
-				return nil
-			}},
-		{"long strings cut", tunnel.Heartbeat{TunnelStatus: long, Metadata: tunnel.HeartbeatMetadata{AgentVersion: long, K8sVersion: "x" + long}},
-			controlplane.ClusterConnected, func(m map[string]any) error {
-				for _, k := range []string{"agent_version", "k8s_version", "tunnel_status"} {
-					s := m[k].(string)
-					if len(s) > maxTextLen || len(s) < maxTextLen-utf8.UTFMax || !utf8.ValidString(s) {
-						return fmt.Errorf("%s cut to %d bytes: %q", k, len(s), s)
-					}
+			}
+			mon, _ := c.Metadata["monitoring"].(map[string]any)
+			switch name {
+			case "heartbeat":
+				if c.Metadata["tunnel_status"] != "connected" || mon != nil {
+					t.Errorf("stored tunnel_status %v, monitoring %v", c.Metadata["tunnel_status"], mon)
 				}
-				return nil
-			}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			status, meta := stored(tt.hb)
-			if status != tt.wantStatus {
-				t.Errorf("status %q, want %q", status, tt.wantStatus)
-			}
-			if len(meta) != 9 {
-				t.Errorf("metadata has %d keys, want 9: %v", len(meta), meta)
-			}
-			if tt.check != nil {
-				if err := tt.check(meta); err != nil {
-					t.Error(err)
+			case "heartbeat_monitoring":
+				if c.Metadata["tunnel_status"] != "disconnected" ||
+					mon["prometheus_url"] != "http://kube-prometheus-stack-prometheus.pipeops-monitoring.svc:9090" ||
+					mon["grafana_username"] != "admin" || mon["loki_password_set"] != true || mon["worker_join_offered"] != true {
+					t.Errorf("stored tunnel_status %v, monitoring %v", c.Metadata["tunnel_status"], mon)
 				}
 			}
 		})
 	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // hbMessage is a heartbeat message reporting pods pods with status.
