@@ -30,6 +30,7 @@ import (
 	"github.com/pipeops/tunnel/agent/clusterinfo"
 	"github.com/pipeops/tunnel/agent/config"
 	"github.com/pipeops/tunnel/agent/ingresssync"
+	"github.com/pipeops/tunnel/agent/jsonproxy"
 	"github.com/pipeops/tunnel/agent/kubeapi"
 	"github.com/pipeops/tunnel/agent/register"
 	"github.com/pipeops/tunnel/agent/routesapi"
@@ -89,7 +90,11 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 	info := tunnel.Register{
 		AgentID: cfg.AgentID, Name: cfg.ClusterName, K8sVersion: collector.KubernetesVersion(), Hostname: hostname,
 		AgentVersion: version.Version,
-		Features:     map[string]any{"yamux": true, "ingress_sync": cfg.EnableIngress, "kubernetes_api": true},
+		// PipeOps agents always send labels; hosted PipeOps shows them.
+		Labels: map[string]string{"hostname": hostname, "agent.pipeops.io/version": version.Version},
+		Features: map[string]any{"yamux": true, "ingress_sync": cfg.EnableIngress, "kubernetes_api": true,
+			// The PipeOps feature flags this agent honours (package jsonproxy).
+			"supports_gateway": true, "supports_streaming": true, "supports_response_streaming": true, "supports_websocket_proxy": true},
 	}
 	// The health server comes up first: while the agent registers (the
 	// control plane may be down, or refuse the token) /health answers, so
@@ -166,11 +171,24 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 	dialer := &targets.Dialer{KubeAPI: fwd.Dial, Allow: targets.AllowFunc(allowFor(syncer)),
 		Services: svcInf.Lister(), Slices: sliceInf.Lister(), Logger: log}
 
+	// The JSON proxy path (proxy_request, ws_start): how hosted PipeOps
+	// reaches the Kubernetes API. Its answers go out on the tunnel.
+	var tc *tunnelclient.Client
+	jp, err := newJSONProxy(rc, func(m tunnel.Message) error { return tc.Send(m) }, log, registry)
+	if err != nil {
+		return err
+	}
+	defer jp.Close()
+
 	var lastAck atomic.Int64
 	kick := make(chan struct{}, 1)
-	tc, err := tunnelclient.New(tunnelclient.Config{
+	tc, err = tunnelclient.New(tunnelclient.Config{
 		GatewayURL: res.GatewayWSURL, Token: cfg.Token, ClusterUUID: res.ClusterUUID, AgentVersion: version.Version,
 		TLSConfig: tlsCfg, Dialer: dialer, DrainTimeout: cfg.DrainTimeout, Logger: log,
+		Deliver: jp.Deliver, KubeAPIOverJSON: cfg.KubeAPIOverJSON,
+		// Answers of requests in flight could reach nobody once the tunnel
+		// is down, and the server that asked has given them up.
+		OnDisconnect: jp.Reset,
 		OnControl: func(m tunnel.Message) {
 			if m.Type == tunnel.TypeHeartbeatAck {
 				lastAck.Store(time.Now().UnixNano())
@@ -244,6 +262,25 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 	stop()
 	wg.Wait()
 	return nil
+}
+
+// newJSONProxy builds the handler of the JSON proxy path on the agent's
+// own credentials: client-go's transport (which follows token rotation)
+// for HTTP, and the same credentials for WebSockets.
+func newJSONProxy(rc *rest.Config, send func(tunnel.Message) error, log *slog.Logger, reg prometheus.Registerer) (*jsonproxy.Handler, error) {
+	api, _, err := rest.DefaultServerUrlFor(rc)
+	if err != nil {
+		return nil, fmt.Errorf("json proxy: API server address: %w", err)
+	}
+	tr, err := rest.TransportFor(rc)
+	if err != nil {
+		return nil, fmt.Errorf("json proxy: transport: %w", err)
+	}
+	ws, err := jsonproxy.WebSocketDialerFor(rc)
+	if err != nil {
+		return nil, err
+	}
+	return jsonproxy.New(jsonproxy.Config{Transport: tr, APIServer: api, DialWebSocket: ws, Send: send, Logger: log, Metrics: reg})
 }
 
 func httpClient(tlsCfg *tls.Config) *http.Client {

@@ -13,8 +13,12 @@ func TestLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.EnableIngress || c.Namespace != "pipeops-system" || c.HeartbeatMin != 5*time.Second || c.FullSync != 4*time.Hour {
+	if !c.EnableIngress || c.Namespace != "pipeops-system" || c.HeartbeatMin != 5*time.Second || c.FullSync != 4*time.Hour || c.KubeAPIOverJSON {
 		t.Fatalf("defaults: %+v", c)
+	}
+	c, err = Load(nil, env(map[string]string{"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN": "t", "AGENT_K8S_API_OVER_JSON": "true"}))
+	if err != nil || !c.KubeAPIOverJSON {
+		t.Fatalf("AGENT_K8S_API_OVER_JSON=true: %+v %v", c, err)
 	}
 	// ENABLE_INGRESS_SYNC=false is honoured, and a flag beats the environment.
 	c, err = Load([]string{"--cluster-name", "from-flag"}, env(map[string]string{"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN": "t",
@@ -29,6 +33,7 @@ func TestLoad(t *testing.T) {
 		"ENABLE_INGRESS_SYNC":        {"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN": "t", "ENABLE_INGRESS_SYNC": "nah"},
 		"INGRESS_CONTROLLER_SERVICE": {"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN": "t", "INGRESS_CONTROLLER_SERVICE": "nginx"},
 		"HEARTBEAT_MIN_INTERVAL":     {"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN": "t", "HEARTBEAT_MIN_INTERVAL": "1m"},
+		"AGENT_K8S_API_OVER_JSON":    {"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN": "t", "AGENT_K8S_API_OVER_JSON": "maybe"},
 	} {
 		if _, err := Load(nil, env(e)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%v: err = %v, want one containing %q", e, err, want)

@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +65,17 @@ type Config struct {
 	// OnControl receives the gateway's control messages, in order, from one
 	// goroutine per connection.
 	OnControl func(tunnel.Message)
+	// Deliver, when set, sees every decoded control message first, on the
+	// socket's read goroutine, in order; when it returns true the message
+	// is its own and is not queued for OnControl. It must not block: the
+	// yamux streams of the tunnel are read by the same goroutine. The JSON
+	// proxy (package jsonproxy) is what uses it.
+	Deliver func(tunnel.Message) bool
+	// KubeAPIOverJSON leaves tunnel.CapabilityK8sHTTP out of the gateway
+	// URL, so that a gateway reaches this agent's Kubernetes API with
+	// proxy_request messages (the path hosted PipeOps uses) rather than
+	// over yamux streams. For tests of that path.
+	KubeAPIOverJSON bool
 	// OnConnect and OnDisconnect are told when a tunnel comes up and goes down.
 	OnConnect, OnDisconnect func()
 
@@ -121,6 +133,16 @@ func New(cfg Config) (*Client, error) {
 	u, err := tunnel.GatewayURL(cfg.GatewayURL, cfg.ClusterUUID, cfg.AgentVersion)
 	if err != nil {
 		return nil, fmt.Errorf("tunnelclient: gateway URL: %w", err)
+	}
+	if cfg.KubeAPIOverJSON {
+		pu, err := url.Parse(u)
+		if err != nil {
+			return nil, fmt.Errorf("tunnelclient: gateway URL: %w", err)
+		}
+		q := pu.Query()
+		q.Del(tunnel.CapabilityK8sHTTP)
+		pu.RawQuery = q.Encode()
+		u = pu.String()
 	}
 	setDefault(&cfg.BackoffInitial, 500*time.Millisecond)
 	setDefault(&cfg.BackoffMax, 30*time.Second)
@@ -247,6 +269,9 @@ func (c *Client) runOnce(ctx context.Context) error {
 			msg, err := tunnel.DecodeMessage(b)
 			if err != nil {
 				log.Warn("dropping malformed control message from gateway", "err", err)
+				return
+			}
+			if c.cfg.Deliver != nil && c.cfg.Deliver(msg) {
 				return
 			}
 			select {

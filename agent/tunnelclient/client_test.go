@@ -13,16 +13,21 @@ import (
 
 func TestNewValidates(t *testing.T) {
 	dialer := DialerFunc(func(context.Context, tunnel.StreamHeader) (net.Conn, error) { return nil, ErrTargetRefused })
+	const flags = "supports_binary=true&supports_response_streaming=true&supports_streaming=true&supports_websocket=true&supports_yamux=true"
 	cases := []struct {
 		name string
 		cfg  Config
 		ok   bool
+		url  string
 	}{
-		{"ok", Config{GatewayURL: "https://gw.example.com", Token: "t", ClusterUUID: "c", Dialer: dialer}, true},
-		{"no token", Config{GatewayURL: "https://gw.example.com", ClusterUUID: "c", Dialer: dialer}, false},
-		{"no dialer", Config{GatewayURL: "https://gw.example.com", Token: "t", ClusterUUID: "c"}, false},
-		{"no cluster", Config{GatewayURL: "https://gw.example.com", Token: "t", Dialer: dialer}, false},
-		{"bad scheme", Config{GatewayURL: "ftp://gw.example.com", Token: "t", ClusterUUID: "c", Dialer: dialer}, false},
+		{"ok", Config{GatewayURL: "https://gw.example.com", Token: "t", ClusterUUID: "c", Dialer: dialer}, true,
+			"wss://gw.example.com/ws?agent_version=&cluster_uuid=c&supports_binary=true&supports_k8s_http=true&supports_response_streaming=true&supports_streaming=true&supports_websocket=true&supports_yamux=true"},
+		{"Kubernetes API over JSON", Config{GatewayURL: "https://gw.example.com/ws?x=1", Token: "t", ClusterUUID: "c", Dialer: dialer, KubeAPIOverJSON: true}, true,
+			"wss://gw.example.com/ws?agent_version=&cluster_uuid=c&" + flags + "&x=1"},
+		{"no token", Config{GatewayURL: "https://gw.example.com", ClusterUUID: "c", Dialer: dialer}, false, ""},
+		{"no dialer", Config{GatewayURL: "https://gw.example.com", Token: "t", ClusterUUID: "c"}, false, ""},
+		{"no cluster", Config{GatewayURL: "https://gw.example.com", Token: "t", Dialer: dialer}, false, ""},
+		{"bad scheme", Config{GatewayURL: "ftp://gw.example.com", Token: "t", ClusterUUID: "c", Dialer: dialer}, false, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -30,8 +35,8 @@ func TestNewValidates(t *testing.T) {
 			if (err == nil) != c.ok {
 				t.Fatalf("New: err = %v, want ok=%v", err, c.ok)
 			}
-			if c.ok && cl.url != "wss://gw.example.com/ws?agent_version=&cluster_uuid=c&supports_binary=true&supports_response_streaming=true&supports_streaming=true&supports_websocket=true&supports_yamux=true" {
-				t.Fatalf("url = %s", cl.url)
+			if c.ok && cl.url != c.url {
+				t.Fatalf("url = %s, want %s", cl.url, c.url)
 			}
 		})
 	}
