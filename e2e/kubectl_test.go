@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"os/exec"
 	"strings"
 	"sync"
@@ -116,4 +118,90 @@ func TestKubectl(t *testing.T) {
 	eventually(t, "the event after 90 s", 10*time.Second, func() (bool, string) {
 		return strings.Contains(out.String(), "after-90s"), out.String()
 	})
+}
+
+// TestKubectlJSONPath runs the real kubectl through the gateway against a
+// cluster whose agent speaks only the JSON proxy path (it does not announce
+// supports_k8s_http, as PipeOps agents do not): get, apply (client- and
+// server-side), a watch held for two minutes that still receives an event,
+// and the refusals that path must make clear (exec cannot be carried, a
+// missing pod's logs answer the API's NotFound).
+func TestKubectlJSONPath(t *testing.T) {
+	t.Parallel()
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Fatalf("kubectl is required (make deps installs it): %v", err)
+	}
+	e := newEnv(t, stack.Options{}, stack.ClusterOptions{Name: "jsononly", KubeAccess: "write",
+		AgentEnv: map[string]string{"AGENT_K8S_API_OVER_JSON": "true"}})
+	kc := func(stdin string, args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", e.c.Kubeconfig}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := kc("", "get", "ns"); err != nil || !strings.Contains(out, "default") {
+		t.Fatalf("kubectl get ns: %v\n%s", err, out)
+	}
+	if out, err := kc(deployment, "apply", "-f", "-"); err != nil || !strings.Contains(out, "deployment.apps/web created") {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	cm := "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa, namespace: default}\ndata: {k: v}\n"
+	if out, err := kc(cm, "apply", "--server-side", "-f", "-"); err != nil || !strings.Contains(out, "serverside-applied") {
+		t.Fatalf("kubectl apply --server-side: %v\n%s", err, out)
+	}
+	if out, err := kc("", "logs", "-f", "no-such-pod"); err == nil || !strings.Contains(out, "not found") {
+		t.Errorf("kubectl logs -f of a missing pod: %v\n%s", err, out)
+	}
+	if out, err := kc("", "explain", "deployment.spec.replicas"); err != nil || !strings.Contains(out, "replicas") {
+		t.Errorf("kubectl explain (OpenAPI over the JSON path): %v\n%s", err, out)
+	}
+
+	// Proof that the JSON path carried it: the agent counted its requests.
+	metrics := func() string {
+		resp, err := http.Get(e.c.AgentURL + "/metrics")
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if m := metrics(); !strings.Contains(m, `pipeops_agent_jsonproxy_requests_total{outcome="ok"}`) {
+		t.Fatalf("the agent served no JSON proxy request:\n%s", m)
+	}
+
+	// A watch held open for two minutes, then an event.
+	var out lockedBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	watch := exec.CommandContext(ctx, kubectl, "--kubeconfig", e.c.Kubeconfig, "get", "deployments", "-n", "default",
+		"--watch", "--request-timeout=0", "-o", "custom-columns=NAME:.metadata.name,TIER:.metadata.labels.tier", "--no-headers")
+	watch.Stdout, watch.Stderr = &out, &out
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- watch.Wait() }()
+	eventually(t, "the watch's first listing", 10*time.Second, func() (bool, string) { return strings.Contains(out.String(), "web"), out.String() })
+	select {
+	case err := <-exited:
+		t.Fatalf("the watch ended after less than 2 minutes: %v\n%s", err, out.String())
+	case <-time.After(2 * time.Minute):
+	}
+	d, err := e.c.Kube.Client.AppsV1().Deployments("default").Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Labels = map[string]string{"tier": "after-2m"}
+	if _, err := e.c.Kube.Client.AppsV1().Deployments("default").Update(context.Background(), d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the event after 2 minutes", 10*time.Second, func() (bool, string) {
+		return strings.Contains(out.String(), "after-2m"), out.String()
+	})
+	cancel()
+	<-exited
 }
