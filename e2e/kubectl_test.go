@@ -82,6 +82,12 @@ func TestKubectl(t *testing.T) {
 	if out := run("", "auth", "whoami"); !strings.Contains(out, "system:serviceaccount:"+stack.AgentNamespace+":"+stack.AgentAccount) {
 		t.Fatalf("kubectl auth whoami: the API should see the agent's ServiceAccount:\n%s", out)
 	}
+	// The caller's own impersonation is refused with the reason, never
+	// silently dropped (which would run the command as the agent).
+	asCmd := exec.Command(kubectl, "--kubeconfig", e.c.Kubeconfig, "--as=nobody", "get", "ns")
+	if out, err := asCmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "not supported through the gateway") {
+		t.Errorf("kubectl --as=nobody get ns: %v\n%s", err, out)
+	}
 	if out := run(deployment, "apply", "-f", "-"); !strings.Contains(out, "deployment.apps/web created") {
 		t.Fatalf("kubectl apply:\n%s", out)
 	}

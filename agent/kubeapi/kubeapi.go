@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/rest"
 )
 
@@ -33,6 +34,8 @@ type Server struct {
 	hs  *http.Server
 	l   *pipeListener
 	tr  http.RoundTripper
+	// upTr carries upgrade requests, over HTTP/1.1.
+	upTr http.RoundTripper
 
 	serveDone chan struct{}
 }
@@ -58,7 +61,17 @@ func New(cfg *rest.Config, logger *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeapi: transport: %w", err)
 	}
-	s := &Server{log: logger, l: newPipeListener(), tr: tr, serveDone: make(chan struct{})}
+	// Upgrades (exec, attach, port-forward over SPDY or WebSocket) need
+	// HTTP/1.1: HTTP/2 has no Upgrade, and the transport above speaks
+	// HTTP/2 to any API server that offers it. So they get a transport of
+	// their own that offers only HTTP/1.1, with the same credentials.
+	up := rest.CopyConfig(cfg)
+	up.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	upTr, err := rest.TransportFor(up)
+	if err != nil {
+		return nil, fmt.Errorf("kubeapi: upgrade transport: %w", err)
+	}
+	s := &Server{log: logger, l: newPipeListener(), tr: tr, upTr: upTr, serveDone: make(chan struct{})}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
@@ -71,7 +84,12 @@ func New(cfg *rest.Config, logger *slog.Logger) (*Server, error) {
 				}
 			}
 		},
-		Transport:     tr,
+		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			if r.Header.Get("Upgrade") != "" {
+				return upTr.RoundTrip(r)
+			}
+			return tr.RoundTrip(r)
+		}),
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
@@ -113,11 +131,22 @@ func (s *Server) Close() error {
 	err := s.hs.Close()
 	s.l.Close()
 	<-s.serveDone
-	if t, ok := s.tr.(interface{ CloseIdleConnections() }); ok {
-		t.CloseIdleConnections()
+	// client-go wraps its transports (credentials, user agent); this
+	// unwraps them to reach the pools.
+	for _, tr := range []http.RoundTripper{s.tr, s.upTr} {
+		if t, ok := tr.(interface{ CloseIdleConnections() }); ok {
+			t.CloseIdleConnections()
+		}
 	}
+	// The upgrade transport is the agent's own (no other client shares its
+	// TLS settings); client-go wraps it, so unwrap to reach its pool.
+	utilnet.CloseIdleConnectionsFor(s.upTr)
 	return err
 }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // pipeListener hands in-memory connections to an http.Server.
 type pipeListener struct {

@@ -186,3 +186,53 @@ func TestKubectlThroughTunnel(t *testing.T) {
 		}
 	}
 }
+
+// An upgrade request (kubectl exec over SPDY) reaches the API server and
+// gets the API server's own answer, not a 502: it travels over HTTP/1.1,
+// since HTTP/2 cannot carry an Upgrade. With no kubelet here, the API
+// server refuses the exec itself, which is the answer to expect.
+func TestUpgradeReachesAPIServer(t *testing.T) {
+	env := kubetest.Start(t)
+	testenv.LeakCheck(t)
+	ns := env.Namespace(t)
+	acct := env.ServiceAccount(t, ns, "agent", kubetest.Grant{Namespace: ns, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
+		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create", "get"}},
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: ns},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox"}}}}
+	if _, err := env.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	fwd, err := kubeapi.New(acct.Config, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fwd.Close()
+	for _, proto := range []struct{ upgrade, extra string }{
+		{"SPDY/3.1", "X-Stream-Protocol-Version: v4.channel.k8s.io\r\n"},
+		{"websocket", "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n"},
+	} {
+		t.Run(proto.upgrade, func(t *testing.T) {
+			conn, err := fwd.Dial(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+			fmt.Fprintf(conn, "GET /api/v1/namespaces/%s/pods/p/exec?command=true&stdout=true HTTP/1.1\r\nHost: kubernetes\r\n"+
+				"Connection: Upgrade\r\nUpgrade: %s\r\n%s\r\n", ns, proto.upgrade, proto.extra)
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusBadGateway || !strings.Contains(string(b), `"kind":"Status"`) {
+				t.Fatalf("exec upgrade answered %s: %s (want the API server's own Status)", resp.Status, b)
+			}
+		})
+	}
+}

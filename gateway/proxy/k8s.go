@@ -162,6 +162,16 @@ func (k *K8s) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusForbidden, "this token does not allow cluster "+cluster)
 		return
 	}
+	// A caller's own impersonation (kubectl --as, --as-group) cannot be
+	// honoured: the agent acts with its own ServiceAccount, and passing the
+	// headers on would let a caller borrow any identity that account may
+	// impersonate. Dropping them silently would run the request as
+	// someone else than asked, so it is refused, saying why.
+	if h := impersonationHeader(r.Header); h != "" {
+		writeStatus(w, http.StatusForbidden, "impersonation ("+h+", kubectl --as/--as-group) is not supported through the gateway: "+
+			"requests act with the identity of the cluster's agent; run the command without --as")
+		return
+	}
 	// A watch or an exec session outlives the token check above: the
 	// request is cut if the token is revoked or expires while it runs.
 	ctx, cut := context.WithCancelCause(r.Context())
@@ -172,15 +182,9 @@ func (k *K8s) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer k.conns.Register(conn)()
 	out := r.Clone(ctx)
-	// The caller's identity stops here: the agent acts with its own
-	// ServiceAccount, and impersonation headers would let a caller borrow
-	// any identity that account may impersonate.
+	// The caller's credentials stop here: the agent acts with its own
+	// ServiceAccount.
 	out.Header.Del("Authorization")
-	for h := range out.Header {
-		if strings.HasPrefix(strings.ToLower(h), "impersonate-") {
-			out.Header.Del(h)
-		}
-	}
 	out.URL.Path = apiPath
 	out.URL.RawPath = ""
 	body, fits := limitBody(out, k.maxBody)
@@ -219,6 +223,17 @@ func (t k8sTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			ContentLength: int64(len(body)), Request: req}, nil
 	}
 	return s.ProxyHTTP(req)
+}
+
+// impersonationHeader returns the name of the first Impersonate-* header of
+// h, or "".
+func impersonationHeader(h http.Header) string {
+	for name := range h {
+		if strings.HasPrefix(strings.ToLower(name), "impersonate-") {
+			return name
+		}
+	}
+	return ""
 }
 
 // closeEndsReads is a tunnel stream whose Close also ends its reads, the

@@ -351,12 +351,15 @@ func TestKubernetesAPIAccess(t *testing.T) {
 	user := f.token(&auth.Claims{Kind: auth.KindUser, Clusters: []string{"c1"}})
 	other := f.token(&auth.Claims{Kind: auth.KindUser, Clusters: []string{"c2"}})
 	agent := f.token(&auth.Claims{Kind: auth.KindAgent, ClusterID: "c1"})
+	impersonate := false
 	call := func(path, token string) (int, string) {
 		req, _ := http.NewRequest("GET", srv.URL+path, nil)
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
-		req.Header.Set("Impersonate-User", "system:admin")
+		if impersonate {
+			req.Header.Set("Impersonate-User", "system:admin")
+		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -380,6 +383,12 @@ func TestKubernetesAPIAccess(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d with a Status body", name, code, body, c.want)
 		}
 	}
+	// A caller's own impersonation is refused, saying why, never dropped.
+	impersonate = true
+	if code, body := call("/k8s/c1/api/v1/namespaces", user); code != 403 || !strings.Contains(body, "--as") {
+		t.Fatalf("impersonating call: %d %q, want 403 naming --as", code, body)
+	}
+	impersonate = false
 	code, body := call("/k8s/c1/api/v1/namespaces", user)
 	if code != 200 || !strings.Contains(body, `"path":"/api/v1/namespaces"`) {
 		t.Fatalf("allowed call: %d %q", code, body)
