@@ -40,8 +40,13 @@ type Config struct {
 	TLSCertDir      string   // TLS_CERT_DIR: HOST.crt + HOST.key per hostname
 	TLSCertFile     string   // TLS_CERT_FILE + TLS_KEY_FILE: the default certificate
 	TLSKeyFile      string
-	TLSSelfSigned   bool          // TLS_SELF_SIGNED: make a development certificate when none is given
-	RedirectHTTPS   bool          // HTTP_REDIRECT_HTTPS: answer plain HTTP with a redirect
+	TLSSelfSigned   bool // TLS_SELF_SIGNED: make a development certificate when none is given
+	RedirectHTTPS   bool // HTTP_REDIRECT_HTTPS: answer plain HTTP with a redirect
+	// K8sPlainHTTP (K8S_ALLOW_PLAIN_HTTP) lets /k8s/ answer on the plain
+	// HTTP listener. Off, it answers there with 403 before it reads the
+	// token, which would have crossed the network in the clear. Only for a
+	// gateway behind a proxy that terminates TLS for it.
+	K8sPlainHTTP    bool
 	ACME            bool          // ACME: get certificates for routed hosts from an ACME CA
 	ACMEEmail       string        // ACME_EMAIL: contact for the CA
 	ACMECacheDir    string        // ACME_CACHE_DIR: where certificates and the account key are kept
@@ -80,6 +85,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		TLSKeyFile:      r.String("TLS_KEY_FILE", ""),
 		TLSSelfSigned:   r.Bool("TLS_SELF_SIGNED", false),
 		RedirectHTTPS:   r.Bool("HTTP_REDIRECT_HTTPS", false),
+		K8sPlainHTTP:    r.Bool("K8S_ALLOW_PLAIN_HTTP", false),
 		ACME:            r.Bool("ACME", false),
 		ACMEEmail:       r.String("ACME_EMAIL", ""),
 		ACMECacheDir:    r.String("ACME_CACHE_DIR", "/var/lib/pipeops-gateway/acme"),

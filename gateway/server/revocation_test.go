@@ -107,6 +107,7 @@ func TestKubernetesStreamsCut(t *testing.T) {
 			"DATABASE_URL": cp.DBURL, "CONTROLPLANE_URL": jwksServer(t, iss),
 			"HTTP_ADDR": freeAddr(t), "ADMIN_ADDR": freeAddr(t), "GATEWAY_HOSTS": "gw.local,127.0.0.1",
 			"REVOCATION_CHECK_INTERVAL": interval.String(), "SHUTDOWN_TIMEOUT": "2s",
+			"K8S_ALLOW_PLAIN_HTTP": "true", // revocation, not transport, is under test
 		}[k]
 	})
 	if err != nil {

@@ -6,6 +6,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,7 +51,9 @@ type Gateway struct {
 	gwHosts  map[string]bool
 	// acmeRefused counts the names the ACME host policy refused;
 	// acmeRefusals keeps their log lines few (see allowCertificate).
-	acmeRefused  prometheus.Counter
+	acmeRefused prometheus.Counter
+	// plainK8s counts Kubernetes API requests refused on plain HTTP.
+	plainK8s     prometheus.Counter
 	acmeRefusals *logLimiter
 	// cpTransport carries the JWKS fetches to the control plane.
 	cpTransport *http.Transport
@@ -76,8 +79,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 			Help: "Certificate requests (TLS handshakes, HTTP-01 challenge requests) for names that are neither a gateway host nor routed; none reaches the ACME CA.",
 		}),
 		acmeRefusals: newLogLimiter(time.Minute, maxRefusalLines, time.Now),
+		plainK8s: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pipeops_gateway_k8s_plain_http_refused_total",
+			Help: "Kubernetes API requests refused because they came over plain HTTP (K8S_ALLOW_PLAIN_HTTP is off).",
+		}),
 	}
-	reg.MustRegister(g.acmeRefused)
+	reg.MustRegister(g.acmeRefused, g.plainK8s)
 	for _, h := range cfg.GatewayHosts {
 		g.gwHosts[h] = true
 	}
@@ -148,21 +155,40 @@ func (g *Gateway) Handler() http.Handler {
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
 		}
-		isOwnPath := r.URL.Path == "/ws" || strings.HasPrefix(r.URL.Path, proxy.K8sPrefix)
+		isK8s := strings.HasPrefix(r.URL.Path, proxy.K8sPrefix)
+		isOwnPath := r.URL.Path == "/ws" || isK8s
 		if isOwnPath {
-			if len(g.gwHosts) > 0 && g.gwHosts[host] {
-				own.ServeHTTP(w, r)
+			ours := len(g.gwHosts) > 0 && g.gwHosts[host]
+			if len(g.gwHosts) == 0 {
+				_, routed := g.routes.Lookup(r.Host, r.URL.Path)
+				ours = !routed
+			}
+			if ours && isK8s && r.TLS == nil && !g.cfg.K8sPlainHTTP {
+				g.refusePlainK8s(w, r)
 				return
 			}
-			if len(g.gwHosts) == 0 {
-				if _, routed := g.routes.Lookup(r.Host, r.URL.Path); !routed {
-					own.ServeHTTP(w, r)
-					return
-				}
+			if ours {
+				own.ServeHTTP(w, r)
+				return
 			}
 		}
 		g.proxy.ServeHTTP(w, r)
 	})
+}
+
+// refusePlainK8s answers a Kubernetes API request that came over plain
+// HTTP, without reading its token: a Status kubectl prints, telling the
+// person to use HTTPS and to revoke a token that crossed in the clear.
+func (g *Gateway) refusePlainK8s(w http.ResponseWriter, r *http.Request) {
+	g.plainK8s.Inc()
+	msg := "the Kubernetes API is served only over HTTPS: use https:// in the kubeconfig's server URL"
+	if r.Header.Get("Authorization") != "" {
+		msg += "; the token sent with this request crossed the network unencrypted: revoke it (pipeops-controlplane token revoke)"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusForbidden)
+	_ = json.NewEncoder(w).Encode(map[string]any{"kind": "Status", "apiVersion": "v1", "status": "Failure",
+		"reason": "Forbidden", "code": http.StatusForbidden, "message": msg})
 }
 
 // AdminHandler serves /healthz, /readyz, /metrics and /debug/pprof/ (the

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/pipeops/tunnel/agent/tunnelclient"
 	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/controlplane/cptest"
@@ -197,18 +199,37 @@ func TestGatewayEndToEnd(t *testing.T) {
 	iss.SetClock(func() time.Time { return time.Now().Add(-2 * time.Hour) })
 	expiredTok, _, _ := iss.Issue(ctx, tokens.Request{Kind: auth.KindUser, Clusters: []string{cluster.UUID}, TTL: time.Hour})
 	iss.SetClock(time.Now)
+	// This gateway has no TLS listener, so the requests are handed to its
+	// handler as if they had come over TLS.
 	for name, tok := range map[string]string{"revoked": userTok, "expired": expiredTok} {
-		req, _ := http.NewRequest("GET", "http://"+cfg.HTTPAddr+"/k8s/"+cluster.UUID+"/api", nil)
-		req.Host = "gw.local"
+		req := httptest.NewRequest("GET", "https://gw.local/k8s/"+cluster.UUID+"/api", nil)
 		req.Header.Set("Authorization", "Bearer "+tok)
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
+		rec := httptest.NewRecorder()
+		g.Handler().ServeHTTP(rec, req)
+		if rec.Code != 401 {
+			t.Errorf("%s user token on /k8s: %d, want 401", name, rec.Code)
 		}
-		resp.Body.Close()
-		if resp.StatusCode != 401 {
-			t.Errorf("%s user token on /k8s: %d, want 401", name, resp.StatusCode)
-		}
+	}
+
+	// Over plain HTTP the Kubernetes API is refused before the token is
+	// read (a valid one, so only the transport can be the reason).
+	goodTok, _, _ := iss.Issue(ctx, tokens.Request{Kind: auth.KindUser, Clusters: []string{cluster.UUID}})
+	plain, _ := http.NewRequest("GET", "http://"+cfg.HTTPAddr+"/k8s/"+cluster.UUID+"/api", nil)
+	plain.Host = "gw.local"
+	plain.Header.Set("Authorization", "Bearer "+goodTok)
+	presp, err := hc.Do(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(presp.Body)
+	presp.Body.Close()
+	if presp.StatusCode != 403 || !strings.Contains(string(body), "only over HTTPS") || !strings.Contains(string(body), "revoke it") {
+		t.Errorf("plain HTTP /k8s: %d %s, want 403 telling to use HTTPS and revoke the token", presp.StatusCode, body)
+	}
+	var m dto.Metric
+	_ = g.plainK8s.Write(&m)
+	if got := m.GetCounter().GetValue(); got != 1 {
+		t.Errorf("plain HTTP refusals counted %v, want 1", got)
 	}
 
 	// Revoking the agent's token closes its live session.
