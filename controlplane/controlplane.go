@@ -245,7 +245,8 @@ type Token struct {
 	Kind        string
 	ClusterUUID string   // agent tokens
 	Clusters    []string // user tokens
-	Subject     string
+	Subject     string   // sub: the person of a user or admin token; a label on agent tokens
+	Groups      []string // the groups of that person (user and admin tokens)
 	IssuedAt    time.Time
 	ExpiresAt   time.Time
 	RevokedAt   time.Time // zero: not revoked
@@ -255,7 +256,7 @@ type Token struct {
 func (t Token) AuthRecord() *auth.Record {
 	return &auth.Record{
 		Issuer: t.Issuer, Kind: auth.Kind(t.Kind), ClusterID: t.ClusterUUID, Clusters: t.Clusters,
-		Subject: t.Subject, ExpiresAt: t.ExpiresAt, Revoked: !t.RevokedAt.IsZero(),
+		Subject: t.Subject, Groups: t.Groups, ExpiresAt: t.ExpiresAt, Revoked: !t.RevokedAt.IsZero(),
 	}
 }
 

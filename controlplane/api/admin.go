@@ -158,13 +158,14 @@ type tokenView struct {
 	ClusterUUID string     `json:"cluster_uuid,omitempty"`
 	Clusters    []string   `json:"clusters,omitempty"`
 	Subject     string     `json:"subject,omitempty"`
+	Groups      []string   `json:"groups,omitempty"`
 	IssuedAt    time.Time  `json:"issued_at"`
 	ExpiresAt   time.Time  `json:"expires_at"`
 	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
 }
 
 func tokenViewOf(t controlplane.Token) tokenView {
-	v := tokenView{ID: t.ID, Kind: t.Kind, ClusterUUID: t.ClusterUUID, Clusters: t.Clusters, Subject: t.Subject, IssuedAt: t.IssuedAt, ExpiresAt: t.ExpiresAt}
+	v := tokenView{ID: t.ID, Kind: t.Kind, ClusterUUID: t.ClusterUUID, Clusters: t.Clusters, Subject: t.Subject, Groups: t.Groups, IssuedAt: t.IssuedAt, ExpiresAt: t.ExpiresAt}
 	if !t.RevokedAt.IsZero() {
 		at := t.RevokedAt
 		v.RevokedAt = &at
@@ -178,13 +179,14 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		Cluster  string   `json:"cluster"`
 		Clusters []string `json:"clusters"`
 		Subject  string   `json:"subject"`
+		Groups   []string `json:"groups"`
 		TTL      string   `json:"ttl"`
 	}
 	if err := decode(w, r, &req); err != nil {
 		writeError(w, r, err, s.log)
 		return
 	}
-	issue := tokens.Request{Kind: auth.Kind(req.Kind), Subject: req.Subject}
+	issue := tokens.Request{Kind: auth.Kind(req.Kind), Subject: req.Subject, Groups: req.Groups}
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil || d <= 0 {

@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -37,11 +36,16 @@ Usage:
   pipeops-controlplane cluster create NAME [--json]  create a cluster; prints its agent token and install command
   pipeops-controlplane cluster list [--wide]      list clusters and their status; --wide adds the agent's
                                                   hostname, region and cloud provider
-  pipeops-controlplane token create --kind KIND [--cluster C]... [--ttl D] [--subject S]
-                                                  mint a token: admin, user (reaches the named clusters'
-                                                  Kubernetes API through the gateway) or agent (one cluster)
+  pipeops-controlplane token create --kind KIND [--cluster C]... [--ttl D] [--user U [--group G]...] [--json]
+                                                  mint a token: admin (carries ADMIN_IDENTITY_USER and
+                                                  ADMIN_IDENTITY_GROUPS), user (reaches the named clusters'
+                                                  Kubernetes API through the gateway, for person U in groups G)
+                                                  or agent (one cluster); --subject is the older name of --user
   pipeops-controlplane token revoke ID            revoke a token by id
-  pipeops-controlplane kubeconfig CLUSTER         print a kubeconfig reaching CLUSTER through the gateway
+  pipeops-controlplane kubeconfig CLUSTER [--user U] [--group G]...
+                                                  print a kubeconfig reaching CLUSTER through the gateway; its
+                                                  token names person U in groups G (default: no person,
+                                                  subject kubeconfig:CLUSTER)
   pipeops-controlplane hostname list [--cluster C] [--json]
                                                   list route hostnames: verified, or the DNS TXT record to publish
   pipeops-controlplane hostname verify CLUSTER HOSTNAME
@@ -60,8 +64,8 @@ Usage:
 Configuration comes from the environment: DATABASE_URL (required), LISTEN_ADDR,
 GATEWAY_WS_URL (required by serve), GATEWAY_URL, GATEWAY_CA_FILE, API_URL, ROUTE_TTL,
 REAPER_INTERVAL, ROUTE_BASE_DOMAINS, HOSTNAME_VERIFICATION, DNS_RESOLVER,
-HOSTNAME_CHECK_INTERVAL, TLS_CERT_FILE, TLS_KEY_FILE, SHUTDOWN_TIMEOUT, LOG_LEVEL,
-LOG_FORMAT. See docs/controlplane.md.
+HOSTNAME_CHECK_INTERVAL, TLS_CERT_FILE, TLS_KEY_FILE, SHUTDOWN_TIMEOUT, ADMIN_IDENTITY_USER,
+ADMIN_IDENTITY_GROUPS, LOG_LEVEL, LOG_FORMAT. See docs/controlplane.md.
 
 The signing keys are stored sealed under a key-encryption key (KEK): KEY_ENCRYPTION_KEY_FILE,
 a file holding base64 of 32 random bytes ('openssl rand -base64 32'), or KEY_ENCRYPTION_KEY,
@@ -117,10 +121,26 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 
 func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	cmd, rest := args[0], args[1:]
-	if cmd == "serve" {
-		if err := cfg.ValidateServe(); err != nil {
-			return err
+	// Checked before the database is opened: a mistake there costs no
+	// connection and leaves nothing half done.
+	var (
+		create tokenCreate
+		kube   kubeconfigArgs
+		err    error
+	)
+	switch {
+	case cmd == "serve":
+		err = cfg.ValidateServe()
+	case cmd == "token" && len(rest) > 0 && rest[0] == "create":
+		create, err = parseTokenCreate(rest[1:])
+	case cmd == "kubeconfig":
+		kube, err = parseKubeconfig(rest)
+		if err == nil && cfg.GatewayURL == "" {
+			err = errors.New("GATEWAY_URL is not set: a kubeconfig must point at the gateway's public URL")
 		}
+	}
+	if err != nil {
+		return err
 	}
 	db, err := postgres.Open(ctx, cfg.DatabaseURL)
 	if err != nil {
@@ -146,7 +166,7 @@ func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 	if err := cfg.RequireKEK(); err != nil {
 		return err
 	}
-	issuer, err := tokens.NewIssuer(ctx, db, db, tokens.Options{KEK: cfg.KEK, Logger: log})
+	issuer, err := tokens.NewIssuer(ctx, db, db, tokens.Options{KEK: cfg.KEK, Logger: log, AdminUser: cfg.AdminUser, AdminGroups: cfg.AdminGroups})
 	if err != nil {
 		return kekHint(err)
 	}
@@ -156,23 +176,21 @@ func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 	case "cluster":
 		return clusterCmd(ctx, cfg, db, issuer, rest, stdout)
 	case "token":
-		return tokenCmd(ctx, db, issuer, rest, stdout)
+		return tokenCmd(ctx, db, issuer, rest, create, stdout)
 	case "hostname":
 		return hostnameCmd(ctx, cfg, db, rest, stdout)
 	case "domain":
 		return domainCmd(ctx, db, rest, stdout)
 	case "kubeconfig":
-		if len(rest) != 1 {
-			return usageError{"kubeconfig takes one argument: the cluster name or id"}
-		}
-		if cfg.GatewayURL == "" {
-			return errors.New("GATEWAY_URL is not set: a kubeconfig must point at the gateway's public URL")
-		}
-		c, err := findCluster(ctx, db, rest[0])
+		c, err := findCluster(ctx, db, kube.cluster)
 		if err != nil {
 			return err
 		}
-		tok, _, err := issuer.Issue(ctx, tokens.Request{Kind: auth.KindUser, Clusters: []string{c.UUID}, Subject: "kubeconfig:" + c.Name})
+		req := tokens.Request{Kind: auth.KindUser, Clusters: []string{c.UUID}, Subject: kube.user, Groups: kube.groups}
+		if kube.user == "" {
+			req.Subject = "kubeconfig:" + c.Name
+		}
+		tok, _, err := issuer.Issue(ctx, req)
 		if err != nil {
 			return err
 		}
@@ -249,7 +267,9 @@ type multiFlag []string
 func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
-func tokenCmd(ctx context.Context, db *postgres.DB, issuer *tokens.Issuer, args []string, stdout io.Writer) error {
+// tokenCmd runs `token revoke ID` and `token create`, whose arguments
+// dispatch parsed into create.
+func tokenCmd(ctx context.Context, db *postgres.DB, issuer *tokens.Issuer, args []string, create tokenCreate, stdout io.Writer) error {
 	if len(args) == 2 && args[0] == "revoke" {
 		if err := db.RevokeToken(ctx, args[1], time.Now()); err != nil {
 			return err
@@ -258,21 +278,10 @@ func tokenCmd(ctx context.Context, db *postgres.DB, issuer *tokens.Issuer, args 
 		return nil
 	}
 	if len(args) < 1 || args[0] != "create" {
-		return usageError{"usage: token create --kind KIND [--cluster C]... [--ttl D] | token revoke ID"}
+		return usageError{"usage: token create --kind KIND [--cluster C]... [--ttl D] [--user U [--group G]...] | token revoke ID"}
 	}
-	fs := flag.NewFlagSet("token create", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	kind := fs.String("kind", "", "admin, user or agent")
-	ttl := fs.Duration("ttl", 0, "lifetime (default: agent 8760h, user 720h, admin 2160h)")
-	subject := fs.String("subject", "", "who the token is for")
-	asJSON := fs.Bool("json", false, "print the token and its record as JSON")
-	var clusters multiFlag
-	fs.Var(&clusters, "cluster", "cluster name or id (repeatable; '*' for all, user tokens)")
-	if err := fs.Parse(args[1:]); err != nil {
-		return usageError{"token create: " + err.Error()}
-	}
-	req := tokens.Request{Kind: auth.Kind(*kind), TTL: *ttl, Subject: *subject}
-	for _, ref := range clusters {
+	req := create.req
+	for _, ref := range create.clusters {
 		uuid := ref
 		if ref != "*" {
 			c, err := findCluster(ctx, db, ref)
@@ -291,8 +300,12 @@ func tokenCmd(ctx context.Context, db *postgres.DB, issuer *tokens.Issuer, args 
 	if err != nil {
 		return err
 	}
-	if *asJSON {
-		return json.NewEncoder(stdout).Encode(map[string]any{"token": tok, "id": rec.ID, "expires_at": rec.ExpiresAt})
+	if create.asJSON {
+		out := map[string]any{"token": tok, "id": rec.ID, "expires_at": rec.ExpiresAt, "subject": rec.Subject}
+		if len(rec.Groups) > 0 {
+			out["groups"] = rec.Groups
+		}
+		return json.NewEncoder(stdout).Encode(out)
 	}
 	fmt.Fprintln(stdout, tok)
 	return nil

@@ -12,6 +12,8 @@ import (
 
 	"github.com/pipeops/tunnel/controlplane/hostnames"
 	"github.com/pipeops/tunnel/controlplane/keyseal"
+	"github.com/pipeops/tunnel/controlplane/tokens"
+	"github.com/pipeops/tunnel/shared/auth"
 	"github.com/pipeops/tunnel/shared/envconfig"
 )
 
@@ -44,6 +46,12 @@ type Config struct {
 	RevocationCheckInterval time.Duration
 	LogLevel                slog.Level // LOG_LEVEL: debug, info, warn, error
 	LogFormat               string     // LOG_FORMAT: text or json
+	// AdminUser and AdminGroups are ADMIN_IDENTITY_USER (default
+	// pipeops:admin) and ADMIN_IDENTITY_GROUPS (comma-separated, default
+	// pipeops:admins): the identity every admin token carries as its sub and
+	// groups, for the agent to impersonate.
+	AdminUser   string
+	AdminGroups []string
 	// KEK is KEY_ENCRYPTION_KEY_FILE or KEY_ENCRYPTION_KEY, the
 	// key-encryption key that seals the signing keys, with the previous
 	// ones of KEY_ENCRYPTION_KEY_PREVIOUS_FILE and KEY_ENCRYPTION_KEY_PREVIOUS
@@ -81,6 +89,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	if err := c.Ownership.Validate(); err != nil {
 		r.Failf("ROUTE_BASE_DOMAINS: %v", err)
 	}
+	c.AdminUser, c.AdminGroups = loadAdminIdentity(r)
 	if c.DNSResolver != "" {
 		if _, port, err := net.SplitHostPort(c.DNSResolver); err != nil || port == "" {
 			r.Failf("DNS_RESOLVER=%q must be host:port (for example 127.0.0.1:53)", c.DNSResolver)
@@ -113,6 +122,25 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	c.KEK = loadKEK(r)
 	return c, r.Err()
+}
+
+// loadAdminIdentity reads ADMIN_IDENTITY_USER and ADMIN_IDENTITY_GROUPS
+// and checks them with the rules every token identity is held to.
+func loadAdminIdentity(r *envconfig.Reader) (string, []string) {
+	user := r.String("ADMIN_IDENTITY_USER", tokens.DefaultAdminUser)
+	groups := []string{tokens.DefaultAdminGroup}
+	if v := r.String("ADMIN_IDENTITY_GROUPS", ""); v != "" {
+		groups = nil
+		for _, g := range strings.Split(v, ",") {
+			groups = append(groups, strings.TrimSpace(g)) // an empty one is refused below
+		}
+	}
+	if err := auth.ValidateIdentity(user, nil); err != nil {
+		r.Failf("ADMIN_IDENTITY_USER: %v", err)
+	} else if err := auth.ValidateIdentity(user, groups); err != nil {
+		r.Failf("ADMIN_IDENTITY_GROUPS: %v", err)
+	}
+	return user, groups
 }
 
 // ValidateServe checks what serve needs beyond LoadConfig.

@@ -11,7 +11,7 @@ import (
 	"github.com/pipeops/tunnel/controlplane"
 )
 
-const tokenColumns = `id, issuer, kind, coalesce(cluster_uuid::text, ''), clusters, subject, issued_at, expires_at, revoked_at`
+const tokenColumns = `id, issuer, kind, coalesce(cluster_uuid::text, ''), clusters, subject, groups, issued_at, expires_at, revoked_at`
 
 // RecordToken stores the record of an issued token. EINVALID without an ID,
 // a Kind or an ExpiresAt; ECONFLICT when the ID is already recorded;
@@ -36,9 +36,9 @@ func (db *DB) RecordToken(ctx context.Context, t controlplane.Token) error {
 		revoked = t.RevokedAt
 	}
 	_, err := db.pool.Exec(ctx, `
-		INSERT INTO tokens (id, issuer, kind, cluster_uuid, clusters, subject, issued_at, expires_at, revoked_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		t.ID, t.Issuer, t.Kind, cluster, nonNil(t.Clusters), t.Subject, t.IssuedAt, t.ExpiresAt, revoked)
+		INSERT INTO tokens (id, issuer, kind, cluster_uuid, clusters, subject, groups, issued_at, expires_at, revoked_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+		t.ID, t.Issuer, t.Kind, cluster, nonNil(t.Clusters), t.Subject, nonNil(t.Groups), t.IssuedAt, t.ExpiresAt, revoked)
 	if err != nil {
 		if pgCode(err) == codeUniqueViolation {
 			return controlplane.Errorf(controlplane.ECONFLICT, "token %q is already recorded", t.ID)
@@ -126,7 +126,7 @@ func scanToken(row pgx.CollectableRow) (controlplane.Token, error) {
 		t       controlplane.Token
 		revoked *time.Time
 	)
-	err := row.Scan(&t.ID, &t.Issuer, &t.Kind, &t.ClusterUUID, &t.Clusters, &t.Subject, &t.IssuedAt, &t.ExpiresAt, &revoked)
+	err := row.Scan(&t.ID, &t.Issuer, &t.Kind, &t.ClusterUUID, &t.Clusters, &t.Subject, &t.Groups, &t.IssuedAt, &t.ExpiresAt, &revoked)
 	if revoked != nil {
 		t.RevokedAt = *revoked
 	}

@@ -17,7 +17,7 @@ func TestTokens(t *testing.T) {
 	now := clk.Now()
 
 	agent := controlplane.Token{ID: "jti-agent", Kind: "agent", ClusterUUID: a.UUID, Subject: "agent:alpha", IssuedAt: now, ExpiresAt: now.Add(time.Hour)}
-	user := controlplane.Token{ID: "jti-user", Kind: "user", Clusters: []string{a.UUID, b.UUID}, Subject: "ops@example.com", IssuedAt: now.Add(time.Second), ExpiresAt: now.Add(time.Hour)}
+	user := controlplane.Token{ID: "jti-user", Kind: "user", Clusters: []string{a.UUID, b.UUID}, Subject: "ops@example.com", Groups: []string{"dev", "ops"}, IssuedAt: now.Add(time.Second), ExpiresAt: now.Add(time.Hour)}
 	other := controlplane.Token{ID: "jti-other", Kind: "agent", ClusterUUID: b.UUID, IssuedAt: now.Add(2 * time.Second), ExpiresAt: now.Add(time.Hour)}
 
 	record := []struct {
@@ -65,7 +65,7 @@ func TestTokens(t *testing.T) {
 		})
 	}
 	toks, _ := db.Tokens(ctx, a.UUID)
-	if got := toks[1]; got.Kind != "user" || got.Subject != user.Subject || !slices.Equal(got.Clusters, user.Clusters) ||
+	if got := toks[1]; got.Kind != "user" || got.Subject != user.Subject || !slices.Equal(got.Clusters, user.Clusters) || !slices.Equal(got.Groups, user.Groups) ||
 		got.ClusterUUID != "" || !got.IssuedAt.Equal(user.IssuedAt) || !got.ExpiresAt.Equal(user.ExpiresAt) || !got.RevokedAt.IsZero() {
 		t.Errorf("user token read back as %+v", got)
 	}

@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -36,6 +37,14 @@ const (
 	DefaultAdminTTL = 90 * 24 * time.Hour
 )
 
+// The identity admin tokens carry when none is configured (Options.AdminUser
+// and AdminGroups): names of our own, outside Kubernetes' reserved
+// "system:" names, that a cluster binds to the rights its admins get.
+const (
+	DefaultAdminUser  = "pipeops:admin"
+	DefaultAdminGroup = "pipeops:admins"
+)
+
 // Issuer signs tokens with the newest key and verifies them with any key it
 // holds. It reads the keys again every KeyReload (and, at most once a
 // second, when a token names a key id it does not hold), so a key rotated
@@ -49,6 +58,8 @@ type Issuer struct {
 	kek         *keyseal.Keyring
 	reloadEvery time.Duration
 	log         *slog.Logger
+	adminUser   string     // sub of every admin token
+	adminGroups []string   // groups of every admin token; never modified
 	reloading   sync.Mutex // held by the one caller reading the keys
 	lastUnknown time.Time  // the last read for an unknown key id; under reloading
 
@@ -64,12 +75,24 @@ type Request struct {
 	Kind        auth.Kind
 	ClusterUUID string   // agent tokens: the cluster
 	Clusters    []string // user tokens: clusters it may reach
-	Subject     string   // who it is for, for the record
-	TTL         time.Duration
+	// Subject is the person a user token acts for (see
+	// auth.Claims.Identity), checked by auth.ValidateIdentity; "" issues a
+	// user token that names nobody, which the agent will not impersonate.
+	// On an agent token it is a label for the record. An admin token's
+	// subject is always the issuer's admin identity, whatever is given.
+	Subject string
+	// Groups are the groups of a user token's Subject (user tokens only;
+	// they need a Subject).
+	Groups []string
+	TTL    time.Duration
 }
 
 // Issue signs a token, records it, and returns it with its record.
 func (i *Issuer) Issue(ctx context.Context, r Request) (string, controlplane.Token, error) {
+	if len(r.Groups) > 0 && r.Kind != auth.KindUser {
+		return "", controlplane.Token{}, controlplane.Errorf(controlplane.EINVALID,
+			"groups are for user tokens only: an admin token carries the configured admin identity, an agent token names no person")
+	}
 	switch r.Kind {
 	case auth.KindAgent:
 		if r.ClusterUUID == "" {
@@ -80,8 +103,17 @@ func (i *Issuer) Issue(ctx context.Context, r Request) (string, controlplane.Tok
 		if len(r.Clusters) == 0 {
 			return "", controlplane.Token{}, controlplane.Errorf(controlplane.EINVALID, "a user token needs at least one cluster")
 		}
+		if r.Subject == "" && len(r.Groups) > 0 {
+			return "", controlplane.Token{}, controlplane.Errorf(controlplane.EINVALID, "a user token with groups needs a subject: the user they belong to")
+		}
+		if r.Subject != "" {
+			if err := auth.ValidateIdentity(r.Subject, r.Groups); err != nil {
+				return "", controlplane.Token{}, controlplane.Errorf(controlplane.EINVALID, "user token: %v", err)
+			}
+		}
 		r.TTL = orDefault(r.TTL, DefaultUserTTL)
 	case auth.KindAdmin:
+		r.Subject, r.Groups = i.adminUser, slices.Clone(i.adminGroups)
 		r.TTL = orDefault(r.TTL, DefaultAdminTTL)
 	default:
 		return "", controlplane.Token{}, controlplane.Errorf(controlplane.EINVALID, "unknown token kind %q (agent, user, admin)", r.Kind)
@@ -91,13 +123,13 @@ func (i *Issuer) Issue(ctx context.Context, r Request) (string, controlplane.Tok
 	_, _ = rand.Read(idBytes)
 	rec := controlplane.Token{
 		ID: hex.EncodeToString(idBytes), Issuer: auth.Issuer, Kind: string(r.Kind), ClusterUUID: r.ClusterUUID, Clusters: r.Clusters,
-		Subject: r.Subject, IssuedAt: now, ExpiresAt: now.Add(r.TTL),
+		Subject: r.Subject, Groups: r.Groups, IssuedAt: now, ExpiresAt: now.Add(r.TTL),
 	}
 	claims := &auth.Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			ID: rec.ID, Issuer: auth.Issuer, Subject: r.Subject, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(rec.ExpiresAt),
 		},
-		Kind: r.Kind, ClusterID: r.ClusterUUID, Clusters: r.Clusters,
+		Kind: r.Kind, ClusterID: r.ClusterUUID, Clusters: r.Clusters, Groups: r.Groups,
 	}
 	kid, signer := i.signingKey(ctx)
 	signed, err := auth.Sign(signer, kid, claims)

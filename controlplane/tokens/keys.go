@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/pipeops/tunnel/controlplane"
@@ -45,6 +46,13 @@ type Options struct {
 	// Logger receives the one-time sealing of plaintext keys and failed
 	// reloads; nil discards.
 	Logger *slog.Logger
+	// AdminUser and AdminGroups are the identity every admin token carries
+	// as its sub and groups claims, so that the agent can impersonate an
+	// admin with no configuration of its own (ADMIN_IDENTITY_USER and
+	// ADMIN_IDENTITY_GROUPS). "" means DefaultAdminUser and nil means
+	// DefaultAdminGroup alone; both must pass auth.ValidateIdentity.
+	AdminUser   string
+	AdminGroups []string
 }
 
 // NewIssuer loads the signing keys, creating one when there is none, and
@@ -64,7 +72,18 @@ func NewIssuer(ctx context.Context, keys controlplane.KeyStore, tokens controlpl
 	if reload <= 0 {
 		reload = DefaultKeyReload
 	}
-	iss := &Issuer{tokens: tokens, now: time.Now, keys: keys, kek: opts.KEK, reloadEvery: reload, log: log, public: auth.StaticKeys{}}
+	adminUser, adminGroups := opts.AdminUser, slices.Clone(opts.AdminGroups)
+	if adminUser == "" {
+		adminUser = DefaultAdminUser
+	}
+	if adminGroups == nil {
+		adminGroups = []string{DefaultAdminGroup}
+	}
+	if err := auth.ValidateIdentity(adminUser, adminGroups); err != nil {
+		return nil, fmt.Errorf("tokens: admin identity: %w", err)
+	}
+	iss := &Issuer{tokens: tokens, now: time.Now, keys: keys, kek: opts.KEK, reloadEvery: reload, log: log,
+		adminUser: adminUser, adminGroups: adminGroups, public: auth.StaticKeys{}}
 
 	stored, err := keys.SigningKeys(ctx)
 	if err != nil {

@@ -25,9 +25,12 @@ const (
 	// KindAgent tokens belong to one cluster's agent: register, open its
 	// tunnel, sync its routes.
 	KindAgent Kind = "agent"
-	// KindUser tokens reach the Kubernetes API of the clusters they name.
+	// KindUser tokens reach the Kubernetes API of the clusters they name,
+	// on behalf of the person their subject names (see Claims.Identity).
 	KindUser Kind = "user"
-	// KindAdmin tokens manage the control plane.
+	// KindAdmin tokens manage the control plane and reach every cluster;
+	// their subject and groups are the control plane's configured admin
+	// identity.
 	KindAdmin Kind = "admin"
 )
 
@@ -41,7 +44,8 @@ const Audience = "pipeops-tunnel"
 const Issuer = "pipeops-controlplane"
 
 // Claims are the claims of every token. ID (jti) names the token for
-// revocation.
+// revocation; Subject (sub) names the person a user or admin token acts
+// for (see Identity).
 type Claims struct {
 	jwt.RegisteredClaims
 	Kind Kind `json:"kind"`
@@ -49,6 +53,9 @@ type Claims struct {
 	ClusterID string `json:"cluster_id,omitempty"`
 	// Clusters lists the clusters a user token may reach ("*" for all).
 	Clusters []string `json:"clusters,omitempty"`
+	// Groups are the groups of the person a user or admin token names:
+	// what the agent is to impersonate together with the subject.
+	Groups []string `json:"groups,omitempty"`
 }
 
 // AllowsCluster reports whether the token may act on cluster.
@@ -83,6 +90,7 @@ type Record struct {
 	ClusterID string
 	Clusters  []string
 	Subject   string
+	Groups    []string
 	ExpiresAt time.Time
 	Revoked   bool
 }
@@ -112,6 +120,8 @@ func (r *Record) Match(c *Claims) error {
 		return differs("clusters")
 	case c.Subject != r.Subject:
 		return differs("subject")
+	case !sameSet(c.Groups, r.Groups):
+		return differs("groups")
 	case c.ExpiresAt == nil || !c.ExpiresAt.Time.Equal(r.ExpiresAt.Truncate(time.Second)):
 		return differs("expiry")
 	}
@@ -158,9 +168,9 @@ type Verifier struct {
 	Revoked RevocationChecker // optional
 	// Records, when set, holds every token to its record: an unknown id or
 	// a claim that differs (issuer, audience, kind, clusters, subject,
-	// expiry) is refused, so even a holder of the signing key cannot widen
-	// a token or mint one the control plane did not issue. A record that
-	// says revoked is refused too.
+	// groups, expiry) is refused, so even a holder of the signing key
+	// cannot widen a token or mint one the control plane did not issue. A
+	// record that says revoked is refused too.
 	Records RecordSource
 	// OnRefuse, when set, is told of every token refused, with the error
 	// Verify returns (for counting by cause; see Cause). It must not block.

@@ -22,12 +22,12 @@ func TestRecordMatch(t *testing.T) {
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	now := time.Now().Truncate(time.Second)
 	exp := now.Add(time.Hour)
-	rec := &Record{Issuer: Issuer, Kind: KindUser, Clusters: []string{"c1", "c2"}, Subject: "alice", ExpiresAt: exp}
+	rec := &Record{Issuer: Issuer, Kind: KindUser, Clusters: []string{"c1", "c2"}, Subject: "alice", Groups: []string{"dev", "ops"}, ExpiresAt: exp}
 	base := func() *Claims {
 		return &Claims{
 			RegisteredClaims: jwt.RegisteredClaims{ID: "t1", Issuer: Issuer, Subject: "alice",
 				ExpiresAt: jwt.NewNumericDate(exp), IssuedAt: jwt.NewNumericDate(now)},
-			Kind: KindUser, Clusters: []string{"c2", "c1"},
+			Kind: KindUser, Clusters: []string{"c2", "c1"}, Groups: []string{"ops", "dev"},
 		}
 	}
 	var refused []error
@@ -45,6 +45,9 @@ func TestRecordMatch(t *testing.T) {
 		{"another kind", func(c *Claims) { c.Kind = KindAdmin }, ErrNotAsRecorded},
 		{"a cluster id", func(c *Claims) { c.ClusterID = "c1" }, ErrNotAsRecorded},
 		{"another subject", func(c *Claims) { c.Subject = "bob" }, ErrNotAsRecorded},
+		{"an added group", func(c *Claims) { c.Groups = append(c.Groups, "admins") }, ErrNotAsRecorded},
+		{"another group", func(c *Claims) { c.Groups = []string{"dev", "admins"} }, ErrNotAsRecorded},
+		{"no groups", func(c *Claims) { c.Groups = nil }, ErrNotAsRecorded},
 		{"a longer life", func(c *Claims) { c.ExpiresAt = jwt.NewNumericDate(exp.Add(time.Hour)) }, ErrNotAsRecorded},
 		{"a second audience", func(c *Claims) { c.Audience = []string{Audience, "other"} }, ErrNotAsRecorded},
 		{"an unknown id", func(c *Claims) { c.ID = "forged" }, ErrRevoked},

@@ -83,6 +83,9 @@ func verifySeeds(f *testing.F) []string {
 		sign(fuzzECKey, "ec", claims(nil)),
 		sign(fuzzEdKey, "ed", claims(func(c *Claims) { c.Kind, c.ClusterID, c.Clusters = KindUser, "", []string{"c1", "*"} })),
 		sign(fuzzEdKey, "ed", claims(func(c *Claims) { c.Kind, c.ClusterID = KindAdmin, "" })),
+		sign(fuzzEdKey, "ed", claims(func(c *Claims) {
+			c.Kind, c.ClusterID, c.Clusters, c.Subject, c.Groups = KindUser, "", []string{"c1"}, "alice", []string{"dev", "system:masters"}
+		})),
 		sign(fuzzEdKey, "ed", claims(func(c *Claims) { c.ExpiresAt = jwt.NewNumericDate(fuzzNow.Add(-time.Hour)) })),
 		sign(fuzzEdKey, "ed", claims(func(c *Claims) { c.ExpiresAt = jwt.NewNumericDate(fuzzNow.Add(-fuzzLeeway / 2)) })),
 		sign(fuzzEdKey, "ed", claims(func(c *Claims) { c.NotBefore = jwt.NewNumericDate(fuzzNow.Add(time.Hour)) })),
@@ -170,6 +173,9 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("accepted a token that expired at %v (now %v)", claims.ExpiresAt, fuzzNow)
 		case claims.NotBefore != nil && fuzzNow.Add(fuzzLeeway).Before(claims.NotBefore.Time):
 			t.Fatalf("accepted a token not valid before %v (now %v)", claims.NotBefore, fuzzNow)
+		}
+		if user, groups := claims.Identity(); user != "" && ValidateIdentity(user, groups) != nil {
+			t.Fatalf("Identity() = %q, %q: names no valid identity, want \"\"", user, groups)
 		}
 		for _, kind := range []Kind{KindAgent, KindUser, KindAdmin} {
 			got, err := v.Verify(ctx, raw, kind)
