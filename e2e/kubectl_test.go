@@ -96,34 +96,7 @@ func TestKubectl(t *testing.T) {
 	}
 
 	// A watch held open for 90 s, then an event.
-	var out lockedBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	watch := exec.CommandContext(ctx, kubectl, "--kubeconfig", e.c.Kubeconfig, "get", "deployments", "-n", "default",
-		"--watch", "--request-timeout=0", "-o", "custom-columns=NAME:.metadata.name,TIER:.metadata.labels.tier", "--no-headers")
-	watch.Stdout, watch.Stderr = &out, &out
-	if err := watch.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- watch.Wait() }()
-	eventually(t, "the watch's first listing", 10*time.Second, func() (bool, string) { return strings.Contains(out.String(), "web"), out.String() })
-	select {
-	case err := <-exited:
-		t.Fatalf("the watch ended after less than 90 s: %v\n%s", err, out.String())
-	case <-time.After(90 * time.Second):
-	}
-	d, err := e.c.Kube.Client.AppsV1().Deployments("default").Get(context.Background(), "web", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Labels = map[string]string{"tier": "after-90s"}
-	if _, err := e.c.Kube.Client.AppsV1().Deployments("default").Update(context.Background(), d, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the event after 90 s", 10*time.Second, func() (bool, string) {
-		return strings.Contains(out.String(), "after-90s"), out.String()
-	})
+	holdWatch(t, kubectl, e, 90*time.Second, "after-90s")
 }
 
 // TestKubectlJSONPath runs the real kubectl through the gateway against a
@@ -180,34 +153,46 @@ func TestKubectlJSONPath(t *testing.T) {
 	}
 
 	// A watch held open for two minutes, then an event.
+	holdWatch(t, kubectl, e, 2*time.Minute, "after-2m")
+}
+
+// holdWatch runs kubectl get deployments --watch through the gateway, holds
+// it open for hold, then labels the Deployment web with tier and waits for
+// the watch to print that event: a long watch must neither end nor go
+// deaf.
+func holdWatch(t *testing.T, kubectl string, e *env, hold time.Duration, tier string) {
+	t.Helper()
 	var out lockedBuffer
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	watch := exec.CommandContext(ctx, kubectl, "--kubeconfig", e.c.Kubeconfig, "get", "deployments", "-n", "default",
 		"--watch", "--request-timeout=0", "-o", "custom-columns=NAME:.metadata.name,TIER:.metadata.labels.tier", "--no-headers")
 	watch.Stdout, watch.Stderr = &out, &out
 	if err := watch.Start(); err != nil {
+		cancel()
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- watch.Wait() }()
+	defer func() {
+		cancel()
+		<-exited
+	}()
 	eventually(t, "the watch's first listing", 10*time.Second, func() (bool, string) { return strings.Contains(out.String(), "web"), out.String() })
 	select {
 	case err := <-exited:
-		t.Fatalf("the watch ended after less than 2 minutes: %v\n%s", err, out.String())
-	case <-time.After(2 * time.Minute):
+		exited <- err // for the deferred wait
+		t.Fatalf("the watch ended after less than %s: %v\n%s", hold, err, out.String())
+	case <-time.After(hold):
 	}
 	d, err := e.c.Kube.Client.AppsV1().Deployments("default").Get(context.Background(), "web", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.Labels = map[string]string{"tier": "after-2m"}
+	d.Labels = map[string]string{"tier": tier}
 	if _, err := e.c.Kube.Client.AppsV1().Deployments("default").Update(context.Background(), d, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the event after 2 minutes", 10*time.Second, func() (bool, string) {
-		return strings.Contains(out.String(), "after-2m"), out.String()
+	eventually(t, "the event after "+hold.String(), 10*time.Second, func() (bool, string) {
+		return strings.Contains(out.String(), tier), out.String()
 	})
-	cancel()
-	<-exited
 }

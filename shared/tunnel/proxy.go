@@ -176,10 +176,7 @@ func (r ProxyRequest) MarshalJSON() ([]byte, error) {
 	if !r.Deadline.IsZero() {
 		w.Deadline = r.Deadline.UTC().Format(time.RFC3339Nano)
 	}
-	if len(r.Body) > 0 {
-		w.Body, _ = json.Marshal(base64.StdEncoding.EncodeToString(r.Body))
-		w.BodyEncoding = EncodingBase64
-	}
+	w.Body, w.BodyEncoding = encodeBody(r.Body)
 	return json.Marshal(w)
 }
 
@@ -223,6 +220,16 @@ func (r ProxyRequest) Validate() error {
 		return fmt.Errorf("%w: proxy_request method %q", ErrMissingField, clip([]byte(r.Method)))
 	}
 	return nil
+}
+
+// encodeBody is the wire form of a body: base64 and its encoding name, or
+// nothing for an empty body.
+func encodeBody(b []byte) (json.RawMessage, string) {
+	if len(b) == 0 {
+		return nil, ""
+	}
+	raw, _ := json.Marshal(base64.StdEncoding.EncodeToString(b))
+	return raw, EncodingBase64
 }
 
 // decodeBody decodes a body field: a JSON string in encoding (base64,
@@ -344,10 +351,7 @@ type proxyResponseWire struct {
 // MarshalJSON encodes the body in base64 (none when empty).
 func (r ProxyResponse) MarshalJSON() ([]byte, error) {
 	w := proxyResponseWire{Status: LooseInt(r.Status), Headers: r.Headers}
-	if len(r.Body) > 0 {
-		w.Body, _ = json.Marshal(base64.StdEncoding.EncodeToString(r.Body))
-		w.Encoding = EncodingBase64
-	}
+	w.Body, w.Encoding = encodeBody(r.Body)
 	return json.Marshal(w)
 }
 
