@@ -3,9 +3,7 @@ package authn
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"testing"
 	"time"
@@ -30,15 +28,6 @@ type signingKey struct {
 func newEd25519(t *testing.T, kid string) signingKey {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signingKey{kid, priv}
-}
-
-func newP256(t *testing.T, kid string) signingKey {
-	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}

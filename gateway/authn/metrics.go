@@ -8,7 +8,8 @@ import (
 	"github.com/pipeops/tunnel/shared/auth"
 )
 
-// Metrics are the Prometheus collectors of JWKS and Revocations. Make one
+// Metrics are the Prometheus collectors of the gateway's keyset.JWKS and
+// its Revocations. Make one
 // with NewMetrics and give it to both (and to any number of each): the
 // counters add up. A nil *Metrics counts nothing. Safe for concurrent use.
 type Metrics struct {
@@ -53,7 +54,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) jwksFetched(at time.Time) {
+// JWKSFetched counts a good fetch of the key set (keyset.Observer).
+func (m *Metrics) JWKSFetched(at time.Time) {
 	if m == nil {
 		return
 	}
@@ -61,7 +63,8 @@ func (m *Metrics) jwksFetched(at time.Time) {
 	m.jwksLastSuccess.Set(float64(at.UnixNano()) / 1e9)
 }
 
-func (m *Metrics) jwksFailed() {
+// JWKSFetchFailed counts a failed fetch of the key set (keyset.Observer).
+func (m *Metrics) JWKSFetchFailed() {
 	if m == nil {
 		return
 	}

@@ -231,4 +231,9 @@ func (r *Revocations) maxEntries() int {
 	return DefaultRevocationMaxEntries
 }
 
-func (r *Revocations) logger() *slog.Logger { return orDiscard(r.Logger) }
+func (r *Revocations) logger() *slog.Logger {
+	if r.Logger != nil {
+		return r.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}

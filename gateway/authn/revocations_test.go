@@ -3,6 +3,8 @@ package authn
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/controlplane/postgres"
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/keyset"
 	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/pgtest"
 )
@@ -157,10 +160,14 @@ func TestRevocationsWithVerifier(t *testing.T) {
 	tdb := newTokenDB(t)
 	ctx := ctxT(t)
 	key := newEd25519(t, "k1")
-	ks := newKeyServer(t, jwksOf(t, key))
+	keys := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(jwksOf(t, key))
+	}))
+	t.Cleanup(keys.Close)
 	clk := testenv.NewClock()
 	v := &auth.Verifier{
-		Keys:    &JWKS{URL: ks.url()},
+		Keys:    &keyset.JWKS{URL: keys.URL},
 		Revoked: &Revocations{Store: tdb.db, TTL: 10 * time.Second, Now: clk.Now},
 	}
 	tdb.record(t, "tok-1")

@@ -30,6 +30,7 @@ import (
 	"github.com/pipeops/tunnel/gateway/routetable"
 	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/keyset"
 	"github.com/pipeops/tunnel/shared/revocation"
 	"github.com/pipeops/tunnel/shared/tunnel"
 	"github.com/pipeops/tunnel/shared/wsconn"
@@ -91,8 +92,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 	authMetrics := authn.NewMetrics(reg)
 	// A transport of its own, so shutdown can close its idle connection.
 	g.cpTransport = &http.Transport{Proxy: http.ProxyFromEnvironment, IdleConnTimeout: 90 * time.Second}
-	jwks := &authn.JWKS{URL: cfg.ControlPlaneURL + "/.well-known/jwks.json", Logger: log, Metrics: authMetrics,
-		Client: &http.Client{Timeout: authn.DefaultJWKSTimeout, Transport: g.cpTransport}}
+	jwks := &keyset.JWKS{URL: cfg.ControlPlaneURL + "/.well-known/jwks.json", Logger: log, Metrics: authMetrics,
+		Client: &http.Client{Timeout: keyset.DefaultJWKSTimeout, Transport: g.cpTransport}}
 	if err := jwks.Refresh(ctx); err != nil {
 		// Not fatal: the control plane may start after us; tokens are
 		// refused until the keys arrive, and that is logged on each try.

@@ -1,15 +1,15 @@
-// Package authn is the gateway's side of token verification: a key set read
-// from the control plane's JWKS endpoint and a revocation check over the
-// token store, both cached so that verifying a token normally costs neither
-// an HTTP request nor a database query, and both built to keep the gateway
-// authenticating while the control plane or its database is down.
+// Package keyset holds the control plane's public token keys as read from
+// its JWKS endpoint, cached so that verifying a token normally costs no
+// HTTP request, and kept while the control plane is down. The gateway
+// verifies callers' tokens with it; the agent verifies, with its own copy,
+// the identity the gateway forwards before it impersonates anyone.
 //
-// Wire them into an auth.Verifier:
+// Wire it into an auth.Verifier:
 //
-//	keys := &authn.JWKS{URL: controlPlane + "/.well-known/jwks.json", Logger: log, Metrics: m}
+//	keys := &keyset.JWKS{URL: controlPlane + "/.well-known/jwks.json", Logger: log, Metrics: m}
 //	if err := keys.Refresh(ctx); err != nil { ... } // fail fast at start-up
-//	v := &auth.Verifier{Keys: keys, Revoked: &authn.Revocations{Store: db, Logger: log, Metrics: m}}
-package authn
+//	v := &auth.Verifier{Keys: keys}
+package keyset
 
 import (
 	"context"
@@ -36,7 +36,7 @@ const (
 
 // ErrUnknownKey means no key of the set has the token's key id, even after
 // the set was fetched again (or could not be, see the wrapped error).
-var ErrUnknownKey = errors.New("authn: unknown key id")
+var ErrUnknownKey = errors.New("keyset: unknown key id")
 
 // defaultClient is shared by every JWKS without a Client, so that they share
 // its idle connections too.
@@ -76,7 +76,7 @@ type JWKS struct {
 	// Logger receives fetch failures and key set changes; nil discards.
 	Logger *slog.Logger
 	// Metrics counts fetches; nil counts nothing.
-	Metrics *Metrics
+	Metrics Observer
 	// Now is the clock (default time.Now); for tests.
 	Now func() time.Time
 
@@ -220,7 +220,7 @@ func (j *JWKS) run(ctx context.Context, call *fetchCall) {
 	log := j.logger()
 	switch {
 	case err == nil:
-		j.Metrics.jwksFetched(now)
+		j.observe(now, true)
 		oldIDs, newIDs := slices.Sorted(maps.Keys(old)), slices.Sorted(maps.Keys(keys))
 		if slices.Equal(oldIDs, newIDs) {
 			log.Debug("JWKS refreshed", "url", j.URL, "kids", newIDs)
@@ -230,11 +230,11 @@ func (j *JWKS) run(ctx context.Context, call *fetchCall) {
 	case call.abandoned:
 		log.Debug("JWKS fetch abandoned by its caller", "url", j.URL, "err", err)
 	case old == nil:
-		j.Metrics.jwksFailed()
+		j.observe(now, false)
 		log.Error("cannot fetch the JWKS; no token can be verified until it succeeds",
 			"url", j.URL, "err", err, "retry_after", j.minRefresh())
 	default:
-		j.Metrics.jwksFailed()
+		j.observe(now, false)
 		log.Warn("cannot refresh the JWKS; still verifying with the last good keys",
 			"url", j.URL, "err", err, "keys_age", now.Sub(oldFetched).Round(time.Second), "retry_after", j.minRefresh())
 	}
@@ -243,7 +243,7 @@ func (j *JWKS) run(ctx context.Context, call *fetchCall) {
 // fetch reads and parses the key set.
 func (j *JWKS) fetch(ctx context.Context) (auth.StaticKeys, error) {
 	if j.URL == "" {
-		return nil, errors.New("authn: JWKS.URL is empty")
+		return nil, errors.New("keyset: JWKS.URL is empty")
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, j.URL, nil)
 	if err != nil {
@@ -318,13 +318,26 @@ func (j *JWKS) maxAge() time.Duration {
 	return DefaultJWKSMaxAge
 }
 
-func (j *JWKS) logger() *slog.Logger { return orDiscard(j.Logger) }
-
-var discard = slog.New(slog.DiscardHandler)
-
-func orDiscard(l *slog.Logger) *slog.Logger {
-	if l != nil {
-		return l
+func (j *JWKS) logger() *slog.Logger {
+	if j.Logger != nil {
+		return j.Logger
 	}
-	return discard
+	return slog.New(slog.DiscardHandler)
+}
+
+// Observer is told how each fetch of the key set ended, for metrics: the
+// gateway and the agent count fetches under their own names.
+type Observer interface {
+	JWKSFetched(at time.Time)
+	JWKSFetchFailed()
+}
+
+func (j *JWKS) observe(at time.Time, ok bool) {
+	switch {
+	case j.Metrics == nil:
+	case ok:
+		j.Metrics.JWKSFetched(at)
+	default:
+		j.Metrics.JWKSFetchFailed()
+	}
 }
