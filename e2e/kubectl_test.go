@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os/exec"
@@ -79,8 +80,8 @@ func TestKubectl(t *testing.T) {
 	if out := run("", "get", "ns"); !strings.Contains(out, "default") || !strings.Contains(out, stack.AgentNamespace) {
 		t.Fatalf("kubectl get ns:\n%s", out)
 	}
-	if out := run("", "auth", "whoami"); !strings.Contains(out, "system:serviceaccount:"+stack.AgentNamespace+":"+stack.AgentAccount) {
-		t.Fatalf("kubectl auth whoami: the API should see the agent's ServiceAccount:\n%s", out)
+	if out := run("", "auth", "whoami"); !strings.Contains(out, stack.KubeUser) {
+		t.Fatalf("kubectl auth whoami: the API should see the person the token names (%s):\n%s", stack.KubeUser, out)
 	}
 	// The caller's own impersonation is refused with the reason, never
 	// silently dropped (which would run the command as the agent).
@@ -95,8 +96,37 @@ func TestKubectl(t *testing.T) {
 		t.Fatalf("the applied Deployment is not in the cluster: %v", err)
 	}
 
+	// The kubeconfig reaches the cluster by TLS server name with no path
+	// prefix, so absolute paths work.
+	if out := run("", "get", "--raw", "/version"); !strings.Contains(out, "gitVersion") {
+		t.Fatalf("kubectl get --raw /version:\n%s", out)
+	}
+	if out := run("", "get", "--raw", "/openapi/v3"); !strings.Contains(out, "paths") {
+		t.Fatalf("kubectl get --raw /openapi/v3:\n%s", out)
+	}
+	// The path-prefixed form, with the cluster named by its name.
+	if out := run("", "--server", e.s.GatewayHTTPS+"/k8s/"+e.c.Name, "--tls-server-name", "localhost", "get", "ns", "default", "-o", "name"); strings.TrimSpace(out) != "namespace/default" {
+		t.Fatalf("kubectl get ns through /k8s/%s:\n%s", e.c.Name, out)
+	}
+
 	// A watch held open for 90 s, then an event.
 	holdWatch(t, kubectl, e, 90*time.Second, "after-90s")
+
+	// Every request above is in the audit log, as the person.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	eventually(t, "audit entries", 15*time.Second, func() (bool, string) {
+		out, err := e.s.CLI(ctx, "audit", "list", "--cluster", e.c.Name, "--user", stack.KubeUser, "--limit", "1000")
+		return err == nil && strings.Contains(out, "/version") && strings.Contains(out, "watch") &&
+			strings.Contains(out, "/apis/apps/v1/namespaces/default/deployments"), fmt.Sprint(out, err)
+	})
+
+	// Offline: a Status naming the cluster and when its agent was last seen.
+	e.c.Agent.Stop(10 * time.Second)
+	eventually(t, "offline answer", 20*time.Second, func() (bool, string) {
+		out, _ := exec.Command(kubectl, "--kubeconfig", e.c.Kubeconfig, "get", "--raw", "/version").CombinedOutput()
+		return strings.Contains(string(out), "cluster "+e.c.Name+" ("+e.c.ID+") is offline: its agent was last seen"), string(out)
+	})
 }
 
 // TestKubectlJSONPath runs the real kubectl through the gateway against a

@@ -15,10 +15,12 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/client-go/informers"
@@ -144,7 +146,19 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 	}
 	log = log.With("cluster", res.ClusterUUID)
 
-	fwd, err := kubeapi.New(rc, log)
+	identity, err := kubeapi.NewIdentity(kubeapi.IdentityConfig{Impersonate: cfg.Impersonate,
+		JWKSURL: strings.TrimSuffix(cfg.APIURL, "/") + "/.well-known/jwks.json", Client: httpClient(tlsCfg),
+		Cluster: res.ClusterUUID, Logger: log, Metrics: registry})
+	if err != nil {
+		return err
+	}
+	if !cfg.Impersonate {
+		log.Info("AGENT_IMPERSONATE_USERS=false: Kubernetes API requests through the gateway run as the agent's ServiceAccount")
+	} else if err := identity.Refresh(ctx); err != nil {
+		log.Error("AGENT_IMPERSONATE_USERS=true, but the control plane's token keys cannot be fetched: Kubernetes API requests "+
+			"are refused until they can be (against hosted PipeOps, which forwards no identities, set AGENT_IMPERSONATE_USERS=false)", "err", err)
+	}
+	fwd, err := kubeapi.New(rc, identity, log)
 	if err != nil {
 		return err
 	}
@@ -174,7 +188,7 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 	// The JSON proxy path (proxy_request, ws_start): how hosted PipeOps
 	// reaches the Kubernetes API. Its answers go out on the tunnel.
 	var tc *tunnelclient.Client
-	jp, err := newJSONProxy(rc, func(m tunnel.Message) error { return tc.Send(m) }, log, registry)
+	jp, err := newJSONProxy(rc, identity, func(m tunnel.Message) error { return tc.Send(m) }, log, registry)
 	if err != nil {
 		return err
 	}
@@ -185,7 +199,7 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 	tc, err = tunnelclient.New(tunnelclient.Config{
 		GatewayURL: res.GatewayWSURL, Token: cfg.Token, ClusterUUID: res.ClusterUUID, AgentVersion: version.Version,
 		TLSConfig: tlsCfg, Dialer: dialer, DrainTimeout: cfg.DrainTimeout, Logger: log,
-		Deliver: jp.Deliver, KubeAPIOverJSON: cfg.KubeAPIOverJSON,
+		Deliver: jp.Deliver, KubeAPIOverJSON: cfg.KubeAPIOverJSON, Impersonates: cfg.Impersonate,
 		// Answers of requests in flight could reach nobody once the tunnel
 		// is down, and the server that asked has given them up.
 		OnDisconnect: jp.Reset,
@@ -266,8 +280,9 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 
 // newJSONProxy builds the handler of the JSON proxy path on the agent's
 // own credentials: client-go's transport (which follows token rotation)
-// for HTTP, and the same credentials for WebSockets.
-func newJSONProxy(rc *rest.Config, send func(tunnel.Message) error, log *slog.Logger, reg prometheus.Registerer) (*jsonproxy.Handler, error) {
+// for HTTP, and the same credentials for WebSockets, as the person id
+// says.
+func newJSONProxy(rc *rest.Config, id *kubeapi.Identity, send func(tunnel.Message) error, log *slog.Logger, reg prometheus.Registerer) (*jsonproxy.Handler, error) {
 	api, _, err := rest.DefaultServerUrlFor(rc)
 	if err != nil {
 		return nil, fmt.Errorf("json proxy: API server address: %w", err)
@@ -280,7 +295,14 @@ func newJSONProxy(rc *rest.Config, send func(tunnel.Message) error, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	return jsonproxy.New(jsonproxy.Config{Transport: tr, APIServer: api, DialWebSocket: ws, Send: send, Logger: log, Metrics: reg})
+	dial := func(ctx context.Context, rawURL string, header http.Header, subprotocols []string) (*websocket.Conn, *http.Response, error) {
+		header = header.Clone()
+		if err := id.Apply(ctx, header); err != nil {
+			return nil, nil, err
+		}
+		return ws(ctx, rawURL, header, subprotocols)
+	}
+	return jsonproxy.New(jsonproxy.Config{Transport: id.RoundTripper(tr), APIServer: api, DialWebSocket: dial, Send: send, Logger: log, Metrics: reg})
 }
 
 func httpClient(tlsCfg *tls.Config) *http.Client {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -60,7 +61,12 @@ func Check(ctx context.Context, cfg config.Config, rc *rest.Config, out io.Write
 		fmt.Fprintf(out, "info authenticated as %s\n", who.Status.UserInfo.Username)
 	}
 
-	for _, a := range accesses("", ClusterRules()) {
+	rules := ClusterRules()
+	if !cfg.Impersonate {
+		// Off, the agent impersonates no one and needs no grant for it.
+		rules = slices.DeleteFunc(rules, func(r rbacv1.PolicyRule) bool { return slices.Contains(r.Verbs, "impersonate") })
+	}
+	for _, a := range accesses("", rules) {
 		c.review(ctx, client, a)
 	}
 	for _, a := range accesses(cfg.Namespace, NamespaceRules(cfg.Namespace)) {

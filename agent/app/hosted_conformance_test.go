@@ -52,8 +52,8 @@ func startHostedAgent(t *testing.T) *hostedAgent {
 	cfg, err := config.Load(nil, func(k string) string {
 		return map[string]string{"PIPEOPS_API_URL": sim.URL, "PIPEOPS_TOKEN": sim.Token, "PIPEOPS_AGENT_ID": "agent-hosted",
 			"PIPEOPS_CLUSTER_NAME": "hosted-edge", "POD_NAMESPACE": ns, "AGENT_LISTEN_ADDR": listen,
-			"AGENT_K8S_API_OVER_JSON": "true",
-			"HEARTBEAT_MIN_INTERVAL":  "200ms", "HEARTBEAT_MAX_INTERVAL": "1s", "SHUTDOWN_DRAIN_TIMEOUT": "1s"}[k]
+			"AGENT_K8S_API_OVER_JSON": "true", "AGENT_IMPERSONATE_USERS": "false",
+			"HEARTBEAT_MIN_INTERVAL": "200ms", "HEARTBEAT_MAX_INTERVAL": "1s", "SHUTDOWN_DRAIN_TIMEOUT": "1s"}[k]
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -7,16 +7,20 @@ import (
 
 	"github.com/pipeops/tunnel/agent/clusterinfo"
 	"github.com/pipeops/tunnel/agent/ingresssync"
+	"github.com/pipeops/tunnel/agent/kubeapi"
 	"github.com/pipeops/tunnel/agent/state"
 	"github.com/pipeops/tunnel/agent/targets"
 )
 
 // ClusterRules is every cluster-wide permission the agent's own work needs
-// (deploy/rbac/agent.yaml grants exactly these; a test keeps them equal).
-// What callers may do through the Kubernetes API target is a separate grant:
-// the agent forwards their requests with its own ServiceAccount.
+// (deploy/rbac/agent.yaml grants exactly these; a test keeps them equal),
+// with impersonation on (the default; kubeapi.Rules is what it adds).
+// What callers may do through the Kubernetes API target is a separate grant,
+// to the people themselves (or, with impersonation off, to the agent's
+// ServiceAccount).
 func ClusterRules() []rbacv1.PolicyRule {
 	var rules []rbacv1.PolicyRule
+	rules = append(rules, kubeapi.Rules()...)
 	rules = append(rules, clusterinfo.Rules()...)
 	rules = append(rules, targets.Rules()...)
 	rules = append(rules, ingresssync.Rules()...)

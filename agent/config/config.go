@@ -36,6 +36,7 @@ type Config struct {
 	InsecureTLS     bool          // PIPEOPS_INSECURE_SKIP_VERIFY: development only
 	Pprof           bool          // AGENT_PPROF: serve /debug/pprof/ on ListenAddr
 	KubeAPIOverJSON bool          // AGENT_K8S_API_OVER_JSON: ask the gateway to reach the Kubernetes API with proxy_request (tests of hosted PipeOps' path)
+	Impersonate     bool          // AGENT_IMPERSONATE_USERS (default true): run Kubernetes API requests as the person who makes them
 	LogLevel        slog.Level    // LOG_LEVEL
 	LogFormat       string        // LOG_FORMAT: text or json
 	ShowVersionOnly bool          // --version
@@ -66,6 +67,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		InsecureTLS:     r.Bool("PIPEOPS_INSECURE_SKIP_VERIFY", false),
 		Pprof:           r.Bool("AGENT_PPROF", false),
 		KubeAPIOverJSON: r.Bool("AGENT_K8S_API_OVER_JSON", false),
+		Impersonate:     r.Bool("AGENT_IMPERSONATE_USERS", true),
 		LogLevel:        r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 		LogFormat:       r.OneOf("LOG_FORMAT", "text", "text", "json"),
 	}

@@ -2,8 +2,9 @@
 // stream carries plain HTTP/1.1 from the gateway, and the agent sends every
 // request on to the API server with its OWN credentials, through client-go's
 // transport (which follows ServiceAccount token rotation and trusts the
-// cluster CA). Credentials never leave the cluster, and none that arrive
-// with a request are passed on. Watches, `logs -f` and protocol upgrades
+// cluster CA), impersonating the person who made it once it has verified
+// who that is (see Identity). Credentials never leave the cluster, and none
+// that arrive with a request are passed on. Watches, `logs -f` and protocol upgrades
 // (exec and port-forward over SPDY or WebSocket) stream through untouched,
 // with no time limit.
 package kubeapi
@@ -41,8 +42,8 @@ type Server struct {
 }
 
 // New returns a Server that forwards to the API server cfg describes, with
-// cfg's credentials.
-func New(cfg *rest.Config, logger *slog.Logger) (*Server, error) {
+// cfg's credentials, as the person id says (nil: as the agent).
+func New(cfg *rest.Config, id *Identity, logger *slog.Logger) (*Server, error) {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -84,12 +85,12 @@ func New(cfg *rest.Config, logger *slog.Logger) (*Server, error) {
 				}
 			}
 		},
-		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		Transport: id.RoundTripper(roundTripFunc(func(r *http.Request) (*http.Response, error) {
 			if r.Header.Get("Upgrade") != "" {
 				return upTr.RoundTrip(r)
 			}
 			return tr.RoundTrip(r)
-		}),
+		})),
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {

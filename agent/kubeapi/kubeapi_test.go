@@ -3,6 +3,7 @@ package kubeapi_test
 import (
 	"bufio"
 	"context"
+	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
@@ -17,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +38,90 @@ import (
 )
 
 func TestMain(m *testing.M) { testenv.Main(m, kubetest.Stop) }
+
+// harness is a gateway (agent endpoint and Kubernetes API path, over TLS)
+// with one agent connected as cluster c1, whose Kubernetes API target is a
+// kubeapi.Server.
+type harness struct {
+	gw     *httptest.Server
+	caFile string // the gateway's certificate, for kubectl
+	// sign makes a token signed by the key the gateway (and the JWKS at
+	// jwks) trusts.
+	sign func(*auth.Claims) string
+	jwks string
+	ctx  context.Context
+}
+
+// startTunnel starts the gateway and connects the agent, whose Kubernetes
+// API streams go to dial, and which announces impersonation when
+// impersonates is set. Everything stops at the end of the test.
+func startTunnel(t *testing.T, dial func(context.Context) (net.Conn, error), impersonates bool) *harness {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	verifier := &auth.Verifier{Keys: auth.StaticKeys{"k": pub}}
+	reg, err := session.NewRegistry(session.Config{Auth: session.JWTAuthenticator{Verifier: verifier}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	k8s := proxy.NewK8s(proxy.K8sConfig{Verifier: verifier, Tunnels: reg, Logger: log})
+	t.Cleanup(k8s.Close)
+	jwks, err := auth.MarshalJWKS(map[string]crypto.PublicKey{"k": pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/ws", reg)
+	mux.Handle(proxy.K8sPrefix, k8s)
+	mux.HandleFunc("/.well-known/jwks.json", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(jwks) })
+	// TLS, as in production: kubectl sends no token over plain HTTP.
+	gw := httptest.NewTLSServer(mux)
+	t.Cleanup(gw.Close)
+	caFile := filepath.Join(t.TempDir(), "gateway-ca.crt")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: gw.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var n atomic.Int64
+	sign := func(c *auth.Claims) string {
+		if c.ExpiresAt == nil {
+			c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(time.Hour))
+		}
+		c.ID = fmt.Sprintf("id-%s-%d", c.Kind, n.Add(1))
+		tok, err := auth.Sign(priv, "k", c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	agent, err := tunnelclient.New(tunnelclient.Config{
+		GatewayURL: gw.URL, TLSConfig: &tls.Config{RootCAs: gw.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs}, Token: sign(&auth.Claims{Kind: auth.KindAgent, ClusterID: "c1"}), ClusterUUID: "c1",
+		Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+			if h.IsKubernetesAPI() {
+				return dial(ctx)
+			}
+			return nil, tunnelclient.ErrTargetRefused
+		}),
+		Impersonates: impersonates,
+		Logger:       log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	agentDone := make(chan struct{})
+	go func() { defer close(agentDone); _ = agent.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-agentDone })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := reg.Session("c1"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent did not connect")
+		}
+	}
+	return &harness{gw: gw, caFile: caFile, sign: sign, jwks: gw.URL + "/.well-known/jwks.json", ctx: ctx}
+}
 
 // TestKubectlThroughTunnel runs the real kubectl against a real
 // kube-apiserver through the gateway's /k8s/ path, the yamux tunnel and the
@@ -57,66 +143,14 @@ func TestKubectlThroughTunnel(t *testing.T) {
 		}})
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 
-	fwd, err := kubeapi.New(acct.Config, log)
+	fwd, err := kubeapi.New(acct.Config, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer fwd.Close()
+	t.Cleanup(func() { fwd.Close() }) // after the agent stops
 
-	// Gateway: the agent endpoint and the Kubernetes API path.
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	verifier := &auth.Verifier{Keys: auth.StaticKeys{"k": pub}}
-	reg, err := session.NewRegistry(session.Config{Auth: session.JWTAuthenticator{Verifier: verifier}, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reg.Close()
-	k8s := proxy.NewK8s(proxy.K8sConfig{Verifier: verifier, Tunnels: reg, Logger: log})
-	defer k8s.Close()
-	mux := http.NewServeMux()
-	mux.Handle("/ws", reg)
-	mux.Handle(proxy.K8sPrefix, k8s)
-	// TLS, as in production: kubectl sends no token over plain HTTP.
-	gw := httptest.NewTLSServer(mux)
-	defer gw.Close()
-	caFile := filepath.Join(t.TempDir(), "gateway-ca.crt")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: gw.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	sign := func(c *auth.Claims) string {
-		c.RegisteredClaims = jwt.RegisteredClaims{ID: "id-" + string(c.Kind), ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}
-		tok, err := auth.Sign(priv, "k", c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
-	}
-	agent, err := tunnelclient.New(tunnelclient.Config{
-		GatewayURL: gw.URL, TLSConfig: &tls.Config{RootCAs: gw.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs}, Token: sign(&auth.Claims{Kind: auth.KindAgent, ClusterID: "c1"}), ClusterUUID: "c1",
-		Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
-			if h.IsKubernetesAPI() {
-				return fwd.Dial(ctx)
-			}
-			return nil, tunnelclient.ErrTargetRefused
-		}),
-		Logger: log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	agentDone := make(chan struct{})
-	go func() { defer close(agentDone); _ = agent.Run(ctx) }()
-	defer func() { cancel(); <-agentDone }()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, ok := reg.Session("c1"); ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("agent did not connect")
-		}
-	}
+	h := startTunnel(t, fwd.Dial, false)
+	gw, caFile, sign, ctx := h.gw, h.caFile, h.sign, h.ctx
 
 	user := sign(&auth.Claims{Kind: auth.KindUser, Clusters: []string{"c1"}})
 	kc := func(args ...string) *exec.Cmd {
@@ -206,7 +240,7 @@ func TestUpgradeReachesAPIServer(t *testing.T) {
 	if _, err := env.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	fwd, err := kubeapi.New(acct.Config, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	fwd, err := kubeapi.New(acct.Config, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

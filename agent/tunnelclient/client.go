@@ -76,6 +76,10 @@ type Config struct {
 	// proxy_request messages (the path hosted PipeOps uses) rather than
 	// over yamux streams. For tests of that path.
 	KubeAPIOverJSON bool
+	// Impersonates adds tunnel.CapabilityImpersonation to the gateway URL:
+	// the gateway is to send each Kubernetes API request with the caller's
+	// token, which the agent verifies and impersonates (package kubeapi).
+	Impersonates bool
 	// OnConnect and OnDisconnect are told when a tunnel comes up and goes down.
 	OnConnect, OnDisconnect func()
 
@@ -134,13 +138,18 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnelclient: gateway URL: %w", err)
 	}
-	if cfg.KubeAPIOverJSON {
+	if cfg.KubeAPIOverJSON || cfg.Impersonates {
 		pu, err := url.Parse(u)
 		if err != nil {
 			return nil, fmt.Errorf("tunnelclient: gateway URL: %w", err)
 		}
 		q := pu.Query()
-		q.Del(tunnel.CapabilityK8sHTTP)
+		if cfg.KubeAPIOverJSON {
+			q.Del(tunnel.CapabilityK8sHTTP)
+		}
+		if cfg.Impersonates {
+			q.Set(tunnel.CapabilityImpersonation, "true")
+		}
 		pu.RawQuery = q.Encode()
 		u = pu.String()
 	}

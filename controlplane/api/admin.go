@@ -262,7 +262,7 @@ func (s *Server) kubeconfig(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err, s.log)
 		return
 	}
-	b, err := Kubeconfig(s.cfg.GatewayURL, s.cfg.GatewayCA, c, tok)
+	b, err := Kubeconfig(s.cfg.GatewayURL, s.cfg.K8sAPIDomain, s.cfg.GatewayCA, c, tok)
 	if err != nil {
 		writeError(w, r, err, s.log)
 		return
@@ -274,9 +274,20 @@ func (s *Server) kubeconfig(w http.ResponseWriter, r *http.Request) {
 // Kubeconfig renders a kubeconfig for cluster c through the gateway at
 // gatewayURL, authenticated with token; caPEM, when not empty, is the
 // certificate authority it trusts for the gateway.
-func Kubeconfig(gatewayURL string, caPEM []byte, c *controlplane.Cluster, token string) ([]byte, error) {
+//
+// With a Kubernetes API domain (K8S_API_DOMAIN), the cluster is reached at
+// the gateway's URL with no path prefix, under the TLS server name
+// {cluster id}.{domain}, by which the gateway routes it: every absolute
+// path kubectl sends then works (get --raw /version), and no DNS record is
+// needed per cluster. Without one, at {gatewayURL}/k8s/{cluster id}.
+func Kubeconfig(gatewayURL, k8sDomain string, caPEM []byte, c *controlplane.Cluster, token string) ([]byte, error) {
 	kc := clientcmdapi.NewConfig()
-	kc.Clusters[c.Name] = &clientcmdapi.Cluster{Server: strings.TrimSuffix(gatewayURL, "/") + "/k8s/" + c.UUID, CertificateAuthorityData: caPEM}
+	cl := &clientcmdapi.Cluster{Server: strings.TrimSuffix(gatewayURL, "/") + "/k8s/" + c.UUID, CertificateAuthorityData: caPEM}
+	if k8sDomain != "" {
+		cl.Server = strings.TrimSuffix(gatewayURL, "/")
+		cl.TLSServerName = c.UUID + "." + k8sDomain
+	}
+	kc.Clusters[c.Name] = cl
 	kc.AuthInfos[c.Name] = &clientcmdapi.AuthInfo{Token: token}
 	kc.Contexts[c.Name] = &clientcmdapi.Context{Cluster: c.Name, AuthInfo: c.Name}
 	kc.CurrentContext = c.Name

@@ -47,6 +47,9 @@ type Config struct {
 	// GatewayCA is the PEM certificate authority that kubeconfigs trust for
 	// GatewayURL; empty means the system roots.
 	GatewayCA []byte
+	// K8sAPIDomain, when set, is the gateway's K8S_API_DOMAIN: kubeconfigs
+	// then reach each cluster by TLS server name (see Kubeconfig).
+	K8sAPIDomain string
 	// APIURL is this control plane's public URL, for install commands.
 	APIURL string
 	// RevocationCheckInterval is how often the tokens of open registration

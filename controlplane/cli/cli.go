@@ -54,6 +54,9 @@ Usage:
                                                   let CLUSTER route DOMAIN and every name below it, no DNS challenge
   pipeops-controlplane domain revoke DOMAIN       take a grant back
   pipeops-controlplane domain list                list domain grants
+  pipeops-controlplane audit list [--cluster C] [--user U] [--since D] [--limit N] [--json]
+                                                  Kubernetes API requests made through the gateways, newest
+                                                  first (default 100): who, verb, path, status, bytes, duration
   pipeops-controlplane keys list                  list the token signing keys: which signs, which KEK sealed each
   pipeops-controlplane keys rotate                make a new signing key; the old ones keep verifying until retired
   pipeops-controlplane keys retire KID            delete an old signing key: the tokens it signed stop verifying
@@ -69,7 +72,7 @@ ADMIN_IDENTITY_GROUPS, LOG_LEVEL, LOG_FORMAT. See docs/controlplane.md.
 
 The signing keys are stored sealed under a key-encryption key (KEK): KEY_ENCRYPTION_KEY_FILE,
 a file holding base64 of 32 random bytes ('openssl rand -base64 32'), or KEY_ENCRYPTION_KEY,
-required by every command but migrate, keys list and keys retire. During a KEK rotation,
+required by every command but migrate, keys list, keys retire and audit list. During a KEK rotation,
 KEY_ENCRYPTION_KEY_PREVIOUS_FILE (comma-separated files) names the KEKs that only open.
 `
 
@@ -163,6 +166,9 @@ func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 	if cmd == "keys" {
 		return keysCmd(ctx, cfg, db, rest, stdout)
 	}
+	if cmd == "audit" {
+		return auditCmd(ctx, db, rest, stdout)
+	}
 	if err := cfg.RequireKEK(); err != nil {
 		return err
 	}
@@ -194,7 +200,7 @@ func dispatch(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 		if err != nil {
 			return err
 		}
-		b, err := api.Kubeconfig(cfg.GatewayURL, cfg.GatewayCA, c, tok)
+		b, err := api.Kubeconfig(cfg.GatewayURL, cfg.K8sAPIDomain, cfg.GatewayCA, c, tok)
 		if err != nil {
 			return err
 		}
@@ -316,7 +322,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, db *postgres.DB, i
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	dns := &hostnames.DNSVerifier{Store: db, Resolver: hostnames.NewResolver(cfg.DNSResolver), Interval: cfg.HostnameCheckInterval, Logger: log}
-	srv, err := api.New(api.Config{GatewayWSURL: cfg.GatewayWSURL, GatewayURL: cfg.GatewayURL, GatewayCA: cfg.GatewayCA, APIURL: cfg.APIURL,
+	srv, err := api.New(api.Config{GatewayWSURL: cfg.GatewayWSURL, GatewayURL: cfg.GatewayURL, GatewayCA: cfg.GatewayCA, K8sAPIDomain: cfg.K8sAPIDomain, APIURL: cfg.APIURL,
 		RevocationCheckInterval: cfg.RevocationCheckInterval},
 		api.Deps{Clusters: db, Routes: db, Tokens: db, Hostnames: db, DNS: dns, Issuer: issuer, DB: db, Logger: log, Registry: reg})
 	if err != nil {

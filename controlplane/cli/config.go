@@ -25,6 +25,7 @@ type Config struct {
 	GatewayWSURL    string        // GATEWAY_WS_URL: where agents open their tunnel (required by serve)
 	GatewayURL      string        // GATEWAY_URL: the gateway's public HTTPS URL, for kubeconfigs
 	GatewayCA       []byte        // GATEWAY_CA_FILE: PEM CA that kubeconfigs trust for GATEWAY_URL
+	K8sAPIDomain    string        // K8S_API_DOMAIN: the gateway's per-cluster API domain, for kubeconfigs
 	APIURL          string        // API_URL: this control plane's public URL, for install commands
 	RouteTTL        time.Duration // ROUTE_TTL, default 24h
 	ReaperInterval  time.Duration // REAPER_INTERVAL, default 1m
@@ -68,6 +69,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		ListenAddr:      r.String("LISTEN_ADDR", ":8080"),
 		GatewayWSURL:    r.String("GATEWAY_WS_URL", ""),
 		GatewayURL:      r.String("GATEWAY_URL", ""),
+		K8sAPIDomain:    strings.ToLower(strings.Trim(r.String("K8S_API_DOMAIN", ""), ".")),
 		APIURL:          r.String("API_URL", ""),
 		TLSCertFile:     r.String("TLS_CERT_FILE", ""),
 		TLSKeyFile:      r.String("TLS_KEY_FILE", ""),

@@ -5,16 +5,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/gateway/audit"
 	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/shared/auth"
 	"github.com/pipeops/tunnel/shared/revocation"
@@ -43,6 +47,13 @@ type K8s struct {
 	tr       *http.Transport
 	refused  *prometheus.CounterVec
 	conns    *revocation.Tracker
+	clusters *clusterCache
+	audit    Auditor
+}
+
+// Auditor records Kubernetes API requests (an *audit.Recorder).
+type Auditor interface {
+	Record(controlplane.AuditEntry)
 }
 
 type k8sCluster struct{}
@@ -67,6 +78,14 @@ type K8sConfig struct {
 	// context is cancelled, which also closes an upgraded connection). Nil:
 	// the token is checked only when the request arrives.
 	Connections *revocation.Tracker
+	// Audit, when set, is told of every request that got past the token
+	// check, once it has ended: who, which cluster, verb, path, status,
+	// bytes and duration (never bodies or tokens). It must not block.
+	Audit Auditor
+	// Clusters, when set, lets callers name a cluster by its name as well
+	// as by its id, and gives an offline cluster's name and when its agent
+	// was last seen. Nil: clusters are named by id only.
+	Clusters ClusterDirectory
 }
 
 // NewK8s returns the Kubernetes API handler.
@@ -76,6 +95,7 @@ func NewK8s(cfg K8sConfig) *K8s {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	k := &K8s{verifier: cfg.Verifier, tunnels: cfg.Tunnels, maxBody: cfg.MaxRequestBody, log: logger, conns: cfg.Connections,
+		clusters: newClusterCache(cfg.Clusters), audit: cfg.Audit,
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pipeops_gateway", Subsystem: "k8s",
 			Name: "requests_refused_total", Help: "Kubernetes API requests the gateway refused or cut, by reason (body_too_large)."}, []string{"reason"})}
 	k.refused.WithLabelValues(reasonBodyTooLarge)
@@ -138,64 +158,197 @@ func NewK8s(cfg K8sConfig) *K8s {
 // Close closes idle streams.
 func (k *K8s) Close() { k.tr.CloseIdleConnections() }
 
-// ServeHTTP serves K8sPrefix.
+// ServeHTTP serves K8sPrefix: /k8s/{cluster}/{path}, where the cluster is
+// named by its name or its id.
 func (k *K8s) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	cluster, apiPath, ok := splitK8sPath(r.URL.Path)
+	ref, apiPath, ok := splitK8sPath(r.URL.Path)
 	if !ok {
 		writeStatus(w, http.StatusNotFound, "use "+K8sPrefix+"{cluster}/...")
 		return
 	}
+	k.ServeCluster(w, r, ref, apiPath)
+}
+
+// ServeCluster serves one request to the Kubernetes API of the cluster ref
+// names (its name or its id), for apiPath on that API server: the whole
+// path when the cluster has a host name of its own (see
+// Config.K8sAPIDomain), what follows K8sPrefix{cluster} otherwise.
+func (k *K8s) ServeCluster(w http.ResponseWriter, r *http.Request, ref, apiPath string) {
 	scheme, raw, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="pipeops"`)
 		writeStatus(w, http.StatusUnauthorized, "a Bearer token is required")
 		return
 	}
-	claims, err := k.verifier.Verify(r.Context(), strings.TrimSpace(raw), auth.KindUser, auth.KindAdmin)
+	raw = strings.TrimSpace(raw)
+	claims, err := k.verifier.Verify(r.Context(), raw, auth.KindUser, auth.KindAdmin)
 	if err != nil {
-		k.log.Info("kubernetes API: token refused", "cluster", cluster, "err", err)
+		k.log.Info("kubernetes API: token refused", "cluster", ref, "err", err)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="pipeops"`)
 		writeStatus(w, http.StatusUnauthorized, "invalid token")
 		return
 	}
-	if !claims.AllowsCluster(cluster) {
-		writeStatus(w, http.StatusForbidden, "this token does not allow cluster "+cluster)
+	if k.audit != nil {
+		aw := &auditWriter{ResponseWriter: w}
+		w = aw
+		in := &countingBody{ReadCloser: r.Body}
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = in
+		}
+		entry := controlplane.AuditEntry{Time: time.Now(), ClusterUUID: ref, TokenID: claims.ID, Method: r.Method, Path: apiPath,
+			Verb: audit.Verb(r.Method, apiPath, r.URL.Query())}
+		entry.User, entry.Groups = claims.Identity()
+		defer func() {
+			entry.Status, entry.BytesIn, entry.BytesOut = aw.status(), in.n.Load(), aw.n
+			if entry.Status == 0 && r.Header.Get("Upgrade") != "" {
+				entry.Status = http.StatusSwitchingProtocols // answered on the hijacked connection
+			}
+			entry.Duration = time.Since(entry.Time)
+			if c := aw.cluster; c != nil {
+				entry.ClusterUUID, entry.ClusterName = c.UUID, c.Name
+			}
+			k.audit.Record(entry)
+		}()
+	}
+	c, err := k.clusters.find(r.Context(), ref)
+	if aw, ok := w.(*auditWriter); ok && err == nil {
+		aw.cluster = c
+	}
+	switch {
+	case errors.Is(err, errNoCluster):
+		// Whether a cluster exists is told only to whoever may see all.
+		if claims.Kind == auth.KindAdmin {
+			writeStatus(w, http.StatusNotFound, fmt.Sprintf("there is no cluster named %q or with that id", ref))
+		} else {
+			writeStatus(w, http.StatusForbidden, "this token does not allow cluster "+ref)
+		}
+		return
+	case err != nil:
+		if _, online := k.tunnels.Session(ref); online {
+			// The store is down, but ref is a connected cluster's id:
+			// serve it, nameless.
+			c = &clusterRef{UUID: ref}
+			break
+		}
+		k.log.Warn("kubernetes API: cluster lookup failed", "cluster", ref, "err", err)
+		writeStatus(w, http.StatusServiceUnavailable, "the gateway cannot look up cluster "+ref+" right now; try again")
 		return
 	}
-	// A caller's own impersonation (kubectl --as, --as-group) cannot be
-	// honoured: the agent acts with its own ServiceAccount, and passing the
-	// headers on would let a caller borrow any identity that account may
-	// impersonate. Dropping them silently would run the request as
-	// someone else than asked, so it is refused, saying why.
+	if !claims.AllowsCluster(c.UUID) {
+		writeStatus(w, http.StatusForbidden, "this token does not allow cluster "+ref)
+		return
+	}
+	// A caller's own impersonation (kubectl --as, --as-group) is not
+	// honoured: the agent decides as whom a request runs (the person the
+	// token names, or itself). Passing the headers on would let a caller
+	// borrow any identity the agent may impersonate, and dropping them
+	// silently would run the request as someone else than asked, so it is
+	// refused, saying why.
 	if h := impersonationHeader(r.Header); h != "" {
 		writeStatus(w, http.StatusForbidden, "impersonation ("+h+", kubectl --as/--as-group) is not supported through the gateway: "+
-			"requests act with the identity of the cluster's agent; run the command without --as")
+			"each request runs as the person your token names (or as the cluster's agent, on clusters that do not impersonate); run the command without --as")
+		return
+	}
+	s, online := k.tunnels.Session(c.UUID)
+	if !online {
+		writeStatus(w, http.StatusServiceUnavailable, offlineMessage(c, time.Now()))
+		return
+	}
+	impersonates := s.Info.Impersonates
+	if impersonates && !boundTo(claims, c.UUID) {
+		writeStatus(w, http.StatusForbidden, fmt.Sprintf("cluster %s runs each request as the person who makes it, and accepts only a user token bound to it alone: "+
+			"get one with `pipeops-controlplane kubeconfig %s --user NAME` (admin tokens and tokens for several clusters are never sent to a cluster)", c.display(), c.display()))
 		return
 	}
 	// A watch or an exec session outlives the token check above: the
 	// request is cut if the token is revoked or expires while it runs.
 	ctx, cut := context.WithCancelCause(r.Context())
 	defer cut(nil)
-	conn := revocation.Conn{Kind: K8sConnKind, TokenID: claims.ID, Cluster: cluster, Cut: cut}
+	conn := revocation.Conn{Kind: K8sConnKind, TokenID: claims.ID, Cluster: c.UUID, Cut: cut}
 	if claims.ExpiresAt != nil {
 		conn.Expires = claims.ExpiresAt.Time
 	}
 	defer k.conns.Register(conn)()
 	out := r.Clone(ctx)
 	// The caller's credentials stop here: the agent acts with its own
-	// ServiceAccount.
+	// ServiceAccount. Only an agent that impersonates gets the token, to
+	// verify it for itself; an identity header from outside never passes.
 	out.Header.Del("Authorization")
+	out.Header.Del(tunnel.IdentityHeader)
+	if impersonates {
+		out.Header.Set(tunnel.IdentityHeader, raw)
+	}
 	out.URL.Path = apiPath
 	out.URL.RawPath = ""
 	body, fits := limitBody(out, k.maxBody)
 	if fits {
-		k.rp.ServeHTTP(w, out.WithContext(context.WithValue(out.Context(), k8sCluster{}, cluster)))
+		k.rp.ServeHTTP(w, out.WithContext(context.WithValue(out.Context(), k8sCluster{}, c.UUID)))
 	} else {
 		writeStatus(w, http.StatusRequestEntityTooLarge, bodyTooLargeMessage(k.maxBody))
 	}
 	if !fits || body.exceeded() {
 		k.refused.WithLabelValues(reasonBodyTooLarge).Inc()
 	}
+}
+
+// auditWriter counts what is written to the caller, for the audit entry.
+// http.ResponseController reaches Flush and Hijack through Unwrap.
+type auditWriter struct {
+	http.ResponseWriter
+	code    int
+	n       int64
+	cluster *clusterRef
+}
+
+func (w *auditWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *auditWriter) Write(p []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+func (w *auditWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// status is the status answered, 0 if none was written through w (an
+// upgrade answers on the hijacked connection).
+func (w *auditWriter) status() int { return w.code }
+
+// countingBody counts the request body bytes read. The Transport reads it
+// on a goroutine of its own, hence the atomic.
+type countingBody struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+// boundTo reports whether claims are those of a user token for cluster
+// alone: the only tokens the gateway hands to a cluster's agent, since
+// whoever runs that cluster could replay any token it is given.
+func boundTo(claims *auth.Claims, cluster string) bool {
+	return claims.Kind == auth.KindUser && len(claims.Clusters) == 1 && claims.Clusters[0] == cluster
+}
+
+// offlineMessage says that c's agent is not connected, and since when.
+func offlineMessage(c *clusterRef, now time.Time) string {
+	if c.LastSeen.IsZero() {
+		return fmt.Sprintf("cluster %s is offline: its agent has never connected to this gateway's control plane", c.display())
+	}
+	return fmt.Sprintf("cluster %s is offline: its agent was last seen %s (%s ago)", c.display(),
+		c.LastSeen.UTC().Format(time.RFC3339), now.Sub(c.LastSeen).Round(time.Second))
 }
 
 // k8sTransport sends a request to a cluster's Kubernetes API over a tunnel

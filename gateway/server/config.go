@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pipeops/tunnel/gateway/audit"
 	"github.com/pipeops/tunnel/gateway/routetable"
 	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/shared/envconfig"
@@ -26,6 +27,9 @@ const (
 	// maxStreamWindow keeps a yamux frame (a 12-byte header and up to a
 	// window of data) within the 64 MiB WebSocket message limit of both ends.
 	maxStreamWindow = 64<<20 - 12
+	// maxAuditQueue bounds the memory audit entries waiting for the
+	// database can take (an entry is up to a few KiB).
+	maxAuditQueue = 1_000_000
 )
 
 // Config is the gateway's configuration, read from the environment. Every
@@ -46,7 +50,13 @@ type Config struct {
 	// HTTP listener. Off, it answers there with 403 before it reads the
 	// token, which would have crossed the network in the clear. Only for a
 	// gateway behind a proxy that terminates TLS for it.
-	K8sPlainHTTP    bool
+	K8sPlainHTTP bool
+	// K8sAPIDomain (K8S_API_DOMAIN) gives each cluster's Kubernetes API a
+	// host name of its own, {cluster}.{K8sAPIDomain} (the cluster's name or
+	// id), that serves the API with no path prefix, so that every absolute
+	// path kubectl sends (get --raw /version) reaches it. Empty: only
+	// /k8s/{cluster}/ on the gateway hosts.
+	K8sAPIDomain    string
 	ACME            bool          // ACME: get certificates for routed hosts from an ACME CA
 	ACMEEmail       string        // ACME_EMAIL: contact for the CA
 	ACMECacheDir    string        // ACME_CACHE_DIR: where certificates and the account key are kept
@@ -62,6 +72,9 @@ type Config struct {
 	MaxRequestBody  int64         // MAX_REQUEST_BODY bytes, default 1 GiB; 0: no limit
 	MaxHeaderBytes  int           // MAX_HEADER_BYTES, default 1 MiB
 	MaxStreams      int           // MAX_STREAMS_PER_SESSION, default 10000
+	AuditRetention  time.Duration // AUDIT_RETENTION, default 720h: how long Kubernetes API audit entries are kept
+	AuditMaxRows    int64         // AUDIT_MAX_ROWS, default 1000000: audit entries kept at most (all gateways together)
+	AuditQueue      int           // AUDIT_QUEUE, default 10000: audit entries waiting for the database at most
 	LogLevel        slog.Level    // LOG_LEVEL
 	LogFormat       string        // LOG_FORMAT: text or json
 }
@@ -101,8 +114,17 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		MaxRequestBody:  DefaultMaxRequestBody,
 		MaxHeaderBytes:  DefaultMaxHeaderBytes,
 		MaxStreams:      session.DefaultMaxStreamsPerSession,
+		AuditRetention:  r.Duration("AUDIT_RETENTION", audit.DefaultRetention),
+		AuditMaxRows:    audit.DefaultMaxRows,
+		AuditQueue:      audit.DefaultQueue,
 		LogLevel:        r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 		LogFormat:       r.OneOf("LOG_FORMAT", "text", "text", "json"),
+	}
+	if v := strings.ToLower(strings.Trim(r.String("K8S_API_DOMAIN", ""), ".")); v != "" {
+		if !strings.Contains(v, ".") || strings.ContainsAny(v, "/:* ") {
+			r.Failf("K8S_API_DOMAIN=%q must be a DNS domain such as k8s.example.com, under which {cluster}.k8s.example.com serves each cluster's API", v)
+		}
+		c.K8sAPIDomain = v
 	}
 	for _, h := range strings.Split(getenv("GATEWAY_HOSTS"), ",") {
 		if h = strings.ToLower(strings.TrimSpace(h)); h != "" {
@@ -139,6 +161,22 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			r.Failf("MAX_STREAMS_PER_SESSION=%q must be a positive number of streams", v)
 		} else {
 			c.MaxStreams = n
+		}
+	}
+	if v := r.String("AUDIT_MAX_ROWS", ""); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			r.Failf("AUDIT_MAX_ROWS=%q must be a positive number of Kubernetes API audit entries to keep", v)
+		} else {
+			c.AuditMaxRows = n
+		}
+	}
+	if v := r.String("AUDIT_QUEUE", ""); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxAuditQueue {
+			r.Failf("AUDIT_QUEUE=%q must be a number of audit entries from 1 to %d", v, maxAuditQueue)
+		} else {
+			c.AuditQueue = n
 		}
 	}
 	if u, err := url.Parse(c.DatabaseURL); c.DatabaseURL == "" || err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {

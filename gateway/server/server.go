@@ -24,6 +24,7 @@ import (
 	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/pipeops/tunnel/controlplane/postgres"
+	"github.com/pipeops/tunnel/gateway/audit"
 	"github.com/pipeops/tunnel/gateway/authn"
 	"github.com/pipeops/tunnel/gateway/heartbeat"
 	"github.com/pipeops/tunnel/gateway/proxy"
@@ -46,6 +47,7 @@ type Gateway struct {
 	proxy    *proxy.Proxy
 	k8s      *proxy.K8s
 	recorder *heartbeat.Recorder
+	audit    *audit.Recorder
 	revs     *authn.Revocations
 	registry *prometheus.Registry
 	draining atomic.Bool
@@ -137,8 +139,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 		db.Close()
 		return nil, err
 	}
-	g.k8s = proxy.NewK8s(proxy.K8sConfig{Verifier: verifier, Tunnels: g.sessions, MaxRequestBody: cfg.MaxRequestBody, Logger: log, Metrics: reg,
-		Connections: g.conns})
+	g.audit = audit.New(audit.Config{Store: db, Logger: log, Metrics: reg, Queue: cfg.AuditQueue, Retention: cfg.AuditRetention, MaxRows: cfg.AuditMaxRows})
+	g.k8s = proxy.NewK8s(proxy.K8sConfig{Audit: g.audit, Verifier: verifier, Tunnels: g.sessions, MaxRequestBody: cfg.MaxRequestBody, Logger: log, Metrics: reg,
+		Connections: g.conns, Clusters: g.db})
 	return g, nil
 }
 
@@ -155,6 +158,14 @@ func (g *Gateway) Handler() http.Handler {
 		host := strings.ToLower(r.Host)
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
+		}
+		if ref, ok := g.k8sHost(host, r.TLS); ok {
+			if r.TLS == nil && !g.cfg.K8sPlainHTTP {
+				g.refusePlainK8s(w, r)
+				return
+			}
+			g.k8s.ServeCluster(w, r, ref, r.URL.Path)
+			return
 		}
 		isK8s := strings.HasPrefix(r.URL.Path, proxy.K8sPrefix)
 		isOwnPath := r.URL.Path == "/ws" || isK8s
@@ -175,6 +186,28 @@ func (g *Gateway) Handler() http.Handler {
 		}
 		g.proxy.ServeHTTP(w, r)
 	})
+}
+
+// k8sHost returns the cluster a request names with a host name under
+// K8S_API_DOMAIN, {cluster}.{domain}: in its Host, or else in the server
+// name of its TLS connection. The latter lets a kubeconfig reach the
+// cluster at the gateway's own URL with tls-server-name set, with no DNS
+// record per cluster (see the control plane's kubeconfig).
+func (g *Gateway) k8sHost(host string, cs *tls.ConnectionState) (cluster string, ok bool) {
+	if g.cfg.K8sAPIDomain == "" {
+		return "", false
+	}
+	names := []string{host}
+	if cs != nil {
+		names = append(names, strings.ToLower(strings.TrimSuffix(cs.ServerName, ".")))
+	}
+	for _, name := range names {
+		cluster, ok = strings.CutSuffix(name, "."+g.cfg.K8sAPIDomain)
+		if ok && cluster != "" && !strings.Contains(cluster, ".") {
+			return cluster, true
+		}
+	}
+	return "", false
 }
 
 // refusePlainK8s answers a Kubernetes API request that came over plain
@@ -231,6 +264,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	start("routes", func(ctx context.Context) { _ = g.routes.Run(ctx) })
 	start("heartbeats", g.recorder.Run)
 	start("revocations", g.conns.Run)
+	// Stopped after the listeners have drained: what is queued then is
+	// written before Run returns.
+	start("audit", func(ctx context.Context) { _ = g.audit.Run(ctx) })
 
 	var servers []*http.Server
 	errc := make(chan error, 3)

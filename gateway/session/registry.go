@@ -236,7 +236,8 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return // the upgrader has answered the client
 	}
 	s, err := newSession(r, cluster, ws, AgentInfo{AgentVersion: q.Get("agent_version"), Remote: req.RemoteAddr, TokenID: id.TokenID,
-		TokenExpires: id.TokenExpires, K8sHTTP: q.Get(tunnel.CapabilityK8sHTTP) == "true"})
+		TokenExpires: id.TokenExpires, K8sHTTP: q.Get(tunnel.CapabilityK8sHTTP) == "true",
+		Impersonates: q.Get(tunnel.CapabilityImpersonation) == "true"})
 	if err != nil {
 		r.logs.Log(req.Context(), slog.LevelWarn, "setup_failed\x00"+cluster, "agent session setup failed", "cluster", cluster, "err", err)
 		return

@@ -27,6 +27,10 @@ type AgentInfo struct {
 	// streams (it sent tunnel.CapabilityK8sHTTP). Without it, the gateway
 	// reaches the cluster's API on the JSON proxy path (ProxyHTTP).
 	K8sHTTP bool
+	// Impersonates is whether the agent runs each Kubernetes API request as
+	// the person who makes it (it sent tunnel.CapabilityImpersonation): the
+	// gateway then sends the caller's token in tunnel.IdentityHeader.
+	Impersonates bool
 }
 
 // Session is one agent's connected tunnel. It owns the WebSocket and the

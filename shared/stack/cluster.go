@@ -35,15 +35,20 @@ const (
 	AgentAccount     = "pipeops-agent"
 	IngressNamespace = "ingress-nginx"
 	IngressService   = "ingress-nginx-controller"
+	// KubeUser is the person the stack's user kubeconfig names: the agent
+	// impersonates it, and KubeAccess is granted to it.
+	KubeUser = "stack-user"
 )
 
 // ClusterOptions configure AddCluster.
 type ClusterOptions struct {
 	// Name of the cluster in the control plane (required, unique).
 	Name string
-	// KubeAccess is what kubectl users reach through the tunnel: the agent's
-	// ServiceAccount gets "read" (get, list, watch on everything; the
-	// default) or "write" (cluster-admin). The built-in view and edit
+	// KubeAccess is what kubectl users reach through the tunnel: KubeUser
+	// (as whom the agent runs their requests) and the agent's
+	// ServiceAccount (as whom they run with AGENT_IMPERSONATE_USERS=false)
+	// get "read" (get, list, watch on everything; the default) or "write"
+	// (cluster-admin). The built-in view and edit
 	// roles are aggregated by the controller manager, which does not run
 	// here, so they would be empty.
 	KubeAccess string
@@ -75,7 +80,8 @@ type Cluster struct {
 	Agent    *Component
 	AgentURL string
 	// Kubeconfig is a user kubeconfig from `pipeops-controlplane
-	// kubeconfig`: the cluster's API through the gateway.
+	// kubeconfig NAME --user KubeUser`: the cluster's API through the
+	// gateway, as KubeUser.
 	Kubeconfig string
 
 	stack   *Stack
@@ -130,7 +136,7 @@ func (s *Stack) AddCluster(ctx context.Context, opts ClusterOptions) (_ *Cluster
 	}
 	s.progress("cluster %-6s ingress controller stand-in at %s (Service %s/%s, FQDN EndpointSlice)", opts.Name, c.Ingress.Addr, IngressNamespace, IngressService)
 
-	kc, err := s.CLI(ctx, "kubeconfig", opts.Name)
+	kc, err := s.CLI(ctx, "kubeconfig", opts.Name, "--user", KubeUser)
 	if err != nil {
 		return nil, err
 	}
@@ -271,7 +277,8 @@ func (c *Cluster) installAgentRBAC(ctx context.Context, dir, kubeAccess string) 
 	access := &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: "pipeops-agent-kube-access"},
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: AgentAccount, Namespace: AgentNamespace}},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: AgentAccount, Namespace: AgentNamespace},
+			{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: KubeUser}},
 	}
 	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, access, metav1.CreateOptions{}); err != nil {
 		return "", err

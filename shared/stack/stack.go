@@ -62,6 +62,12 @@ type Options struct {
 	GatewayEnv      map[string]string
 }
 
+// K8sAPIDomain is the stack's K8S_API_DOMAIN: kubeconfigs reach each
+// cluster at the gateway's address under the TLS server name
+// {cluster id}.k8s.pipeops.test, for which the gateway's certificate has a
+// wildcard name. Nothing resolves it: only the server name carries it.
+const K8sAPIDomain = "k8s.pipeops.test"
+
 // Stack is a running platform. Fields are read-only.
 type Stack struct {
 	DatabaseURL string
@@ -140,7 +146,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 
 	var caFile, certFile, keyFile string
-	if caFile, certFile, keyFile, err = writeCertificates(opts.Dir, []string{"127.0.0.1", "::1", "localhost"}); err != nil {
+	if caFile, certFile, keyFile, err = writeCertificates(opts.Dir, []string{"127.0.0.1", "::1", "localhost", "*." + K8sAPIDomain}); err != nil {
 		return nil, fmt.Errorf("certificates: %w", err)
 	}
 	s.CAFile = caFile
@@ -163,6 +169,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		"GATEWAY_WS_URL":   "wss://" + gwHTTPS + "/ws",
 		"GATEWAY_URL":      s.GatewayHTTPS,
 		"GATEWAY_CA_FILE":  caFile,
+		"K8S_API_DOMAIN":   K8sAPIDomain,
 		"API_URL":          s.ControlPlaneURL,
 		"SHUTDOWN_TIMEOUT": "5s",
 		// A file rather than KEY_ENCRYPTION_KEY: the environment of a
@@ -198,6 +205,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		"TLS_CERT_FILE":    certFile,
 		"TLS_KEY_FILE":     keyFile,
 		"GATEWAY_HOSTS":    "127.0.0.1,localhost",
+		"K8S_API_DOMAIN":   K8sAPIDomain,
 		"SHUTDOWN_TIMEOUT": "5s",
 	}
 	for k, v := range opts.GatewayEnv {
@@ -298,9 +306,12 @@ func (s *Stack) CreateCluster(ctx context.Context, name string) (CreatedCluster,
 }
 
 // Token mints a token through the CLI: kind is agent, user or admin;
-// clusters are names or ids.
+// clusters are names or ids. A user token names KubeUser.
 func (s *Stack) Token(ctx context.Context, kind string, ttl time.Duration, clusters ...string) (token, id string, err error) {
 	args := []string{"token", "create", "--kind", kind, "--json"}
+	if kind == "user" {
+		args = append(args, "--user", KubeUser)
+	}
 	if ttl > 0 {
 		args = append(args, "--ttl", ttl.String())
 	}

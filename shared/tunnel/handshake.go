@@ -40,6 +40,21 @@ func RegistrationURL(apiURL string) (string, error) {
 // Hosted PipeOps ignores query parameters it does not know.
 const CapabilityK8sHTTP = "supports_k8s_http"
 
+// CapabilityImpersonation is the gateway socket query flag with which our
+// agent says it runs each Kubernetes API request as the person who makes
+// it: the gateway must then send the caller's token, as it verified it, in
+// IdentityHeader, and the agent verifies that token again against the
+// control plane's keys before it impersonates the person the token names.
+// Without the flag the gateway sends no token: the agent acts as itself.
+const CapabilityImpersonation = "impersonates_users"
+
+// IdentityHeader is the request header in which the gateway hands the agent
+// the caller's token on a Kubernetes API request, when the agent announced
+// CapabilityImpersonation. The gateway removes it from every request that
+// arrives from outside before it sets it; the agent removes it from every
+// request before anything goes on to the API server.
+const IdentityHeader = "Pipeops-Identity-Token"
+
 // GatewayURL returns the gateway socket URL built from the gateway_ws_url of
 // a register_success: http and https become ws and wss, an empty path
 // becomes GatewayPath, and the query carries the cluster UUID, the agent
