@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,6 +69,12 @@ func TestKubectlVerbs(t *testing.T) {
 		}},
 		{"exec -i (SPDY)", func(ctx context.Context, kc kubectlRunner, _ string) error {
 			return wantOutput(kc.run(ctx, spdy, "over spdy\n", "exec", "-i", "box", "--", "cat"))("over spdy\n")
+		}},
+		{"exec -it (WebSocket)", func(ctx context.Context, kc kubectlRunner, _ string) error {
+			return execTTY(ctx, kc, nil)
+		}},
+		{"exec -it (SPDY)", func(ctx context.Context, kc kubectlRunner, _ string) error {
+			return execTTY(ctx, kc, spdy)
 		}},
 		{"exec exit code", func(ctx context.Context, kc kubectlRunner, _ string) error {
 			out, err := kc.run(ctx, nil, "", "exec", "box", "--", "sh", "-c", "exit 3")
@@ -234,6 +241,56 @@ func wantOutput(out string, err error) func(want string) error {
 		}
 		return nil
 	}
+}
+
+// execTTY runs `exec -it box -- sh` on a real pseudo-terminal: the
+// terminal's size reaches the container's shell, and `exit 7` comes back
+// as kubectl's exit code.
+func execTTY(ctx context.Context, kc kubectlRunner, env []string) error {
+	master, slave, err := kubeletsim.OpenPTY()
+	if err != nil {
+		return err
+	}
+	defer master.Close()
+	if err := kubeletsim.SetWinsize(master, 40, 132); err != nil {
+		slave.Close()
+		return err
+	}
+	cmd := kc.command(ctx, env, "exec", "-it", "box", "--", "sh")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	err = cmd.Start()
+	slave.Close()
+	if err != nil {
+		return err
+	}
+	screen := &lockedBuffer{}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(screen, master) // ends with EIO once kubectl has exited
+	}()
+	defer func() { master.Close(); <-copied }()
+	if _, err := master.WriteString("stty size\r"); err != nil {
+		return err
+	}
+	for !strings.Contains(screen.String(), "40 132") {
+		select {
+		case <-ctx.Done():
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return fmt.Errorf("the terminal size did not reach the shell; screen %q", screen.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if _, err := master.WriteString("exit 7\r"); err != nil {
+		return err
+	}
+	var ee *exec.ExitError
+	if err := cmd.Wait(); !errors.As(err, &ee) || ee.ExitCode() != 7 {
+		return fmt.Errorf("exit %v, want 7; screen %q", err, screen.String())
+	}
+	return nil
 }
 
 // followLogs starts `logs -f`, writes lines while it runs and checks each

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.org/x/sys/unix"
 
 	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/kubeletsim"
@@ -264,31 +263,16 @@ func TestExecExitCode(t *testing.T) {
 // openPTY returns a pseudo-terminal's master and its slave.
 func openPTY(t *testing.T) (master, slave *os.File) {
 	t.Helper()
-	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	m, sl, err := kubeletsim.OpenPTY()
 	if err != nil {
-		t.Skipf("no pseudo-terminals here: %v", err)
+		t.Fatal(err)
 	}
-	fd := int(m.Fd())
-	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
-		m.Close()
-		t.Fatalf("unlock pty: %v", err)
-	}
-	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
-	if err != nil {
-		m.Close()
-		t.Fatalf("pty number: %v", err)
-	}
-	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
-	if err != nil {
-		m.Close()
-		t.Fatalf("open pty slave: %v", err)
-	}
-	return m, s
+	return m, sl
 }
 
 func setWinsize(t *testing.T, f *os.File, rows, cols uint16) {
 	t.Helper()
-	if err := unix.IoctlSetWinsize(int(f.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols}); err != nil {
+	if err := kubeletsim.SetWinsize(f, rows, cols); err != nil {
 		t.Fatalf("set terminal size: %v", err)
 	}
 }
