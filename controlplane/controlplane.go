@@ -75,6 +75,13 @@ const (
 	RoutingDirect = "direct" // straight to the cluster's public load balancer
 )
 
+// Route path types, as in a Kubernetes Ingress.
+const (
+	PathTypePrefix                 = "Prefix"
+	PathTypeExact                  = "Exact"
+	PathTypeImplementationSpecific = "ImplementationSpecific"
+)
+
 // IngressController is the in-cluster Service the gateway's tunnel streams
 // go to, as the agent reports it in a route sync.
 type IngressController struct {

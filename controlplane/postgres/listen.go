@@ -27,9 +27,12 @@ type Listener struct {
 	OnChange func(controlplane.RouteChange)
 }
 
-// Listen runs a Listener on pool calling onChange; see Listener.Run.
-func Listen(ctx context.Context, pool *pgxpool.Pool, onChange func(controlplane.RouteChange)) error {
-	return (&Listener{Pool: pool, OnChange: onChange}).Run(ctx)
+// FollowRoutes runs a Listener on db's pool until ctx ends or its
+// connection fails (see Listener.Run), calling listening once LISTEN is in
+// effect and changed for each change. With ServedRoutes and Clusters it makes
+// *DB the gateway's route source.
+func (db *DB) FollowRoutes(ctx context.Context, listening func(), changed func(controlplane.RouteChange)) error {
+	return (&Listener{Pool: db.pool, OnListening: listening, OnChange: changed}).Run(ctx)
 }
 
 // Run listens on a connection of its own until ctx ends, returning ctx's

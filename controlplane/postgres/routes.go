@@ -16,13 +16,6 @@ import (
 	"github.com/pipeops/tunnel/controlplane/hostnames"
 )
 
-// Route path types, as in a Kubernetes Ingress.
-const (
-	PathTypePrefix                 = "Prefix"
-	PathTypeExact                  = "Exact"
-	PathTypeImplementationSpecific = "ImplementationSpecific"
-)
-
 // maxNotifyPayload is PostgreSQL's limit on a NOTIFY payload (8000 bytes);
 // a longer one fails the transaction, so longer changes are announced as
 // "all of the cluster" instead.
@@ -442,8 +435,8 @@ func normalizeRoute(r *controlplane.Route, defaultMode string) error {
 	}
 	switch r.PathType {
 	case "":
-		r.PathType = PathTypePrefix
-	case PathTypePrefix, PathTypeExact, PathTypeImplementationSpecific:
+		r.PathType = controlplane.PathTypePrefix
+	case controlplane.PathTypePrefix, controlplane.PathTypeExact, controlplane.PathTypeImplementationSpecific:
 	default:
 		return controlplane.Errorf(controlplane.EINVALID, "hostname %q path %q: path type %q is not Prefix, Exact or ImplementationSpecific", r.Hostname, r.Path, r.PathType)
 	}

@@ -62,7 +62,7 @@ func TestRegisterRoute(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := controlplane.Route{
-		Hostname: "app.example.com", Path: "/", PathType: PathTypePrefix, ClusterUUID: a.UUID,
+		Hostname: "app.example.com", Path: "/", PathType: controlplane.PathTypePrefix, ClusterUUID: a.UUID,
 		Namespace: "default", ServiceName: "web", ServicePort: 8080, IngressName: "web", TLS: true,
 		Annotations: map[string]string{"k": "v"}, RoutingMode: controlplane.RoutingTunnel,
 		UpdatedAt: clk.Now(), ExpiresAt: clk.Now().Add(time.Hour),

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/pipeops/tunnel/controlplane"
-	"github.com/pipeops/tunnel/controlplane/postgres"
 )
 
 // FuzzLookup holds Table.Lookup to a plain reading of the package's
@@ -93,7 +92,7 @@ func refBestPath(routes []controlplane.Route, path string, hostOK func(string) b
 		if rp == "" {
 			rp = "/"
 		}
-		exact := r.PathType == postgres.PathTypeExact
+		exact := r.PathType == controlplane.PathTypeExact
 		if exact {
 			if path != rp {
 				continue

@@ -8,17 +8,41 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/tunnel/controlplane"
-	"github.com/pipeops/tunnel/controlplane/postgres"
 )
+
+// Source is where a Store gets its routes: full snapshots, and a feed of
+// change notifications that says when a snapshot is out of date. The
+// control plane's PostgreSQL store (controlplane/postgres.DB) is the real
+// one; package routetest has one in memory.
+type Source interface {
+	// ServedRoutes returns every route that is served now (verified
+	// hostname, not expired).
+	ServedRoutes(ctx context.Context) ([]controlplane.Route, error)
+	// Clusters returns every cluster.
+	Clusters(ctx context.Context) ([]*controlplane.Cluster, error)
+	// FollowRoutes delivers changes until ctx ends (returning ctx's error)
+	// or the feed breaks (returning why). It calls listening once every
+	// change committed from then on will be delivered, and changed for each
+	// change, in order, on its own goroutine, waiting for it to return.
+	// Changes made while no FollowRoutes runs are never delivered.
+	FollowRoutes(ctx context.Context, listening func(), changed func(controlplane.RouteChange)) error
+}
+
+// serverAnswered tells a Source error that came back from a server that
+// answered (a query error: PostgreSQL errors carry a SQL state) from one
+// where no answer came, so that the connection itself is in doubt.
+func serverAnswered(err error) bool {
+	var answered interface{ SQLState() string }
+	return errors.As(err, &answered)
+}
 
 // Errors of Store.Run and Store.WaitLoaded.
 var (
-	// ErrNoDatabase is Run's answer for a Store made without a database.
-	ErrNoDatabase = errors.New("routetable: store has no database")
+	// ErrNoSource is Run's answer for a Store made without a Source.
+	ErrNoSource = errors.New("routetable: store has no route source")
 	// ErrAlreadyStarted is Run's answer when Run was called before on the
 	// same Store: a Store follows the database from one goroutine only.
 	ErrAlreadyStarted = errors.New("routetable: store already started")
@@ -104,7 +128,7 @@ type Status struct {
 // every other method is safe for concurrent use at any time, before, during
 // and after Run, and Lookup and Table never block.
 type Store struct {
-	db   *postgres.DB
+	src  Source
 	opts Options
 	log  *slog.Logger
 	m    *metrics
@@ -143,10 +167,10 @@ type reloadRequest struct {
 	notified time.Time // receipt of the oldest unserved notification; zero: none
 }
 
-// NewStore returns a Store that loads from db once Run runs; until the
-// first load its table is empty. The caller keeps ownership of db, which
-// must stay open until Run has returned.
-func NewStore(db *postgres.DB, opts Options) *Store {
+// NewStore returns a Store that loads from src once Run runs; until the
+// first load its table is empty. The caller keeps ownership of src, which
+// must stay usable until Run has returned.
+func NewStore(src Source, opts Options) *Store {
 	if opts.ReloadInterval <= 0 {
 		opts.ReloadInterval = DefaultReloadInterval
 	}
@@ -167,7 +191,7 @@ func NewStore(db *postgres.DB, opts Options) *Store {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{
-		db:      db,
+		src:     src,
 		opts:    opts,
 		log:     log,
 		m:       newMetrics(opts.Metrics),
@@ -244,11 +268,11 @@ func (s *Store) Status() Status {
 // and retried with exponential backoff while the last table keeps serving.
 //
 // Run may be called once per Store (ErrAlreadyStarted after that); it
-// returns ErrNoDatabase for a Store without a database. Every goroutine it
+// returns ErrNoSource for a Store without a Source. Every goroutine it
 // starts has ended when it returns.
 func (s *Store) Run(ctx context.Context) error {
-	if s.db == nil {
-		return ErrNoDatabase
+	if s.src == nil {
+		return ErrNoSource
 	}
 	if !s.started.CompareAndSwap(false, true) {
 		return ErrAlreadyStarted
@@ -277,15 +301,10 @@ func (s *Store) listenLoop(ctx context.Context) {
 		default:
 		}
 		listened := false
-		l := &postgres.Listener{
-			Pool: s.db.Pool(),
-			OnListening: func() {
-				listened = true
-				s.onListening()
-			},
-			OnChange: s.onChange,
-		}
-		err := s.listenOnce(ctx, l)
+		err := s.listenOnce(ctx, func() {
+			listened = true
+			s.onListening()
+		})
 		s.setNotListening()
 		if ctx.Err() != nil {
 			return
@@ -318,13 +337,13 @@ func (s *Store) listenLoop(ctx context.Context) {
 	}
 }
 
-// listenOnce runs l until its connection fails, ctx ends, or the reloader
-// asks for a new connection, and returns why it stopped.
-func (s *Store) listenOnce(ctx context.Context, l *postgres.Listener) error {
+// listenOnce follows the source until its feed breaks, ctx ends, or the
+// reloader asks for a new connection, and returns why it stopped.
+func (s *Store) listenOnce(ctx context.Context, listening func()) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
+	go func() { done <- s.src.FollowRoutes(ctx, listening, s.onChange) }()
 	select {
 	case err := <-done:
 		return err
@@ -448,8 +467,7 @@ func (s *Store) reloadLoop(ctx context.Context) {
 			retryC = retry.C
 			s.log.Warn("route store: reload failed", "err", err, "retry_in", delay, "serving_routes", s.table.Load().Len())
 			delay = s.nextDelay(delay)
-			var pgErr *pgconn.PgError
-			if !errors.As(err, &pgErr) {
+			if !serverAnswered(err) {
 				// No answer from the server: the listener's connection
 				// goes the same way and may be just as dead without
 				// knowing it yet (a silently dropped TCP connection shows
@@ -477,10 +495,10 @@ func (s *Store) reload(ctx context.Context) error {
 	start := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, s.opts.LoadTimeout)
 	defer cancel()
-	routes, err := s.db.ServedRoutes(lctx)
+	routes, err := s.src.ServedRoutes(lctx)
 	var clusters []*controlplane.Cluster
 	if err == nil {
-		clusters, err = s.db.Clusters(lctx)
+		clusters, err = s.src.Clusters(lctx)
 	}
 	if err != nil {
 		if ctx.Err() == nil {

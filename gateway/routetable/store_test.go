@@ -70,7 +70,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // startStore runs a Store on db until the test ends, and checks then that
 // Run returns nil. It does not wait for the first load.
-func startStore(t *testing.T, db *postgres.DB, opts Options) *Store {
+func startStore(t *testing.T, db Source, opts Options) *Store {
 	t.Helper()
 	if opts.Logger == nil {
 		opts.Logger = testLogger(t)
@@ -541,8 +541,8 @@ func TestStoreSurvivesOutage(t *testing.T) {
 // A Store that never reaches its database: it says so, stays empty, retries,
 // and lets go of waiters when it stops.
 func TestStoreWithoutDatabase(t *testing.T) {
-	if err := NewStore(nil, Options{}).Run(context.Background()); !errors.Is(err, ErrNoDatabase) {
-		t.Errorf("Run without a database: %v, want ErrNoDatabase", err)
+	if err := NewStore(nil, Options{}).Run(context.Background()); !errors.Is(err, ErrNoSource) {
+		t.Errorf("Run without a source: %v, want ErrNoSource", err)
 	}
 
 	// A port nothing listens on.

@@ -37,7 +37,6 @@ import (
 	"strings"
 
 	"github.com/pipeops/tunnel/controlplane"
-	"github.com/pipeops/tunnel/controlplane/postgres"
 )
 
 // maxHostLen is the longest DNS name. A longer request host names no route,
@@ -118,7 +117,7 @@ func NewTable(routes []controlplane.Route, clusters []*controlplane.Cluster) *Ta
 			r.Path = "/"
 		}
 		if r.PathType == "" {
-			r.PathType = postgres.PathTypePrefix
+			r.PathType = controlplane.PathTypePrefix
 		}
 		e := entry{match: Match{Route: r, IngressController: ingress[r.ClusterUUID]}}
 		limit, annotation, value, err := routeBodyLimit(r.Annotations)
@@ -127,7 +126,7 @@ func NewTable(routes []controlplane.Route, clusters []*controlplane.Cluster) *Ta
 				cluster: r.ClusterUUID, annotation: annotation, value: value, err: err})
 		}
 		e.match.MaxRequestBody = limit
-		if r.PathType == postgres.PathTypeExact {
+		if r.PathType == controlplane.PathTypeExact {
 			e.exact = true
 		} else {
 			// Prefix, ImplementationSpecific, and anything newer this

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/pipeops/tunnel/controlplane"
-	"github.com/pipeops/tunnel/controlplane/postgres"
 )
 
 const (
@@ -23,9 +22,9 @@ func rt(cluster, host, path, pathType, name string) controlplane.Route {
 
 func tableRoutes() []controlplane.Route {
 	const (
-		prefix = postgres.PathTypePrefix
-		exact  = postgres.PathTypeExact
-		impl   = postgres.PathTypeImplementationSpecific
+		prefix = controlplane.PathTypePrefix
+		exact  = controlplane.PathTypeExact
+		impl   = controlplane.PathTypeImplementationSpecific
 	)
 	return []controlplane.Route{
 		rt(clusterA, "example.com", "/", prefix, "root"),
@@ -146,7 +145,7 @@ func TestTableMatchDetails(t *testing.T) {
 	if m.IngressController != nil {
 		t.Errorf("IngressController = %+v for a cluster that reported none, want nil", m.IngressController)
 	}
-	if m.Route.Hostname != "upper.example.net" || m.Route.Path != "/" || m.Route.PathType != postgres.PathTypePrefix {
+	if m.Route.Hostname != "upper.example.net" || m.Route.Path != "/" || m.Route.PathType != controlplane.PathTypePrefix {
 		t.Errorf("route = %s %s %s, want upper.example.net / Prefix (normalized)", m.Route.Hostname, m.Route.Path, m.Route.PathType)
 	}
 
@@ -194,14 +193,14 @@ func benchTable() *Table {
 		host := fmt.Sprintf("app-%05d.example.com", i)
 		cluster := fmt.Sprintf("00000000-0000-0000-0000-%012d", i%50)
 		routes = append(routes,
-			rt(cluster, host, "/", postgres.PathTypePrefix, "web"),
-			rt(cluster, host, "/api", postgres.PathTypePrefix, "api"),
-			rt(cluster, host, "/api/v1", postgres.PathTypePrefix, "api-v1"),
-			rt(cluster, host, "/healthz", postgres.PathTypeExact, "health"),
+			rt(cluster, host, "/", controlplane.PathTypePrefix, "web"),
+			rt(cluster, host, "/api", controlplane.PathTypePrefix, "api"),
+			rt(cluster, host, "/api/v1", controlplane.PathTypePrefix, "api-v1"),
+			rt(cluster, host, "/healthz", controlplane.PathTypeExact, "health"),
 		)
 	}
 	for i := range 100 {
-		routes = append(routes, rt(clusterA, fmt.Sprintf("*.tenant-%03d.example.org", i), "/", postgres.PathTypePrefix, "tenant"))
+		routes = append(routes, rt(clusterA, fmt.Sprintf("*.tenant-%03d.example.org", i), "/", controlplane.PathTypePrefix, "tenant"))
 	}
 	var clusters []*controlplane.Cluster
 	for i := range 50 {
