@@ -324,3 +324,30 @@ func FuzzHeartbeatRecord(f *testing.F) {
 		})
 	})
 }
+
+func TestResolveRoutingMode(t *testing.T) {
+	cases := []struct {
+		mode, endpoint, want string
+		invalid              bool
+	}{
+		{"", "", controlplane.RoutingTunnel, false},
+		{"", "203.0.113.7", controlplane.RoutingDirect, false},
+		{"tunnel", "203.0.113.7", controlplane.RoutingTunnel, false},
+		{"direct", "203.0.113.7", controlplane.RoutingDirect, false},
+		{"direct", "", "", true},
+		{"sideways", "", "", true},
+		{"Tunnel", "", "", true},
+	}
+	for _, c := range cases {
+		got, err := controlplane.ResolveRoutingMode(c.mode, c.endpoint)
+		if c.invalid {
+			if controlplane.ErrorCode(err) != controlplane.EINVALID {
+				t.Errorf("ResolveRoutingMode(%q, %q) = %q, %v; want EINVALID", c.mode, c.endpoint, got, err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("ResolveRoutingMode(%q, %q) = %q, %v; want %q", c.mode, c.endpoint, got, err, c.want)
+		}
+	}
+}

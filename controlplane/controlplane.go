@@ -1,7 +1,7 @@
 // Package controlplane holds the control plane's domain: clusters, routes
 // and tokens, the services that store them, and the one error type every
 // layer uses. Implementations live in subpackages (postgres/ for storage,
-// http/ for the API); cmd/ wires them.
+// api/ for the HTTP API, cli/ for the command line); cmd/ wires them.
 package controlplane
 
 import (
@@ -74,6 +74,27 @@ const (
 	RoutingTunnel = "tunnel" // through the agent's yamux tunnel
 	RoutingDirect = "direct" // straight to the cluster's public load balancer
 )
+
+// ResolveRoutingMode is the one rule for a routing mode: tunnel or direct as
+// asked, direct only with a public endpoint to send the traffic to, and,
+// when none is asked, direct if there is a public endpoint and tunnel if
+// not. A mode it refuses is EINVALID.
+func ResolveRoutingMode(mode, publicEndpoint string) (string, error) {
+	switch {
+	case mode == RoutingTunnel:
+		return mode, nil
+	case mode == RoutingDirect && publicEndpoint == "":
+		return "", Errorf(EINVALID, "routing_mode direct needs a public_endpoint")
+	case mode == RoutingDirect:
+		return mode, nil
+	case mode != "":
+		return "", Errorf(EINVALID, "routing_mode %q is not %q or %q", mode, RoutingTunnel, RoutingDirect)
+	case publicEndpoint != "":
+		return RoutingDirect, nil
+	default:
+		return RoutingTunnel, nil
+	}
+}
 
 // Route path types, as in a Kubernetes Ingress.
 const (

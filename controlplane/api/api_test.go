@@ -333,6 +333,12 @@ func TestPipeOpsAgentFlow(t *testing.T) {
 	if code := f.do("POST", "/api/v1/gateway/routes/register", c.AgentToken, map[string]any{"hostname": "x.example.com", "routing_mode": "sideways"}, &e); code != 400 {
 		t.Fatalf("bad routing mode: HTTP %d, want 400", code)
 	}
+	if code := f.do("POST", "/api/v1/gateway/routes/register", c.AgentToken, map[string]any{"hostname": "x.example.com", "routing_mode": "direct"}, &e); code != 400 || !strings.Contains(e.Error.Message, "public_endpoint") {
+		t.Fatalf("direct without a public endpoint: HTTP %d %+v, want 400 naming public_endpoint", code, e)
+	}
+	if code := f.do("POST", "/api/v1/gateway/routes/sync", c.AgentToken, map[string]any{"routing_mode": "direct", "ingresses": []any{}}, &e); code != 400 || !strings.Contains(e.Error.Message, "public_endpoint") {
+		t.Fatalf("sync direct without a public endpoint: HTTP %d %+v, want 400 naming public_endpoint", code, e)
+	}
 	if code := f.do("POST", "/api/v1/gateway/routes/unregister", other.AgentToken, map[string]any{"hostname": "blog.example.com"}, &e); code != 404 {
 		t.Fatalf("unregister another cluster's hostname: HTTP %d, want 404", code)
 	}

@@ -125,16 +125,16 @@ func checkDecode(t *testing.T, body []byte, limit int64, newValue func() any) {
 	default:
 		return
 	}
-	mode, err = routingMode(asked, endpoint)
+	mode, err = controlplane.ResolveRoutingMode(asked, endpoint)
 	switch {
 	case err != nil && controlplane.ErrorCode(err) != controlplane.EINVALID:
-		t.Fatalf("routingMode(%q, %q): error %v is not invalid input", asked, endpoint, err)
+		t.Fatalf("ResolveRoutingMode(%q, %q): error %v is not invalid input", asked, endpoint, err)
 	case err != nil:
 	case mode != controlplane.RoutingTunnel && mode != controlplane.RoutingDirect:
-		t.Fatalf("routingMode(%q, %q) = %q", asked, endpoint, mode)
+		t.Fatalf("ResolveRoutingMode(%q, %q) = %q", asked, endpoint, mode)
 	case mode == controlplane.RoutingDirect && endpoint == "":
-		t.Fatalf("routingMode(%q, %q): direct without a public endpoint", asked, endpoint)
+		t.Fatalf("ResolveRoutingMode(%q, %q): direct without a public endpoint", asked, endpoint)
 	case asked != "" && mode != asked:
-		t.Fatalf("routingMode(%q, %q) = %q, not the mode asked for", asked, endpoint, mode)
+		t.Fatalf("ResolveRoutingMode(%q, %q) = %q, not the mode asked for", asked, endpoint, mode)
 	}
 }

@@ -17,27 +17,34 @@ func ownCluster(r *http.Request, named string) (string, error) {
 	return mine, nil
 }
 
+// agentRequest opens each route handler: it decodes the body into req and
+// returns the cluster of the agent's token, refusing a body whose cluster
+// (named, read after decoding) is another. When it returns false it has
+// answered the request.
+func (s *Server) agentRequest(w http.ResponseWriter, r *http.Request, req any, named func() string) (string, bool) {
+	if err := decode(w, r, req); err != nil {
+		writeError(w, r, err, s.log)
+		return "", false
+	}
+	cluster, err := ownCluster(r, named())
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return "", false
+	}
+	return cluster, true
+}
+
 func (s *Server) registerRoute(w http.ResponseWriter, r *http.Request) {
 	var req routeproto.RegisterRequest
-	if err := decode(w, r, &req); err != nil {
-		writeError(w, r, err, s.log)
-		return
-	}
-	cluster, err := ownCluster(r, req.ClusterUUID)
-	if err != nil {
-		writeError(w, r, err, s.log)
-		return
-	}
-	mode, err := routingMode(req.RoutingMode, req.PublicEndpoint)
-	if err != nil {
-		writeError(w, r, err, nil)
+	cluster, ok := s.agentRequest(w, r, &req, func() string { return req.ClusterUUID })
+	if !ok {
 		return
 	}
 	route := controlplane.Route{
 		Hostname: req.Hostname, Path: req.Path, PathType: req.PathType, ClusterUUID: cluster,
 		Namespace: req.Namespace, ServiceName: req.ServiceName, ServicePort: req.ServicePort,
 		IngressName: req.IngressName, TLS: req.TLS, Annotations: req.Annotations,
-		PublicEndpoint: req.PublicEndpoint, RoutingMode: mode,
+		PublicEndpoint: req.PublicEndpoint, RoutingMode: req.RoutingMode,
 		DeploymentID: req.DeploymentID, DeploymentName: req.DeploymentName,
 	}
 	if err := s.routes.RegisterRoute(r.Context(), route); err != nil {
@@ -60,21 +67,11 @@ func (s *Server) registerRoute(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) syncRoutes(w http.ResponseWriter, r *http.Request) {
 	var req routeproto.SyncRequest
-	if err := decode(w, r, &req); err != nil {
-		writeError(w, r, err, s.log)
+	cluster, ok := s.agentRequest(w, r, &req, func() string { return req.ClusterUUID })
+	if !ok {
 		return
 	}
-	cluster, err := ownCluster(r, req.ClusterUUID)
-	if err != nil {
-		writeError(w, r, err, s.log)
-		return
-	}
-	mode, err := routingMode(req.RoutingMode, req.PublicEndpoint)
-	if err != nil {
-		writeError(w, r, err, nil)
-		return
-	}
-	sync := controlplane.RouteSync{ClusterUUID: cluster, PublicEndpoint: req.PublicEndpoint, RoutingMode: mode, IngressController: (*controlplane.IngressController)(req.IngressController)}
+	sync := controlplane.RouteSync{ClusterUUID: cluster, PublicEndpoint: req.PublicEndpoint, RoutingMode: req.RoutingMode, IngressController: (*controlplane.IngressController)(req.IngressController)}
 	for _, ing := range req.Ingresses {
 		for _, rule := range ing.Rules {
 			for _, p := range rule.Paths {
@@ -82,7 +79,7 @@ func (s *Server) syncRoutes(w http.ResponseWriter, r *http.Request) {
 					Hostname: rule.Host, Path: p.Path, PathType: p.PathType, ClusterUUID: cluster,
 					Namespace: ing.Namespace, ServiceName: p.ServiceName, ServicePort: p.ServicePort,
 					IngressName: ing.IngressName, TLS: rule.TLS, Annotations: ing.Annotations,
-					PublicEndpoint: req.PublicEndpoint, RoutingMode: mode,
+					PublicEndpoint: req.PublicEndpoint, RoutingMode: req.RoutingMode,
 				})
 			}
 		}
@@ -105,13 +102,8 @@ func (s *Server) syncRoutes(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) unregisterRoute(w http.ResponseWriter, r *http.Request) {
 	var req routeproto.UnregisterRequest
-	if err := decode(w, r, &req); err != nil {
-		writeError(w, r, err, s.log)
-		return
-	}
-	cluster, err := ownCluster(r, req.ClusterUUID)
-	if err != nil {
-		writeError(w, r, err, s.log)
+	cluster, ok := s.agentRequest(w, r, &req, func() string { return req.ClusterUUID })
+	if !ok {
 		return
 	}
 	if req.Hostname == "" {
@@ -123,23 +115,4 @@ func (s *Server) unregisterRoute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": "unregistered", "hostname": req.Hostname})
-}
-
-// routingMode checks the mode, defaulting it: direct when the cluster has a
-// public endpoint, tunnel otherwise.
-func routingMode(mode, publicEndpoint string) (string, error) {
-	switch {
-	case mode == controlplane.RoutingTunnel:
-		return mode, nil
-	case mode == controlplane.RoutingDirect && publicEndpoint == "":
-		return "", controlplane.Errorf(controlplane.EINVALID, "routing_mode direct needs a public_endpoint")
-	case mode == controlplane.RoutingDirect:
-		return mode, nil
-	case mode != "":
-		return "", controlplane.Errorf(controlplane.EINVALID, "routing_mode %q is not tunnel or direct", mode)
-	case publicEndpoint != "":
-		return controlplane.RoutingDirect, nil
-	default:
-		return controlplane.RoutingTunnel, nil
-	}
 }

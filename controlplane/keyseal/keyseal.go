@@ -254,7 +254,7 @@ func parse(sealed []byte) (kekID string, payload []byte, headerLen int, err erro
 	}
 	parts := bytes.SplitN(sealed, []byte(":"), 4)
 	if len(parts) != 4 || string(parts[0]) != prefix {
-		return "", nil, 0, fmt.Errorf("%w: want %s:...", ErrFormat, prefix)
+		return "", nil, 0, fmt.Errorf("%w: want the %q prefix", ErrFormat, prefix+":")
 	}
 	if string(parts[1]) != algorithm {
 		return "", nil, 0, fmt.Errorf("%w: algorithm %.16q, want %s", ErrFormat, parts[1], algorithm)

@@ -24,9 +24,6 @@ var _ controlplane.HostnameStore = (*DB)(nil)
 // the rules see every claim that could conflict with the one they judge.
 const hostnameLockClass = 0x70697065
 
-// verifiedByDNS is how a name proven by its TXT record is recorded.
-const verifiedByDNS = "dns txt record"
-
 // lockZones takes the claim locks of the registrable domains of cs, in
 // sorted order so that two transactions never wait on each other in a
 // cycle.

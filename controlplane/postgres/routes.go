@@ -43,7 +43,7 @@ func (db *DB) RegisterRoute(ctx context.Context, r controlplane.Route) error {
 	if r.ClusterUUID == "" {
 		return controlplane.Errorf(controlplane.EINVALID, "route has no cluster_uuid")
 	}
-	if err := normalizeRoute(&r, controlplane.RoutingTunnel); err != nil {
+	if err := normalizeRoute(&r, ""); err != nil {
 		return err
 	}
 	now := db.now()
@@ -98,12 +98,11 @@ func (db *DB) SyncRoutes(ctx context.Context, s controlplane.RouteSync) error {
 	if s.ClusterUUID == "" {
 		return controlplane.Errorf(controlplane.EINVALID, "sync has no cluster_uuid")
 	}
-	if s.RoutingMode == "" {
-		s.RoutingMode = controlplane.RoutingTunnel
-	}
-	if err := validRoutingMode(s.RoutingMode); err != nil {
+	mode, err := controlplane.ResolveRoutingMode(s.RoutingMode, s.PublicEndpoint)
+	if err != nil {
 		return err
 	}
+	s.RoutingMode = mode
 	if ic := s.IngressController; ic != nil && (ic.Port < 0 || ic.Port > 65535) {
 		return controlplane.Errorf(controlplane.EINVALID, "ingress controller port %d is out of range 0-65535", ic.Port)
 	}
@@ -420,7 +419,9 @@ func scanRoute(row pgx.CollectableRow) (controlplane.Route, error) {
 }
 
 // normalizeRoute fills r's defaults (path "/", path type Prefix, routing
-// mode defaultMode) and lowercases its hostname, or returns EINVALID.
+// mode defaultMode, or when that is empty as controlplane.ResolveRoutingMode
+// decides) and lowercases its hostname, or returns EINVALID. It is the one
+// place a route is validated: the API passes what agents send straight on.
 func normalizeRoute(r *controlplane.Route, defaultMode string) error {
 	host, err := normalizeHostname(r.Hostname)
 	if err != nil {
@@ -446,16 +447,11 @@ func normalizeRoute(r *controlplane.Route, defaultMode string) error {
 	if r.RoutingMode == "" {
 		r.RoutingMode = defaultMode
 	}
-	if err := validRoutingMode(r.RoutingMode); err != nil {
+	mode, err := controlplane.ResolveRoutingMode(r.RoutingMode, r.PublicEndpoint)
+	if err != nil {
 		return controlplane.Errorf(controlplane.EINVALID, "hostname %q path %q: %s", r.Hostname, r.Path, controlplane.ErrorMessage(err))
 	}
-	return nil
-}
-
-func validRoutingMode(mode string) error {
-	if mode != controlplane.RoutingTunnel && mode != controlplane.RoutingDirect {
-		return controlplane.Errorf(controlplane.EINVALID, "routing mode %q is not %q or %q", mode, controlplane.RoutingTunnel, controlplane.RoutingDirect)
-	}
+	r.RoutingMode = mode
 	return nil
 }
 

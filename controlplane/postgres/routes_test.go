@@ -359,7 +359,7 @@ func TestSyncRoutesConflictAppliesNothing(t *testing.T) {
 	if err := db.RegisterRoute(ctx, route(a.UUID, "taken.example.com", "/")); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.SyncRoutes(ctx, controlplane.RouteSync{ClusterUUID: b.UUID, PublicEndpoint: "before", Routes: []controlplane.Route{
+	if err := db.SyncRoutes(ctx, controlplane.RouteSync{ClusterUUID: b.UUID, PublicEndpoint: "before", RoutingMode: controlplane.RoutingTunnel, Routes: []controlplane.Route{
 		route("", "b-old.example.com", "/"),
 	}}); err != nil {
 		t.Fatal(err)

@@ -252,61 +252,78 @@ func (g *Gateway) AdminHandler() http.Handler {
 
 // Run serves until ctx ends, then shuts down in phases: fail readiness, stop
 // accepting, GoAway to agents and drain in-flight requests up to
-// SHUTDOWN_TIMEOUT, close.
+// SHUTDOWN_TIMEOUT, close. Every goroutine it starts has ended when it
+// returns.
 func (g *Gateway) Run(ctx context.Context) error {
 	defer g.db.Close()
-	bgCtx, stopBg := context.WithCancel(context.Background())
-	var bg sync.WaitGroup
-	start := func(name string, f func(context.Context)) {
-		bg.Add(1)
-		go func() { defer bg.Done(); f(bgCtx) }()
-	}
-	start("routes", func(ctx context.Context) { _ = g.routes.Run(ctx) })
-	start("heartbeats", g.recorder.Run)
-	start("revocations", g.conns.Run)
-	// Stopped after the listeners have drained: what is queued then is
-	// written before Run returns.
-	start("audit", func(ctx context.Context) { _ = g.audit.Run(ctx) })
-
-	var servers []*http.Server
-	errc := make(chan error, 3)
-	serve := func(name, addr string, h http.Handler, tlsCfg *tls.Config) error {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("%s listener on %s: %w", name, addr, err)
+	stopBackground := g.startBackground()
+	ls := &listeners{}
+	err := g.listen(ls)
+	if err == nil {
+		select {
+		case <-ctx.Done():
+		case err = <-ls.errc:
+			err = fmt.Errorf("serve: %w", err)
 		}
-		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: g.cfg.IdleTimeout, TLSConfig: tlsCfg,
-			MaxHeaderBytes: g.cfg.MaxHeaderBytes,
-			ErrorLog:       slog.NewLogLogger(g.log.Handler(), slog.LevelDebug)}
-		servers = append(servers, hs)
-		g.log.Info("listening", "listener", name, "addr", l.Addr().String())
-		go func() {
-			if tlsCfg != nil {
-				// Buffered reads and batched writes under TLS: one system call per
-				// burst or message instead of one per 16 KiB record (agent tunnels).
-				errc <- hs.ServeTLS(wsconn.BufferedListener(l), "", "")
-			} else {
-				errc <- hs.Serve(l)
-			}
-		}()
-		return nil
 	}
-	public := g.Handler()
-	var err error
+	g.drain(ls)
+	// After the drain: what the audit recorder has queued by then is
+	// written before Run returns.
+	stopBackground()
+	g.cpTransport.CloseIdleConnections()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// startBackground starts the gateway's background loops (route table,
+// heartbeat flushes, revocation checks, audit writes) and returns the
+// function that stops them and waits for them.
+func (g *Gateway) startBackground() (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = g.routes.Run(ctx) })
+	wg.Go(func() { g.recorder.Run(ctx) })
+	wg.Go(func() { g.conns.Run(ctx) })
+	wg.Go(func() { _ = g.audit.Run(ctx) })
+	return func() {
+		cancel()
+		wg.Wait()
+	}
+}
+
+// listeners are the gateway's running HTTP servers: the first error of any
+// of them arrives on errc, and wg waits for their Serve calls to return.
+type listeners struct {
+	servers []*http.Server
+	errc    chan error
+	wg      sync.WaitGroup
+	// acme, when set, answers HTTP-01 challenges and TLS-ALPN handshakes;
+	// it is closed only after the servers, as one may still be in flight.
+	acme *ACME
+}
+
+// listen starts the HTTPS (when configured), HTTP and admin servers into
+// ls. On an error the servers already started stay in ls, for drain.
+func (g *Gateway) listen(ls *listeners) error {
+	ls.errc = make(chan error, 3)
 	var acmeMgr *autocert.Manager
 	if g.cfg.ACME {
-		var a *ACME
-		if a, err = NewACME(g.cfg, g.allowCertificate); err == nil {
-			// Deferred: it must outlive the listeners' shutdown below, as
-			// an HTTP-01 answer or a handshake may still be in flight.
-			defer a.Close()
-			acmeMgr = a.Manager
+		a, err := NewACME(g.cfg, g.allowCertificate)
+		if err != nil {
+			return err
 		}
+		ls.acme, acmeMgr = a, a.Manager
 	}
-	if err == nil && g.cfg.HTTPSAddr != "" {
-		var tlsCfg *tls.Config
-		if tlsCfg, err = LoadTLS(g.cfg, acmeMgr); err == nil {
-			err = serve("https", g.cfg.HTTPSAddr, public, tlsCfg)
+	public := g.Handler()
+	if g.cfg.HTTPSAddr != "" {
+		tlsCfg, err := LoadTLS(g.cfg, acmeMgr)
+		if err != nil {
+			return err
+		}
+		if err := g.serve(ls, "https", g.cfg.HTTPSAddr, public, tlsCfg); err != nil {
+			return err
 		}
 	}
 	plain := public
@@ -316,39 +333,61 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if acmeMgr != nil {
 		plain = acmeMgr.HTTPHandler(plain) // HTTP-01 challenges first
 	}
-	if err == nil {
-		err = serve("http", g.cfg.HTTPAddr, plain, nil)
+	if err := g.serve(ls, "http", g.cfg.HTTPAddr, plain, nil); err != nil {
+		return err
 	}
-	if err == nil {
-		err = serve("admin", g.cfg.AdminAddr, g.AdminHandler(), nil)
-	}
-	if err == nil {
-		select {
-		case <-ctx.Done():
-		case err = <-errc:
-			err = fmt.Errorf("serve: %w", err)
-		}
-	}
+	return g.serve(ls, "admin", g.cfg.AdminAddr, g.AdminHandler(), nil)
+}
 
+// serve starts one server on addr, with TLS when tlsCfg is set.
+func (g *Gateway) serve(ls *listeners, name, addr string, h http.Handler, tlsCfg *tls.Config) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s listener on %s: %w", name, addr, err)
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: g.cfg.IdleTimeout, TLSConfig: tlsCfg,
+		MaxHeaderBytes: g.cfg.MaxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(g.log.Handler(), slog.LevelDebug)}
+	ls.servers = append(ls.servers, hs)
+	g.log.Info("listening", "listener", name, "addr", l.Addr().String())
+	ls.wg.Go(func() {
+		var err error
+		if tlsCfg != nil {
+			// Buffered reads and batched writes under TLS: one system call per
+			// burst or message instead of one per 16 KiB record (agent tunnels).
+			err = hs.ServeTLS(wsconn.BufferedListener(l), "", "")
+		} else {
+			err = hs.Serve(l)
+		}
+		select {
+		case ls.errc <- err:
+		default: // an earlier error is already there; Run reads one
+		}
+	})
+	return nil
+}
+
+// drain shuts the servers down in phases: readiness fails, the listeners
+// stop accepting, agents get GoAway and requests in flight finish, all
+// within SHUTDOWN_TIMEOUT; then what is left is closed.
+func (g *Gateway) drain(ls *listeners) {
 	g.log.Info("shutting down: draining", "timeout", g.cfg.ShutdownTimeout)
 	g.draining.Store(true)
 	sctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
-	for _, hs := range servers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for _, hs := range ls.servers {
+		wg.Go(func() {
 			if err := hs.Shutdown(sctx); err != nil {
 				hs.Close()
 			}
-		}()
+		})
 	}
 	// Pooled idle streams to agents would hold the drain open until the
 	// timeout: keep closing them while requests in flight (and upgraded
 	// connections) finish.
 	drained := make(chan struct{})
-	go func() {
+	wg.Go(func() {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
@@ -360,22 +399,19 @@ func (g *Gateway) Run(ctx context.Context) error {
 			case <-tick.C:
 			}
 		}
-	}()
+	})
 	derr := g.sessions.Shutdown(sctx)
 	close(drained)
 	if derr != nil {
 		g.log.Warn("agent sessions cut before their streams finished", "err", derr)
 	}
 	wg.Wait()
+	ls.wg.Wait()
 	g.proxy.Close()
 	g.k8s.Close()
-	stopBg()
-	bg.Wait()
-	g.cpTransport.CloseIdleConnections()
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
+	if ls.acme != nil {
+		ls.acme.Close()
 	}
-	return err
 }
 
 // maxRefusalLines bounds the ACME refusal lines logged per minute, whatever

@@ -50,9 +50,12 @@ func MarshalJWKS(keys map[string]crypto.PublicKey) ([]byte, error) {
 			if k.Curve != elliptic.P256() {
 				return nil, fmt.Errorf("key %s: only P-256 ECDSA keys are supported", kid)
 			}
-			x, y := make([]byte, 32), make([]byte, 32)
-			k.X.FillBytes(x)
-			k.Y.FillBytes(y)
+			// The uncompressed point: 0x04, then X and Y, 32 bytes each.
+			point, err := k.Bytes()
+			if err != nil {
+				return nil, fmt.Errorf("key %s: %w", kid, err)
+			}
+			x, y := point[1:33], point[33:65]
 			set.Keys = append(set.Keys, JWK{KeyType: "EC", Curve: "P-256", X: b64.EncodeToString(x), Y: b64.EncodeToString(y), KeyID: kid, Alg: "ES256", Use: "sig"})
 		default:
 			return nil, fmt.Errorf("key %s: unsupported key type %T", kid, k)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -395,11 +394,3 @@ func (c *Cluster) GrantDomain(ctx context.Context, domain string) error {
 	return err
 }
 
-// AgentStatus fetches the agent's /status JSON.
-func (c *Cluster) AgentStatus(ctx context.Context) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.AgentURL+"/status", nil)
-	if err != nil {
-		return nil, err
-	}
-	return http.DefaultClient.Do(req)
-}

@@ -107,21 +107,6 @@ func (c *Component) Restart(grace time.Duration) error {
 	return c.Start()
 }
 
-// Running reports whether the process is up.
-func (c *Component) Running() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.proc == nil {
-		return false
-	}
-	select {
-	case <-c.proc.Exited():
-		return false
-	default:
-		return true
-	}
-}
-
 // Pid is the running process's id, or 0.
 func (c *Component) Pid() int {
 	c.mu.Lock()
