@@ -266,120 +266,170 @@ func (c *Client) backoff(attempt int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
+// session is one established tunnel: the socket, the yamux session over
+// it, and the goroutines runOnce starts for it.
+type session struct {
+	conn   *wsconn.Conn
+	mux    *yamux.Session
+	window uint32 // the stream window announced in gateway_hello
+	// control queues the gateway's control messages for OnControl, so a
+	// slow OnControl never stalls the socket's read goroutine.
+	control chan tunnel.Message
+	cancel  context.CancelFunc // ends the context of the streams and helpers
+	streams sync.WaitGroup     // serveStream goroutines
+	helpers sync.WaitGroup     // control delivery and drain-on-cancel
+	// ended is done once the yamux session is closed, to abort the streams'
+	// targets: a closed yamux stream reads as a clean EOF, so a Join whose
+	// target stays quiet (a watch without events) would otherwise never
+	// end, and teardown, the reconnect and Run's return would wait on it.
+	ended context.Context
+	end   context.CancelFunc
+}
+
+// runOnce keeps one tunnel from the dial until it drops or ctx ends, and
+// returns why it ended.
 func (c *Client) runOnce(ctx context.Context) error {
+	s, err := c.dial(ctx)
+	if err != nil {
+		return err
+	}
+	c.attach(s)
+	err = c.serve(ctx, s)
+	c.teardown(s)
+	return fmt.Errorf("tunnel closed: %w", err)
+}
+
+// dial connects to the gateway, waits for gateway_hello and starts the
+// yamux client it announces. Nothing is left open when it fails.
+func (c *Client) dial(ctx context.Context) (*session, error) {
 	ws, hello, err := c.connect(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	log := c.log
-	control := make(chan tunnel.Message, 64)
-	conn := wsconn.New(ws, wsconn.Options{
-		OnText: func(b []byte) {
-			msg, err := tunnel.DecodeMessage(b)
-			if err != nil {
-				log.Warn("dropping malformed control message from gateway", "err", err)
-				return
-			}
-			if c.cfg.Deliver != nil && c.cfg.Deliver(msg) {
-				return
-			}
-			select {
-			case control <- msg:
-			default:
-				log.Warn("control queue full; dropping message", "type", msg.Type)
-			}
-		},
+	s := &session{control: make(chan tunnel.Message, 64)}
+	s.ended, s.end = context.WithCancel(context.Background())
+	s.conn = wsconn.New(ws, wsconn.Options{
+		OnText:       c.onText(s.control),
 		PingInterval: c.cfg.PingInterval,
 		PingTimeout:  c.cfg.PingTimeout,
-		Logger:       log,
+		Logger:       c.log,
 	})
-	muxCfg, err := tunnel.MuxConfig(hello.YamuxConfig, log)
+	muxCfg, err := tunnel.MuxConfig(hello.YamuxConfig, c.log)
 	if err != nil {
-		conn.Close()
-		return err
+		s.conn.Close()
+		s.end()
+		return nil, err
 	}
-	mux, err := yamux.Client(tunnel.CoalesceFrames(conn), muxCfg)
+	s.window = muxCfg.MaxStreamWindowSize
+	s.mux, err = yamux.Client(tunnel.CoalesceFrames(s.conn), muxCfg)
 	if err != nil {
-		conn.Close()
-		return fmt.Errorf("yamux client: %w", err)
+		s.conn.Close()
+		s.end()
+		return nil, fmt.Errorf("yamux client: %w", err)
 	}
+	return s, nil
+}
 
+// onText decodes the gateway's control messages on the socket's read
+// goroutine: Deliver sees each first, the rest are queued for OnControl.
+func (c *Client) onText(control chan<- tunnel.Message) func([]byte) {
+	return func(b []byte) {
+		msg, err := tunnel.DecodeMessage(b)
+		if err != nil {
+			c.log.Warn("dropping malformed control message from gateway", "err", err)
+			return
+		}
+		if c.cfg.Deliver != nil && c.cfg.Deliver(msg) {
+			return
+		}
+		select {
+		case control <- msg:
+		default:
+			c.log.Warn("control queue full; dropping message", "type", msg.Type)
+		}
+	}
+}
+
+// attach makes s the current tunnel, for Send and Connected.
+func (c *Client) attach(s *session) {
 	c.mu.Lock()
-	c.conn = conn
+	c.conn = s.conn
 	c.mu.Unlock()
 	c.connects.Add(1)
-	log.Info("tunnel connected", "gateway", c.cfg.GatewayURL, "stream_window", muxCfg.MaxStreamWindowSize)
+	c.log.Info("tunnel connected", "gateway", c.cfg.GatewayURL, "stream_window", s.window)
 	if c.cfg.OnConnect != nil {
 		c.cfg.OnConnect()
 	}
+}
 
-	var wg sync.WaitGroup
+// serve delivers control messages, drains the session when ctx ends, and
+// serves the streams the gateway opens until the session ends; it returns
+// the error that ended it.
+func (c *Client) serve(ctx context.Context, s *session) error {
 	sessCtx, cancel := context.WithCancel(ctx)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	s.cancel = cancel
+	s.helpers.Go(func() {
 		for {
 			select {
 			case <-sessCtx.Done():
 				return
-			case msg := <-control:
+			case msg := <-s.control:
 				if c.cfg.OnControl != nil {
 					c.cfg.OnControl(msg)
 				}
 			}
 		}
-	}()
-	// Drain on ctx end: refuse new streams (GoAway), give open ones time.
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		select {
-		case <-mux.CloseChan():
-			return
-		case <-ctx.Done():
-		}
-		_ = mux.GoAway()
-		deadline := time.Now().Add(c.cfg.DrainTimeout)
-		for mux.NumStreams() > 0 && time.Now().Before(deadline) {
-			select {
-			case <-mux.CloseChan():
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-		mux.Close()
-	}()
-
-	var streams sync.WaitGroup
-	var acceptErr error
+	})
+	s.helpers.Go(func() { c.drainOnCancel(ctx, s.mux) })
 	for {
-		st, err := mux.AcceptStream()
+		st, err := s.mux.AcceptStream()
 		if err != nil {
-			acceptErr = err
-			break
+			return err
 		}
 		c.streamsTotal.Add(1)
 		c.streamsActive.Add(1)
-		streams.Add(1)
-		go func() {
-			defer streams.Done()
+		s.streams.Go(func() {
 			defer c.streamsActive.Add(-1)
-			c.serveStream(sessCtx, st)
-		}()
+			c.serveStream(sessCtx, s.ended, st)
+		})
 	}
+}
 
+// drainOnCancel waits for ctx to end, then refuses new streams (GoAway)
+// and gives the open ones DrainTimeout to finish before closing mux.
+func (c *Client) drainOnCancel(ctx context.Context, mux *yamux.Session) {
+	select {
+	case <-mux.CloseChan():
+		return
+	case <-ctx.Done():
+	}
+	_ = mux.GoAway()
+	deadline := time.Now().Add(c.cfg.DrainTimeout)
+	for mux.NumStreams() > 0 && time.Now().Before(deadline) {
+		select {
+		case <-mux.CloseChan():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	mux.Close()
+}
+
+// teardown detaches s, closes it, waits for every goroutine of it and then
+// tells OnDisconnect.
+func (c *Client) teardown(s *session) {
 	c.mu.Lock()
 	c.conn = nil
 	c.mu.Unlock()
-	mux.Close()
-	conn.Close()
-	streams.Wait()
-	cancel()
-	wg.Wait()
+	s.mux.Close()
+	s.conn.Close()
+	s.end()
+	s.streams.Wait()
+	s.cancel()
+	s.helpers.Wait()
 	if c.cfg.OnDisconnect != nil {
 		c.cfg.OnDisconnect()
 	}
-	return fmt.Errorf("tunnel closed: %w", acceptErr)
 }
 
 // connect dials the gateway and reads gateway_hello.
@@ -418,7 +468,13 @@ func (c *Client) connect(ctx context.Context) (*websocket.Conn, tunnel.GatewayHe
 	}
 	deadline, _ := ctx.Deadline()
 	_ = ws.SetReadDeadline(deadline)
+	// The read does not watch ctx, and Run's stop must not wait out the
+	// handshake timeout.
+	stop := context.AfterFunc(ctx, func() { _ = ws.NetConn().SetReadDeadline(time.Unix(1, 0)) })
 	typ, b, err := ws.ReadMessage()
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
 	if err != nil {
 		ws.Close()
 		return nil, hello, fmt.Errorf("wait for gateway_hello: %w", err)
@@ -445,8 +501,9 @@ func (c *Client) connect(ctx context.Context) (*websocket.Conn, tunnel.GatewayHe
 	return ws, hello, nil
 }
 
-// serveStream reads the stream's header, connects the target, and joins them.
-func (c *Client) serveStream(ctx context.Context, st *yamux.Stream) {
+// serveStream reads the stream's header, connects the target, and joins
+// them until both directions end or the session has ended.
+func (c *Client) serveStream(ctx, ended context.Context, st *yamux.Stream) {
 	_ = st.SetReadDeadline(time.Now().Add(c.cfg.HeaderTimeout))
 	h, err := tunnel.ReadStreamHeader(st)
 	if err != nil {
@@ -470,5 +527,12 @@ func (c *Client) serveStream(ctx context.Context, st *yamux.Stream) {
 		st.Close()
 		return
 	}
+	// Ending the target is how Join is stopped from outside: a read of
+	// the stream of a closed session ends cleanly and aborts nothing.
+	stop := context.AfterFunc(ended, func() {
+		_ = target.SetDeadline(time.Unix(1, 0))
+		_ = target.Close()
+	})
 	tunnel.Join(st, target)
+	stop()
 }
