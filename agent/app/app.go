@@ -60,37 +60,57 @@ func RestConfig(cfg config.Config) (*rest.Config, error) {
 	return rc, nil
 }
 
-// Run runs the agent until ctx ends, then drains the tunnel for
-// cfg.DrainTimeout.
-func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logger) error {
+// App is one agent. New builds its Kubernetes clients and binds its
+// port; Run registers with the control plane and keeps the tunnel. Call
+// Run exactly once: it serves on the listener New opened and closes it.
+type App struct {
+	cfg       config.Config
+	rc        *rest.Config
+	log       *slog.Logger
+	client    *kubernetes.Clientset
+	store     state.Store
+	saved     state.State // the registration of a previous run, if any
+	tlsCfg    *tls.Config
+	collector *clusterinfo.Collector
+	info      tunnel.Register
+	registry  *prometheus.Registry
+	listener  net.Listener
+	// status and ready answer /status and /ready once the agent runs;
+	// until then it answers as a registering agent.
+	status atomic.Pointer[func() Status]
+	ready  atomic.Pointer[func() (bool, string)]
+}
+
+// New builds an agent from cfg and the Kubernetes client configuration
+// rc, reads the state a previous run saved, and listens on
+// cfg.ListenAddr; Run starts it.
+func New(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logger) (*App, error) {
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	meta, err := metadata.NewForConfig(rc)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var store state.Store
+	a := &App{cfg: cfg, rc: rc, log: log, client: client}
 	if cfg.StateFile != "" {
-		store = state.NewFile(cfg.StateFile)
+		a.store = state.NewFile(cfg.StateFile)
 	} else {
-		store = state.NewKube(client, cfg.Namespace)
+		a.store = state.NewKube(client, cfg.Namespace)
 	}
-	var tlsCfg *tls.Config
 	if cfg.InsecureTLS {
 		log.Warn("PIPEOPS_INSECURE_SKIP_VERIFY is set: TLS certificates are not checked (development only)")
-		tlsCfg = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // explicitly asked for
+		a.tlsCfg = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // explicitly asked for
 	}
 
-	collector := clusterinfo.New(client, meta)
-	st, err := store.Load(ctx)
-	if err != nil {
+	a.collector = clusterinfo.New(client, meta)
+	if a.saved, err = a.store.Load(ctx); err != nil {
 		log.Warn("could not read saved state; registering afresh", "err", err)
 	}
 	hostname, _ := os.Hostname()
-	info := tunnel.Register{
-		AgentID: cfg.AgentID, Name: cfg.ClusterName, K8sVersion: collector.KubernetesVersion(), Hostname: hostname,
+	a.info = tunnel.Register{
+		AgentID: cfg.AgentID, Name: cfg.ClusterName, K8sVersion: a.collector.KubernetesVersion(), Hostname: hostname,
 		AgentVersion: version.Version,
 		// PipeOps agents always send labels; hosted PipeOps shows them.
 		Labels: map[string]string{"hostname": hostname, "agent.pipeops.io/version": version.Version},
@@ -98,59 +118,108 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 			// The PipeOps feature flags this agent honours (package jsonproxy).
 			"supports_gateway": true, "supports_streaming": true, "supports_response_streaming": true, "supports_websocket_proxy": true},
 	}
+	a.registry = prometheus.NewRegistry()
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if a.listener, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
+		return nil, fmt.Errorf("AGENT_LISTEN_ADDR=%s: %w", cfg.ListenAddr, err)
+	}
+	return a, nil
+}
+
+// Run runs the agent until ctx ends, then drains the tunnel for
+// cfg.DrainTimeout.
+func (a *App) Run(ctx context.Context) error {
 	// The health server comes up first: while the agent registers (the
 	// control plane may be down, or refuse the token) /health answers, so
 	// a liveness probe does not restart it, and /ready and /status say why
 	// it is not ready.
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	var statusP atomic.Pointer[func() Status]
-	var readyP atomic.Pointer[func() (bool, string)]
-	l, err := net.Listen("tcp", cfg.ListenAddr)
-	if err != nil {
-		return fmt.Errorf("AGENT_LISTEN_ADDR=%s: %w", cfg.ListenAddr, err)
-	}
-	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: handler(
-		func() Status {
-			if f := statusP.Load(); f != nil {
-				return (*f)()
-			}
-			return Status{ClusterName: cfg.ClusterName, Mode: "registering", Version: version.String("pipeops-agent"), Routes: []string{}}
-		},
-		func() (bool, string) {
-			if f := readyP.Load(); f != nil {
-				return (*f)()
-			}
-			return false, "registering with the control plane"
-		}, registry, cfg.Pprof)}
-	httpDone := make(chan struct{})
-	go func() { defer close(httpDone); _ = hs.Serve(l) }()
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = hs.Shutdown(sctx)
-		<-httpDone
-	}()
+	stopHealth := a.serveHealth()
+	defer stopHealth()
 
-	reg := &register.Client{APIURL: cfg.APIURL, Token: cfg.Token, TLS: tlsCfg, Logger: log}
-	res, err := registerLoop(ctx, reg, info, st, log)
+	res, err := a.register(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while registering: a clean exit
 		}
 		return err
 	}
-	st.ClusterID, st.ClusterUUID, st.GatewayWSURL, st.AgentID = res.ClusterID, res.ClusterUUID, res.GatewayWSURL, cfg.AgentID
-	if err := store.Save(ctx, st); err != nil {
-		log.Warn("could not save state; a restart will register afresh", "err", err)
-	}
-	log = log.With("cluster", res.ClusterUUID)
-
-	identity, err := kubeapi.NewIdentity(kubeapi.IdentityConfig{Impersonate: cfg.Impersonate,
-		JWKSURL: strings.TrimSuffix(cfg.APIURL, "/") + "/.well-known/jwks.json", Client: httpClient(tlsCfg),
-		Cluster: res.ClusterUUID, Logger: log, Metrics: registry})
+	r, err := a.newRegistered(ctx, res)
 	if err != nil {
 		return err
+	}
+	defer r.close()
+	a.serve(ctx, r)
+	return nil
+}
+
+// serveHealth serves health, readiness, status and metrics on the
+// listener until the returned function shuts it down.
+func (a *App) serveHealth() (stop func()) {
+	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: handler(
+		func() Status {
+			if f := a.status.Load(); f != nil {
+				return (*f)()
+			}
+			return Status{ClusterName: a.cfg.ClusterName, Mode: "registering", Version: version.String("pipeops-agent"), Routes: []string{}}
+		},
+		func() (bool, string) {
+			if f := a.ready.Load(); f != nil {
+				return (*f)()
+			}
+			return false, "registering with the control plane"
+		}, a.registry, a.cfg.Pprof)}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = hs.Serve(a.listener) }()
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+		<-done
+	}
+}
+
+// register registers until it succeeds or ctx ends, and saves the
+// registration for the next run.
+func (a *App) register(ctx context.Context) (register.Result, error) {
+	reg := &register.Client{APIURL: a.cfg.APIURL, Token: a.cfg.Token, TLS: a.tlsCfg, Logger: a.log}
+	res, err := registerLoop(ctx, reg, a.info, a.saved, a.log)
+	if err != nil {
+		return res, err
+	}
+	st := a.saved
+	st.ClusterID, st.ClusterUUID, st.GatewayWSURL, st.AgentID = res.ClusterID, res.ClusterUUID, res.GatewayWSURL, a.cfg.AgentID
+	if err := a.store.Save(ctx, st); err != nil {
+		a.log.Warn("could not save state; a restart will register afresh", "err", err)
+	}
+	return res, nil
+}
+
+// registered is the agent once the control plane has named its cluster:
+// the parts that serve that cluster through the tunnel.
+type registered struct {
+	res     register.Result
+	log     *slog.Logger
+	fwd     *kubeapi.Server
+	syncer  *ingresssync.Syncer // nil with ingress sync off
+	factory informers.SharedInformerFactory
+	jp      *jsonproxy.Handler
+	tc      *tunnelclient.Client
+	lastAck atomic.Int64 // unix nanoseconds of the last heartbeat_ack
+	kick    chan struct{}
+}
+
+// newRegistered builds the parts that serve the cluster res names; none
+// of them runs yet.
+func (a *App) newRegistered(ctx context.Context, res register.Result) (*registered, error) {
+	cfg := a.cfg
+	log := a.log.With("cluster", res.ClusterUUID)
+	r := &registered{res: res, log: log, kick: make(chan struct{}, 1)}
+
+	identity, err := kubeapi.NewIdentity(kubeapi.IdentityConfig{Impersonate: cfg.Impersonate,
+		JWKSURL: strings.TrimSuffix(cfg.APIURL, "/") + "/.well-known/jwks.json", Client: httpClient(a.tlsCfg),
+		Cluster: res.ClusterUUID, Logger: log, Metrics: a.registry})
+	if err != nil {
+		return nil, err
 	}
 	if !cfg.Impersonate {
 		log.Info("AGENT_IMPERSONATE_USERS=false: Kubernetes API requests through the gateway run as the agent's ServiceAccount")
@@ -158,124 +227,139 @@ func Run(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 		log.Error("AGENT_IMPERSONATE_USERS=true, but the control plane's token keys cannot be fetched: Kubernetes API requests "+
 			"are refused until they can be (against hosted PipeOps, which forwards no identities, set AGENT_IMPERSONATE_USERS=false)", "err", err)
 	}
-	fwd, err := kubeapi.New(rc, identity, log)
-	if err != nil {
-		return err
+	if r.fwd, err = kubeapi.New(a.rc, identity, log); err != nil {
+		return nil, err
 	}
-	defer fwd.Close()
 
-	var syncer *ingresssync.Syncer
 	if cfg.EnableIngress {
-		syncer, err = ingresssync.New(ingresssync.Config{
-			ClusterUUID: res.ClusterUUID, Client: client, IngressController: cfg.IngressService,
-			API:              &routesapi.Client{BaseURL: cfg.APIURL, Token: cfg.Token, HTTP: httpClient(tlsCfg), Logger: log},
-			FullSyncInterval: cfg.FullSync, Logger: log, Metrics: registry,
+		r.syncer, err = ingresssync.New(ingresssync.Config{
+			ClusterUUID: res.ClusterUUID, Client: a.client, IngressController: cfg.IngressService,
+			API:              &routesapi.Client{BaseURL: cfg.APIURL, Token: cfg.Token, HTTP: httpClient(a.tlsCfg), Logger: log},
+			FullSyncInterval: cfg.FullSync, Logger: log, Metrics: a.registry,
 		})
 		if err != nil {
-			return err
+			r.close()
+			return nil, err
 		}
 	} else {
 		log.Info("ENABLE_INGRESS_SYNC=false: no routes are synced, and only the Kubernetes API target is served")
 	}
 
-	factory := informers.NewSharedInformerFactory(client, 0)
-	svcInf, sliceInf := factory.Core().V1().Services(), factory.Discovery().V1().EndpointSlices()
+	r.factory = informers.NewSharedInformerFactory(a.client, 0)
+	svcInf, sliceInf := r.factory.Core().V1().Services(), r.factory.Discovery().V1().EndpointSlices()
 	svcInf.Informer()
 	sliceInf.Informer()
-	dialer := &targets.Dialer{KubeAPI: fwd.Dial, Allow: targets.AllowFunc(allowFor(syncer)),
+	dialer := &targets.Dialer{KubeAPI: r.fwd.Dial, Allow: targets.AllowFunc(allowFor(r.syncer)),
 		Services: svcInf.Lister(), Slices: sliceInf.Lister(), Logger: log}
 
 	// The JSON proxy path (proxy_request, ws_start): how hosted PipeOps
 	// reaches the Kubernetes API. Its answers go out on the tunnel.
-	var tc *tunnelclient.Client
-	jp, err := newJSONProxy(rc, identity, func(m tunnel.Message) error { return tc.Send(m) }, log, registry)
-	if err != nil {
-		return err
+	if r.jp, err = newJSONProxy(a.rc, identity, func(m tunnel.Message) error { return r.tc.Send(m) }, log, a.registry); err != nil {
+		r.close()
+		return nil, err
 	}
-	defer jp.Close()
 
-	var lastAck atomic.Int64
-	kick := make(chan struct{}, 1)
-	tc, err = tunnelclient.New(tunnelclient.Config{
+	r.tc, err = tunnelclient.New(tunnelclient.Config{
 		GatewayURL: res.GatewayWSURL, Token: cfg.Token, ClusterUUID: res.ClusterUUID, AgentVersion: version.Version,
-		TLSConfig: tlsCfg, Dialer: dialer, DrainTimeout: cfg.DrainTimeout, Logger: log,
-		Deliver: jp.Deliver, KubeAPIOverJSON: cfg.KubeAPIOverJSON, Impersonates: cfg.Impersonate,
+		TLSConfig: a.tlsCfg, Dialer: dialer, DrainTimeout: cfg.DrainTimeout, Logger: log,
+		Deliver: r.jp.Deliver, KubeAPIOverJSON: cfg.KubeAPIOverJSON, Impersonates: cfg.Impersonate,
 		// Answers of requests in flight could reach nobody once the tunnel
 		// is down, and the server that asked has given them up.
-		OnDisconnect: jp.Reset,
+		OnDisconnect: r.jp.Reset,
 		OnControl: func(m tunnel.Message) {
 			if m.Type == tunnel.TypeHeartbeatAck {
-				lastAck.Store(time.Now().UnixNano())
+				r.lastAck.Store(time.Now().UnixNano())
 			}
 		},
 		OnConnect: func() {
-			if syncer != nil {
-				syncer.Resync() // the protocol's rule: a full sync after every reconnect
+			if r.syncer != nil {
+				r.syncer.Resync() // the protocol's rule: a full sync after every reconnect
 			}
 			select {
-			case kick <- struct{}{}:
+			case r.kick <- struct{}{}:
 			default:
 			}
 		},
 	})
 	if err != nil {
-		return err
+		r.close()
+		return nil, err
 	}
+	return r, nil
+}
 
-	statusFn := func() Status {
-		s := Status{ClusterID: res.ClusterUUID, ClusterName: res.Name, Connected: tc.Connected(), Mode: "tunnel", Version: version.String("pipeops-agent"), Routes: []string{}}
-		if ns := lastAck.Load(); ns > 0 {
-			t := time.Unix(0, ns)
-			s.LastHeartbeat = &t
-		}
-		if syncer != nil {
-			s.Mode, s.Endpoint, _ = syncer.Detection()
-			for _, r := range syncer.Routes() {
-				s.Routes = append(s.Routes, r.Hostname+r.Path+" -> "+r.Namespace+"/"+r.ServiceName+":"+fmt.Sprint(r.ServicePort))
-			}
-			sort.Strings(s.Routes)
-		}
-		return s
+// close releases what newRegistered built, in the reverse order.
+func (r *registered) close() {
+	if r.jp != nil {
+		r.jp.Close()
 	}
-	readyFn := func() (bool, string) {
-		if !tc.Connected() {
-			return false, "tunnel not connected"
-		}
-		if ack := lastAck.Load(); ack == 0 || time.Since(time.Unix(0, ack)) > 3*cfg.HeartbeatMax {
-			return false, "no heartbeat acknowledged recently"
-		}
-		return true, ""
+	if r.fwd != nil {
+		r.fwd.Close()
 	}
+}
 
+// serve runs the cluster's parts until ctx ends: the tunnel on ctx, so
+// that it drains (GoAway, open streams finish) before it returns, and the
+// rest until then.
+func (a *App) serve(ctx context.Context, r *registered) {
 	runCtx, stop := context.WithCancel(context.Background())
 	defer stop()
 	var wg sync.WaitGroup
 	goRun := func(f func(context.Context)) {
-		wg.Add(1)
-		go func() { defer wg.Done(); f(runCtx) }()
+		wg.Go(func() { f(runCtx) })
 	}
-	goRun(func(ctx context.Context) { _ = collector.Run(ctx) })
-	factory.Start(runCtx.Done())
-	defer factory.Shutdown()
-	if syncer != nil {
+	goRun(func(ctx context.Context) { _ = a.collector.Run(ctx) })
+	r.factory.Start(runCtx.Done())
+	defer r.factory.Shutdown()
+	if r.syncer != nil {
 		goRun(func(ctx context.Context) {
-			if err := syncer.Run(ctx); err != nil && ctx.Err() == nil {
-				log.Error("route sync stopped", "err", err)
+			if err := r.syncer.Run(ctx); err != nil && ctx.Err() == nil {
+				r.log.Error("route sync stopped", "err", err)
 			}
 		})
 	}
-	goRun(func(ctx context.Context) { heartbeatLoop(ctx, cfg, tc, collector, syncer, res, kick, log) })
+	goRun(func(ctx context.Context) {
+		heartbeatLoop(ctx, a.cfg, r.tc, a.collector, r.syncer, r.res, r.kick, r.log)
+	})
 
-	statusP.Store(&statusFn)
-	readyP.Store(&readyFn)
-	log.Info("agent running", "gateway", res.GatewayWSURL, "listen", l.Addr().String(), "ingress_sync", cfg.EnableIngress)
+	statusFn := r.status
+	readyFn := func() (bool, string) { return r.ready(a.cfg.HeartbeatMax) }
+	a.status.Store(&statusFn)
+	a.ready.Store(&readyFn)
+	r.log.Info("agent running", "gateway", r.res.GatewayWSURL, "listen", a.listener.Addr().String(), "ingress_sync", a.cfg.EnableIngress)
 
-	// The tunnel runs on the caller's ctx: when it ends, the client drains
-	// (GoAway, open streams finish) and returns.
-	_ = tc.Run(ctx)
+	_ = r.tc.Run(ctx)
 	stop()
 	wg.Wait()
-	return nil
+}
+
+// status is what /status reports of the running agent.
+func (r *registered) status() Status {
+	s := Status{ClusterID: r.res.ClusterUUID, ClusterName: r.res.Name, Connected: r.tc.Connected(), Mode: "tunnel", Version: version.String("pipeops-agent"), Routes: []string{}}
+	if ns := r.lastAck.Load(); ns > 0 {
+		t := time.Unix(0, ns)
+		s.LastHeartbeat = &t
+	}
+	if r.syncer != nil {
+		s.Mode, s.Endpoint, _ = r.syncer.Detection()
+		for _, rt := range r.syncer.Routes() {
+			s.Routes = append(s.Routes, rt.Hostname+rt.Path+" -> "+rt.Namespace+"/"+rt.ServiceName+":"+fmt.Sprint(rt.ServicePort))
+		}
+		sort.Strings(s.Routes)
+	}
+	return s
+}
+
+// ready is the running agent's readiness: a tunnel, and a heartbeat
+// acknowledged within three times the longest heartbeat interval.
+func (r *registered) ready(heartbeatMax time.Duration) (bool, string) {
+	if !r.tc.Connected() {
+		return false, "tunnel not connected"
+	}
+	if ack := r.lastAck.Load(); ack == 0 || time.Since(time.Unix(0, ack)) > 3*heartbeatMax {
+		return false, "no heartbeat acknowledged recently"
+	}
+	return true, ""
 }
 
 // newJSONProxy builds the handler of the JSON proxy path on the agent's

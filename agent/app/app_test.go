@@ -120,8 +120,13 @@ func newStack(t testing.TB, extraEnv map[string]string) *stack {
 	}
 	start := func() (stop func()) {
 		actx, cancel := context.WithCancel(ctx)
+		a, err := New(actx, cfg, acct.Config, log)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
 		done := make(chan error, 1)
-		go func() { done <- Run(actx, cfg, acct.Config, log) }()
+		go func() { done <- a.Run(actx) }()
 		return func() {
 			cancel()
 			if err := <-done; err != nil {

@@ -59,8 +59,13 @@ func startHostedAgent(t *testing.T) *hostedAgent {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	a, err := New(ctx, cfg, acct.Config, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg, acct.Config, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() { done <- a.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

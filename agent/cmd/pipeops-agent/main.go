@@ -60,7 +60,11 @@ func main() {
 		stop() // the first signal drains; a second one kills at once
 	}()
 	log.Info("starting", "version", version.String("pipeops-agent"), "api", cfg.APIURL)
-	if err := app.Run(ctx, cfg, rc, log); err != nil && ctx.Err() == nil {
+	a, err := app.New(ctx, cfg, rc, log)
+	if err == nil {
+		err = a.Run(ctx)
+	}
+	if err != nil && ctx.Err() == nil {
 		log.Error("agent stopped", "err", err)
 		os.Exit(1)
 	}
