@@ -25,9 +25,12 @@ func inGroup(g string) func(rbacv1.PolicyRule) bool {
 	return func(r rbacv1.PolicyRule) bool { return slices.Contains(r.APIGroups, g) }
 }
 
-func named(n string) func(rbacv1.PolicyRule) bool {
-	return func(r rbacv1.PolicyRule) bool { return slices.Contains(r.ResourceNames, n) }
+func onResource(res string) func(rbacv1.PolicyRule) bool {
+	return func(r rbacv1.PolicyRule) bool { return slices.Contains(r.Resources, res) }
 }
+
+// unnamed matches rules not limited by resourceNames, as create rules are.
+func unnamed(r rbacv1.PolicyRule) bool { return len(r.ResourceNames) == 0 }
 
 // TestCheck runs the agent's check against the real API server with
 // ServiceAccounts that have the documented rules, and ones that lack a rule.
@@ -51,8 +54,14 @@ func TestCheck(t *testing.T) {
 			}},
 		{name: "no node metrics", cluster: without(ClusterRules(), inGroup("metrics.k8s.io")), local: NamespaceRules(ns),
 			wantFail: []string{"may get nodes.metrics.k8s.io cluster-wide", "may list nodes.metrics.k8s.io cluster-wide"}},
-		{name: "no state secret", cluster: ClusterRules(), local: without(NamespaceRules(ns), named("pipeops-agent-secrets")),
-			wantFail: []string{"may get secrets/pipeops-agent-secrets in namespace " + ns, "may update secrets/pipeops-agent-secrets in namespace " + ns}},
+		{name: "no state configmap", cluster: ClusterRules(), local: without(NamespaceRules(ns), onResource("configmaps")),
+			wantFail: []string{
+				"may get configmaps/pipeops-agent-state in namespace " + ns,
+				"may update configmaps/pipeops-agent-state in namespace " + ns,
+				"may create configmaps in namespace " + ns,
+			}},
+		{name: "no state configmap create", cluster: ClusterRules(), local: without(NamespaceRules(ns), unnamed),
+			wantFail: []string{"may create configmaps in namespace " + ns}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			grants := []kubetest.Grant{{Rules: tc.cluster}}

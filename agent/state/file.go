@@ -11,37 +11,29 @@ import (
 	"sync"
 )
 
-// File modes of a FileStore. The state file holds nothing secret; the
-// secrets file is readable by its owner only.
-const (
-	StateFileMode   fs.FileMode = 0o644
-	SecretsFileMode fs.FileMode = 0o600
-)
+// StateFileMode is the mode of a FileStore's file: it holds nothing secret.
+const StateFileMode fs.FileMode = 0o644
 
 // FileStore keeps state in a JSON file, for agents run outside a cluster.
-// Secrets go to a separate file, path+".secrets", with mode 0600. Every
-// write goes to a temporary file in the same directory that is then renamed
-// over the old one, so a crash leaves the old or the new content, never a
-// partial file.
+// Every write goes to a temporary file in the same directory that is then
+// renamed over the old one, so a crash leaves the old or the new content,
+// never a partial file.
 //
 // A FileStore is safe for concurrent use within one process. Two processes
-// sharing the files are not coordinated: the last write wins.
+// sharing the file are not coordinated: the last write wins.
 type FileStore struct {
 	path string
-	mu   sync.Mutex // serialises the read-modify-write of SaveSecret and all writes
+	mu   sync.Mutex // serialises writes: the file holds the last Save to return
 }
 
 var _ Store = (*FileStore)(nil)
 
 // NewFile returns a FileStore for the state file at path. The directory
-// must exist; the files are created on the first save.
+// must exist; the file is created on the first save.
 func NewFile(path string) *FileStore { return &FileStore{path: path} }
 
 // Path returns the state file's path.
 func (f *FileStore) Path() string { return f.path }
-
-// SecretsPath returns the secrets file's path.
-func (f *FileStore) SecretsPath() string { return f.path + ".secrets" }
 
 // Load implements Store. A missing file is the zero State.
 func (f *FileStore) Load(context.Context) (State, error) {
@@ -56,41 +48,7 @@ func (f *FileStore) Load(context.Context) (State, error) {
 func (f *FileStore) Save(_ context.Context, s State) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return writeJSON(f.path, stamp(s), StateFileMode)
-}
-
-// LoadSecret implements Store.
-func (f *FileStore) LoadSecret(_ context.Context, key string) (string, error) {
-	if err := checkKey(key); err != nil {
-		return "", err
-	}
-	secrets := map[string]string{}
-	if err := readJSON(f.SecretsPath(), &secrets); err != nil {
-		return "", err
-	}
-	v, ok := secrets[key]
-	if !ok {
-		return "", fmt.Errorf("%w: %q in %s", ErrNotFound, key, f.SecretsPath())
-	}
-	return v, nil
-}
-
-// SaveSecret implements Store.
-func (f *FileStore) SaveSecret(_ context.Context, key, value string) error {
-	if err := checkKey(key); err != nil {
-		return err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	secrets := map[string]string{}
-	if err := readJSON(f.SecretsPath(), &secrets); err != nil {
-		return err
-	}
-	if secrets == nil { // the file held a JSON null
-		secrets = map[string]string{}
-	}
-	secrets[key] = value
-	return writeJSON(f.SecretsPath(), secrets, SecretsFileMode)
+	return writeJSON(f.path, stamp(s))
 }
 
 // readJSON decodes the file at path into v, leaving v alone when the file
@@ -109,14 +67,15 @@ func readJSON(path string, v any) error {
 	return nil
 }
 
-// writeJSON atomically replaces the file at path with v's JSON encoding.
-func writeJSON(path string, v any, mode fs.FileMode) (err error) {
+// writeJSON atomically replaces the file at path with v's JSON encoding,
+// with mode StateFileMode.
+func writeJSON(path string, v any) (err error) {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("state: encoding %s: %w", path, err)
 	}
-	// CreateTemp makes the file 0600, so a secret is never readable by
-	// others even before the Chmod below.
+	// CreateTemp makes the file 0600 whatever the umask; the Chmod below
+	// gives it the mode the rename then keeps.
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("state: writing %s: %w", path, err)
@@ -127,7 +86,7 @@ func writeJSON(path string, v any, mode fs.FileMode) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	if err := tmp.Chmod(mode); err != nil {
+	if err := tmp.Chmod(StateFileMode); err != nil {
 		return fmt.Errorf("state: writing %s: %w", path, err)
 	}
 	if _, err := tmp.Write(append(b, '\n')); err != nil {

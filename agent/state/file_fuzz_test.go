@@ -10,18 +10,17 @@ import (
 	"github.com/pipeops/tunnel/agent/state"
 )
 
-// FuzzFileStore feeds a FileStore state and secrets files of any content: a
-// file that does not decode is ErrCorrupt, never a partly filled State; a
-// State that loads is saved and loaded back unchanged (after the stamp Save
-// gives a zero UpdatedAt); and secrets that load keep their values through
-// a save of another key.
+// FuzzFileStore feeds a FileStore a state file of any content: a file that
+// does not decode is ErrCorrupt, never a partly filled State, and Save
+// replaces it with a good one; a State that loads is saved and loaded back
+// unchanged (after the stamp Save gives a zero UpdatedAt).
 func FuzzFileStore(f *testing.F) {
 	// TestFileStore's and TestStoreContract's files, as Save writes them,
-	// and broken ones.
+	// one with a field a newer agent might add, and broken ones.
 	for _, s := range []string{
 		"{\n  \"cluster_id\": \"c-1\",\n  \"updated_at\": \"2026-11-23T10:00:00.123456789Z\"\n}\n",
 		`{"cluster_id":"c-1","cluster_uuid":"u-1","gateway_ws_url":"wss://gw.example.com/ws","agent_id":"a-1","updated_at":"2026-11-23T10:00:00.123456789Z"}`,
-		`{"token":"s3cr3t","other.key_1":"x"}`,
+		`{"cluster_id":"c-1","future_field":{"nested":[1,2]}}`,
 		`{"cluster_id":"c-2","updated_at":"2026-11-23T12:00:00+02:00"}`,
 		`{"updated_at":"0000-01-01T00:00:00+01:00"}`,
 		`{"updated_at":"not a time"}`,
@@ -37,10 +36,8 @@ func FuzzFileStore(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		path := filepath.Join(dir, "state.json")
 		store := state.NewFile(path)
-		for _, p := range []string{path, store.SecretsPath()} {
-			if err := os.WriteFile(p, data, 0o600); err != nil {
-				t.Fatal(err)
-			}
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
 		}
 
 		s, err := store.Load(ctx)
@@ -51,28 +48,16 @@ func FuzzFileStore(f *testing.F) {
 			t.Fatalf("Load returned %+v with %v", s, err)
 		case err == nil:
 			checkStateRoundTrip(t, ctx, store, s)
+			return
 		}
 
-		v, err := store.LoadSecret(ctx, "token")
-		switch {
-		case errors.Is(err, state.ErrCorrupt):
-			// Saving a secret must not replace the others with nothing.
-			if err := store.SaveSecret(ctx, "other.key", "x"); !errors.Is(err, state.ErrCorrupt) {
-				t.Fatalf("SaveSecret over a corrupt secrets file: %v, want ErrCorrupt", err)
-			}
-			return
-		case err != nil && !errors.Is(err, state.ErrNotFound):
-			t.Fatalf("LoadSecret: %v, want a value, ErrCorrupt or ErrNotFound", err)
+		// Save replaces a corrupt file whole: it never reads the old one.
+		fresh := state.State{ClusterID: "c-new"}
+		if err := store.Save(ctx, fresh); err != nil {
+			t.Fatalf("Save over a corrupt file: %v", err)
 		}
-		if err := store.SaveSecret(ctx, "other.key", "x"); err != nil {
-			t.Fatalf("SaveSecret next to the loaded secrets: %v", err)
-		}
-		again, err2 := store.LoadSecret(ctx, "token")
-		if again != v || errors.Is(err2, state.ErrNotFound) != errors.Is(err, state.ErrNotFound) {
-			t.Fatalf("secret %q (%v) became %q (%v) after saving another", v, err, again, err2)
-		}
-		if x, err := store.LoadSecret(ctx, "other.key"); err != nil || x != "x" {
-			t.Fatalf("the saved secret loads as %q, %v", x, err)
+		if got, err := store.Load(ctx); err != nil || got.ClusterID != fresh.ClusterID {
+			t.Fatalf("Load after Save over a corrupt file = %+v, %v", got, err)
 		}
 	})
 }

@@ -12,11 +12,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// Names of the objects a KubeStore keeps, in the agent's namespace.
-const (
-	ConfigMapName = "pipeops-agent-state"
-	SecretName    = "pipeops-agent-secrets"
-)
+// ConfigMapName is the ConfigMap a KubeStore keeps, in the agent's namespace.
+const ConfigMapName = "pipeops-agent-state"
 
 // Keys of the ConfigMap's data.
 const (
@@ -33,9 +30,8 @@ const maxAttempts = 8
 
 var managedLabels = map[string]string{"app.kubernetes.io/managed-by": "pipeops-agent"}
 
-// KubeStore keeps State in ConfigMap ConfigMapName and secrets in Secret
-// SecretName, both in one namespace. They are created on the first save.
-// The service account needs Rules(namespace).
+// KubeStore keeps State in ConfigMap ConfigMapName of one namespace,
+// created on the first save. The service account needs Rules(namespace).
 //
 // A KubeStore holds no state of its own and is safe for concurrent use,
 // also from several processes: writes are read-modify-write with the
@@ -54,18 +50,18 @@ func NewKube(client kubernetes.Interface, namespace string) *KubeStore {
 
 // Rules returns the RBAC rules a KubeStore needs, for a Role in namespace
 // (a PolicyRule carries no namespace; the parameter documents where the
-// rules belong). get and update are limited to the two objects by
+// rules belong). get and update are limited to ConfigMapName by
 // resourceNames. create cannot be: Kubernetes authorizes a create before
 // the object has a name it could match, so a rule with resourceNames never
-// allows one. The agent may therefore create any ConfigMap or Secret in its
+// allows one. The agent may therefore create any ConfigMap in its
 // namespace, though it can read or change only its own afterwards. A
-// deployment that creates both objects up front can drop the create rules.
+// deployment that creates the ConfigMap up front can drop the create rule.
+// No rule names Secrets: the agent keeps nothing secret here.
 func Rules(namespace string) []rbacv1.PolicyRule {
 	_ = namespace
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{ConfigMapName}, Verbs: []string{"get", "update"}},
-		{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{SecretName}, Verbs: []string{"get", "update"}},
-		{APIGroups: []string{""}, Resources: []string{"configmaps", "secrets"}, Verbs: []string{"create"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"create"}},
 	}
 }
 
@@ -128,62 +124,6 @@ func (k *KubeStore) Save(ctx context.Context, s State) error {
 	})
 	if err != nil {
 		return fmt.Errorf("state: saving configmap %s/%s: %w", k.namespace, ConfigMapName, err)
-	}
-	return nil
-}
-
-// LoadSecret implements Store.
-func (k *KubeStore) LoadSecret(ctx context.Context, key string) (string, error) {
-	if err := checkKey(key); err != nil {
-		return "", err
-	}
-	sec, err := k.client.CoreV1().Secrets(k.namespace).Get(ctx, SecretName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("%w: %q (no secret %s/%s)", ErrNotFound, key, k.namespace, SecretName)
-	}
-	if err != nil {
-		return "", fmt.Errorf("state: reading secret %s/%s: %w", k.namespace, SecretName, err)
-	}
-	v, ok := sec.Data[key]
-	if !ok {
-		return "", fmt.Errorf("%w: %q in secret %s/%s", ErrNotFound, key, k.namespace, SecretName)
-	}
-	return string(v), nil
-}
-
-// SaveSecret implements Store.
-func (k *KubeStore) SaveSecret(ctx context.Context, key, value string) error {
-	if err := checkKey(key); err != nil {
-		return err
-	}
-	secs := k.client.CoreV1().Secrets(k.namespace)
-	err := upsert(ctx, func() error {
-		sec, err := secs.Get(ctx, SecretName, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			sec = &corev1.Secret{
-				ObjectMeta: metav1.ObjectMeta{Name: SecretName, Namespace: k.namespace, Labels: managedLabels},
-				Type:       corev1.SecretTypeOpaque,
-				Data:       map[string][]byte{key: []byte(value)},
-			}
-			_, err = secs.Create(ctx, sec, metav1.CreateOptions{})
-			return err
-		}
-		if err != nil {
-			return err
-		}
-		if sec.Data == nil {
-			sec.Data = map[string][]byte{}
-		}
-		sec.Data[key] = []byte(value)
-		// StringData would be merged into Data by the server; clear it so a
-		// stale value there cannot override ours.
-		sec.StringData = nil
-		_, err = secs.Update(ctx, sec, metav1.UpdateOptions{})
-		return err
-	})
-	if err != nil {
-		// The error names the key but never the value.
-		return fmt.Errorf("state: saving %q in secret %s/%s: %w", key, k.namespace, SecretName, err)
 	}
 	return nil
 }

@@ -1,12 +1,12 @@
 // Package state persists what the agent must remember across restarts: the
-// cluster identity it registered as and the gateway it was sent to, plus
-// secrets such as a rotated token. In a cluster it lives in a ConfigMap and a
-// Secret of the agent's own namespace (KubeStore); out of cluster in files
-// (FileStore); in tests and --no-state runs in memory (MemoryStore).
+// cluster identity it registered as and the gateway it was sent to. In a
+// cluster it lives in a ConfigMap of the agent's own namespace (KubeStore);
+// out of cluster in a file (FileStore). MemoryStore is for tests only.
 //
-// Secrets are kept apart from the rest on purpose: a ConfigMap is readable
-// by far more people and tools than a Secret, so nothing saved with
-// SaveSecret is ever written next to State.
+// Nothing here is secret, and nothing secret belongs here: a ConfigMap is
+// readable by far more people and tools than a Secret. The agent's token
+// comes from its configuration (in a cluster, a Secret the deployment
+// provides) and the agent never saves it, so it needs no access to Secrets.
 package state
 
 import (
@@ -17,12 +17,6 @@ import (
 
 // Errors of the stores. They are wrapped with details; test with errors.Is.
 var (
-	// ErrNotFound means LoadSecret found no value under the key.
-	ErrNotFound = errors.New("state: secret not found")
-	// ErrInvalidKey means a secret key is not a valid Kubernetes data key
-	// (letters, digits, '-', '_' and '.', at most 253 characters). All
-	// stores enforce it so that code tested against one works with another.
-	ErrInvalidKey = errors.New("state: invalid secret key")
 	// ErrCorrupt means stored state exists but cannot be decoded.
 	ErrCorrupt = errors.New("state: stored state is corrupt")
 )
@@ -50,11 +44,6 @@ type Store interface {
 	Load(ctx context.Context) (State, error)
 	// Save replaces the saved state with s.
 	Save(ctx context.Context, s State) error
-	// LoadSecret returns the secret saved under key, or an error matching
-	// ErrNotFound when there is none.
-	LoadSecret(ctx context.Context, key string) (string, error)
-	// SaveSecret saves value under key, keeping the other secrets.
-	SaveSecret(ctx context.Context, key, value string) error
 }
 
 // stamp returns s with UpdatedAt set to now when it is zero, in UTC and

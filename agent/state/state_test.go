@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -74,9 +74,6 @@ func TestStoreContract(t *testing.T) {
 			if err != nil || got != (state.State{}) {
 				t.Fatalf("Load of nothing = %+v, %v; want zero state", got, err)
 			}
-			if _, err := s.LoadSecret(ctx, "token"); !errors.Is(err, state.ErrNotFound) {
-				t.Fatalf("LoadSecret of nothing: %v, want ErrNotFound", err)
-			}
 
 			want := state.State{ClusterID: "c-1", ClusterUUID: "u-1", GatewayWSURL: "wss://gw.example.com/ws", AgentID: "a-1",
 				UpdatedAt: time.Date(2026, 11, 23, 10, 0, 0, 123456789, time.UTC)}
@@ -98,37 +95,23 @@ func TestStoreContract(t *testing.T) {
 				t.Fatalf("Load after second save = %+v, %v", got, err)
 			}
 
-			for key, value := range map[string]string{"token": "s3cr3t-value", "other.key_1": "x"} {
-				if err := s.SaveSecret(ctx, key, value); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := s.SaveSecret(ctx, "token", "rotated-s3cr3t"); err != nil {
+			// A time in another zone loads as the same instant in UTC, so
+			// the loaded State compares equal to what the caller meant.
+			east := time.FixedZone("UTC+2", 2*60*60)
+			at := time.Date(2026, 11, 23, 12, 0, 0, 5, east)
+			if err := s.Save(ctx, state.State{ClusterID: "c-3", UpdatedAt: at}); err != nil {
 				t.Fatal(err)
 			}
-			for key, want := range map[string]string{"token": "rotated-s3cr3t", "other.key_1": "x"} {
-				if got, err := s.LoadSecret(ctx, key); err != nil || got != want {
-					t.Fatalf("LoadSecret(%q) = %q, %v; want %q", key, got, err, want)
-				}
-			}
-			if _, err := s.LoadSecret(ctx, "missing"); !errors.Is(err, state.ErrNotFound) {
-				t.Fatalf("LoadSecret(missing): %v, want ErrNotFound", err)
-			}
-			for _, bad := range []string{"", "a/b", "with space", strings.Repeat("k", 254)} {
-				if err := s.SaveSecret(ctx, bad, "v"); !errors.Is(err, state.ErrInvalidKey) {
-					t.Fatalf("SaveSecret(%q): %v, want ErrInvalidKey", bad, err)
-				}
-				if _, err := s.LoadSecret(ctx, bad); !errors.Is(err, state.ErrInvalidKey) {
-					t.Fatalf("LoadSecret(%q): %v, want ErrInvalidKey", bad, err)
-				}
+			want = state.State{ClusterID: "c-3", UpdatedAt: at.UTC()}
+			if got, err = s.Load(ctx); err != nil || got != want {
+				t.Fatalf("Load of a state saved in UTC+2 = %+v, %v; want %+v", got, err, want)
 			}
 		})
 	}
 }
 
 // TestStoreConcurrentSave saves from two goroutines at once: the end state
-// is one whole State, never a mix of fields, and secrets saved under
-// different keys at the same time are all kept.
+// is one whole State, never a mix of fields.
 func TestStoreConcurrentSave(t *testing.T) {
 	ctx := context.Background()
 	for name, newStore := range stores(t) {
@@ -136,15 +119,12 @@ func TestStoreConcurrentSave(t *testing.T) {
 			s := newStore(t)
 			const rounds = 5
 			var wg sync.WaitGroup
-			errs := make(chan error, 4*rounds)
+			errs := make(chan error, 2*rounds)
 			for _, writer := range []string{"a", "b"} {
 				wg.Go(func() {
 					for i := range rounds {
 						tag := fmt.Sprintf("%s-%d", writer, i)
 						if err := s.Save(ctx, state.State{ClusterID: tag, ClusterUUID: tag, GatewayWSURL: "wss://" + tag, AgentID: tag}); err != nil {
-							errs <- err
-						}
-						if err := s.SaveSecret(ctx, tag, "v-"+tag); err != nil {
 							errs <- err
 						}
 					}
@@ -164,30 +144,19 @@ func TestStoreConcurrentSave(t *testing.T) {
 				got.ClusterUUID != tag || got.AgentID != tag || got.GatewayWSURL != "wss://"+tag {
 				t.Fatalf("state after concurrent saves = %+v, want one writer's last state whole", got)
 			}
-			for _, writer := range []string{"a", "b"} {
-				for i := range rounds {
-					key := fmt.Sprintf("%s-%d", writer, i)
-					if v, err := s.LoadSecret(ctx, key); err != nil || v != "v-"+key {
-						t.Errorf("secret %s = %q, %v", key, v, err)
-					}
-				}
-			}
 		})
 	}
 }
 
 // TestKubeStore checks what only the cluster can show: a restarted agent
-// resumes, secrets land in the Secret only, and the service account's
-// access is limited to the agent's two objects.
+// resumes, the state is one labelled ConfigMap and nothing else, and the
+// service account's access is limited to that ConfigMap, with none at all
+// to Secrets.
 func TestKubeStore(t *testing.T) {
 	ctx := context.Background()
 	f := newKubeFixture(t)
 	saved := state.State{ClusterID: "c-1", ClusterUUID: "u-1", GatewayWSURL: "wss://gw.example.com/ws", AgentID: "a-1"}
 	if err := f.store.Save(ctx, saved); err != nil {
-		t.Fatal(err)
-	}
-	const secret = "eyJ-very-secret-token"
-	if err := f.store.SaveSecret(ctx, "agent-token", secret); err != nil {
 		t.Fatal(err)
 	}
 
@@ -200,31 +169,41 @@ func TestKubeStore(t *testing.T) {
 			got.AgentID != saved.AgentID || got.UpdatedAt.IsZero() {
 			t.Fatalf("restarted store loaded %+v, want %+v", got, saved)
 		}
-		if v, err := f.restarted(t).LoadSecret(ctx, "agent-token"); err != nil || v != secret {
-			t.Fatalf("restarted store secret = %q, %v", v, err)
-		}
 	})
 
-	t.Run("secret only in the Secret", func(t *testing.T) {
+	t.Run("state in one ConfigMap", func(t *testing.T) {
 		admin := f.env.Client.CoreV1()
 		cm, err := admin.ConfigMaps(f.ns).Get(ctx, state.ConfigMapName, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		for k, v := range cm.Data {
-			if strings.Contains(v, secret) || strings.Contains(k, "token") {
-				t.Fatalf("configmap holds %q=%q", k, v)
-			}
+		if cm.Labels["app.kubernetes.io/managed-by"] != "pipeops-agent" {
+			t.Errorf("configmap labels = %v, want managed-by pipeops-agent", cm.Labels)
 		}
-		if cm.Data["cluster_id"] != "c-1" {
-			t.Fatalf("configmap data = %v", cm.Data)
+		var keys []string
+		for k := range cm.Data {
+			keys = append(keys, k)
 		}
-		sec, err := admin.Secrets(f.ns).Get(ctx, state.SecretName, metav1.GetOptions{})
+		slices.Sort(keys)
+		if want := []string{"agent_id", "cluster_id", "cluster_uuid", "gateway_ws_url", "updated_at"}; !slices.Equal(keys, want) ||
+			cm.Data["cluster_id"] != "c-1" || cm.Data["gateway_ws_url"] != saved.GatewayWSURL || len(cm.BinaryData) != 0 {
+			t.Fatalf("configmap data = %v, want exactly the keys %v", cm.Data, want)
+		}
+		// Saving wrote no Secret (the agent could not have), and no other
+		// ConfigMap either.
+		secs, err := admin.Secrets(f.ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if string(sec.Data["agent-token"]) != secret || sec.Type != corev1.SecretTypeOpaque {
-			t.Fatalf("secret = %s %v", sec.Type, sec.Data)
+		if len(secs.Items) != 0 {
+			t.Errorf("namespace holds secrets %v after saves, want none", secs.Items)
+		}
+		cms, err := admin.ConfigMaps(f.ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=pipeops-agent"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cms.Items) != 1 || cms.Items[0].Name != state.ConfigMapName {
+			t.Errorf("agent-managed configmaps = %v, want only %s", cms.Items, state.ConfigMapName)
 		}
 	})
 
@@ -250,7 +229,9 @@ func TestKubeStore(t *testing.T) {
 		}
 	})
 
-	// The grant allows get/update on the agent's own objects only.
+	// The grant allows get/update on the agent's own ConfigMap only, and
+	// nothing on Secrets: not even the one an older agent kept its secrets
+	// in, nor creating one.
 	t.Run("RBAC limited by resourceNames", func(t *testing.T) {
 		admin := f.env.Client.CoreV1()
 		other := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "someone-else", Namespace: f.ns}, Data: map[string]string{"k": "v"}}
@@ -259,6 +240,13 @@ func TestKubeStore(t *testing.T) {
 		}
 		otherSec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "someone-elses-secret", Namespace: f.ns}, StringData: map[string]string{"k": "v"}}
 		if _, err := admin.Secrets(f.ns).Create(ctx, otherSec, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// The Secret older agents kept, made by an admin so that a wrongly
+		// allowed get or update would succeed rather than 404.
+		const oldStateSecret = "pipeops-agent-secrets"
+		oldSec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: oldStateSecret, Namespace: f.ns}, StringData: map[string]string{"k": "v"}}
+		if _, err := admin.Secrets(f.ns).Create(ctx, oldSec, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		agent := f.acct.Client.CoreV1()
@@ -281,6 +269,24 @@ func TestKubeStore(t *testing.T) {
 			},
 			"list secrets": func() error {
 				_, err := agent.Secrets(f.ns).List(ctx, metav1.ListOptions{})
+				return err
+			},
+			"get old state secret": func() error {
+				_, err := agent.Secrets(f.ns).Get(ctx, oldStateSecret, metav1.GetOptions{})
+				return err
+			},
+			"update old state secret": func() error {
+				_, err := agent.Secrets(f.ns).Update(ctx, oldSec, metav1.UpdateOptions{})
+				return err
+			},
+			"create secret": func() error {
+				sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "made-by-agent", Namespace: f.ns}, StringData: map[string]string{"k": "v"}}
+				_, err := agent.Secrets(f.ns).Create(ctx, sec, metav1.CreateOptions{})
+				return err
+			},
+			"create secret of the old name": func() error {
+				sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: oldStateSecret, Namespace: f.ns}, StringData: map[string]string{"k": "v"}}
+				_, err := agent.Secrets(f.ns).Create(ctx, sec, metav1.CreateOptions{})
 				return err
 			},
 			"delete own configmap": func() error {
@@ -307,41 +313,26 @@ func TestFileStore(t *testing.T) {
 	if err := s.Save(ctx, state.State{ClusterID: "c-1"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SaveSecret(ctx, "token", "s3cr3t"); err != nil {
-		t.Fatal(err)
-	}
 
-	for p, want := range map[string]os.FileMode{path: state.StateFileMode, s.SecretsPath(): state.SecretsFileMode} {
-		fi, err := os.Stat(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm() != want {
-			t.Errorf("%s mode %v, want %v", p, fi.Mode().Perm(), want)
-		}
-	}
-	b, err := os.ReadFile(path)
+	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(string(b), "s3cr3t") {
-		t.Fatalf("state file holds the secret: %s", b)
+	if fi.Mode().Perm() != state.StateFileMode {
+		t.Errorf("%s mode %v, want %v", path, fi.Mode().Perm(), state.StateFileMode)
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) != 2 {
-		t.Fatalf("directory holds %v, want the two files and no temporaries", entries)
+	if len(entries) != 1 || entries[0].Name() != "state.json" {
+		t.Fatalf("directory holds %v, want the state file and no temporaries", entries)
 	}
 
-	// Another store on the same files, as after a restart.
+	// Another store on the same file, as after a restart.
 	again := state.NewFile(path)
 	if got, err := again.Load(ctx); err != nil || got.ClusterID != "c-1" {
 		t.Fatalf("reloaded state = %+v, %v", got, err)
-	}
-	if v, err := again.LoadSecret(ctx, "token"); err != nil || v != "s3cr3t" {
-		t.Fatalf("reloaded secret = %q, %v", v, err)
 	}
 
 	if err := os.WriteFile(path, []byte("{not json"), 0o644); err != nil {

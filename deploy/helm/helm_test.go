@@ -304,9 +304,6 @@ func TestTokenInSecretOnly(t *testing.T) {
 		e.ValueFrom.SecretKeyRef.Name != secret.Name || e.ValueFrom.SecretKeyRef.Key != "token" {
 		t.Fatalf("PIPEOPS_TOKEN = %+v, want a secretKeyRef to %s/token", e, secret.Name)
 	}
-	if secret.Name == "pipeops-agent-secrets" {
-		t.Fatal("the token Secret must not be the agent's own state Secret")
-	}
 }
 
 func TestExistingSecret(t *testing.T) {
