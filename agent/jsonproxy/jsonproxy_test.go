@@ -9,13 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
+	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/tunnel"
 	"github.com/pipeops/tunnel/shared/tunnel/pipeopsfixtures"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testenv.MainNoLeaks(m, nil) }
 
 func TestNewValidates(t *testing.T) {
 	api, _ := url.Parse("https://10.0.0.1:443")

@@ -4,9 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/tls"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -18,11 +15,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,10 +25,10 @@ import (
 	"github.com/pipeops/tunnel/agent/kubeapi"
 	"github.com/pipeops/tunnel/agent/tunnelclient"
 	"github.com/pipeops/tunnel/gateway/proxy"
-	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/shared/auth"
 	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/kubetest"
+	"github.com/pipeops/tunnel/shared/testenv/tunneltest"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
@@ -49,7 +44,6 @@ type harness struct {
 	// jwks) trusts.
 	sign func(*auth.Claims) string
 	jwks string
-	ctx  context.Context
 }
 
 // startTunnel starts the gateway and connects the agent, whose Kubernetes
@@ -57,70 +51,30 @@ type harness struct {
 // impersonates is set. Everything stops at the end of the test.
 func startTunnel(t *testing.T, dial func(context.Context) (net.Conn, error), impersonates bool) *harness {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	verifier := &auth.Verifier{Keys: auth.StaticKeys{"k": pub}}
-	reg, err := session.NewRegistry(session.Config{Auth: session.JWTAuthenticator{Verifier: verifier}, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	k8s := proxy.NewK8s(proxy.K8sConfig{Verifier: verifier, Tunnels: reg, Logger: log})
-	t.Cleanup(k8s.Close)
-	jwks, err := auth.MarshalJWKS(map[string]crypto.PublicKey{"k": pub})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/ws", reg)
-	mux.Handle(proxy.K8sPrefix, k8s)
-	mux.HandleFunc("/.well-known/jwks.json", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(jwks) })
 	// TLS, as in production: kubectl sends no token over plain HTTP.
-	gw := httptest.NewTLSServer(mux)
-	t.Cleanup(gw.Close)
-	caFile := filepath.Join(t.TempDir(), "gateway-ca.crt")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: gw.Certificate().Raw}), 0o600); err != nil {
+	g := tunneltest.StartGateway(t, tunneltest.Options{TLS: true})
+	k8s := proxy.NewK8s(proxy.K8sConfig{Verifier: g.Verifier, Tunnels: g.Registry})
+	t.Cleanup(k8s.Close)
+	jwks, err := auth.MarshalJWKS(map[string]crypto.PublicKey{tunneltest.KeyID: g.Key.Public()})
+	if err != nil {
 		t.Fatal(err)
 	}
-	var n atomic.Int64
-	sign := func(c *auth.Claims) string {
-		if c.ExpiresAt == nil {
-			c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(time.Hour))
-		}
-		c.ID = fmt.Sprintf("id-%s-%d", c.Kind, n.Add(1))
-		tok, err := auth.Sign(priv, "k", c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
+	g.Mux.Handle(proxy.K8sPrefix, k8s)
+	g.Mux.HandleFunc("/.well-known/jwks.json", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(jwks) })
+	caFile := filepath.Join(t.TempDir(), "gateway-ca.crt")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: g.Server.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	agent, err := tunnelclient.New(tunnelclient.Config{
-		GatewayURL: gw.URL, TLSConfig: &tls.Config{RootCAs: gw.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs}, Token: sign(&auth.Claims{Kind: auth.KindAgent, ClusterID: "c1"}), ClusterUUID: "c1",
-		Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+	g.Connect("c1", func(c *tunnelclient.Config) {
+		c.Dialer = tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
 			if h.IsKubernetesAPI() {
 				return dial(ctx)
 			}
 			return nil, tunnelclient.ErrTargetRefused
-		}),
-		Impersonates: impersonates,
-		Logger:       log,
+		})
+		c.Impersonates = impersonates
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	agentDone := make(chan struct{})
-	go func() { defer close(agentDone); _ = agent.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-agentDone })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, ok := reg.Session("c1"); ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("agent did not connect")
-		}
-	}
-	return &harness{gw: gw, caFile: caFile, sign: sign, jwks: gw.URL + "/.well-known/jwks.json", ctx: ctx}
+	return &harness{gw: g.Server, caFile: caFile, sign: g.Sign, jwks: g.Server.URL + "/.well-known/jwks.json"}
 }
 
 // TestKubectlThroughTunnel runs the real kubectl against a real
@@ -150,7 +104,7 @@ func TestKubectlThroughTunnel(t *testing.T) {
 	t.Cleanup(func() { fwd.Close() }) // after the agent stops
 
 	h := startTunnel(t, fwd.Dial, false)
-	gw, caFile, sign, ctx := h.gw, h.caFile, h.sign, h.ctx
+	gw, caFile, sign, ctx := h.gw, h.caFile, h.sign, t.Context()
 
 	user := sign(&auth.Claims{Kind: auth.KindUser, Clusters: []string{"c1"}})
 	kc := func(args ...string) *exec.Cmd {

@@ -3,18 +3,15 @@ package register_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
-	"go.uber.org/goleak"
 
 	"github.com/pipeops/tunnel/agent/register"
 	"github.com/pipeops/tunnel/controlplane/api"
@@ -22,6 +19,7 @@ import (
 	"github.com/pipeops/tunnel/controlplane/postgres"
 	"github.com/pipeops/tunnel/controlplane/tokens"
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/pgtest"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
@@ -29,17 +27,7 @@ import (
 // TestMain stops the shared PostgreSQL server and then checks that no
 // goroutine outlived the tests: every socket Register opens must be closed
 // by the time it returns.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	pgtest.Stop()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.MainNoLeaks(m, nil, pgtest.Stop) }
 
 const gatewayWS = "wss://gateway.example.com/ws"
 

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,32 +12,8 @@ import (
 
 func TestMain(m *testing.M) { testenv.Main(m, pgtest.Stop) }
 
-// clock is a settable DB.Now, safe to read from the reaper's goroutine
-// while the test moves it.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newClock() *clock {
-	// Microseconds: what timestamptz keeps, so times read back compare equal.
-	return &clock{now: time.Date(2030, 1, 2, 3, 4, 5, 6000, time.UTC)}
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // newDB returns a DB on a fresh, migrated database with a test clock.
-func newDB(t *testing.T) (*DB, *clock) {
+func newDB(t *testing.T) (*DB, *testenv.Clock) {
 	t.Helper()
 	pool := pgtest.Pool(t)
 	if _, err := Migrate(context.Background(), pool); err != nil {
@@ -48,7 +23,11 @@ func newDB(t *testing.T) (*DB, *clock) {
 	// Most tests here are about routes, not ownership: names like app.test
 	// route without a DNS challenge. The ownership tests set their policy.
 	db.Ownership.TrustUnverified = true
-	c := newClock()
+	c := testenv.NewClock()
+	// A fraction of a second in whole microseconds, what timestamptz
+	// keeps: times read back must compare equal, and not only at whole
+	// seconds.
+	c.Add(6 * time.Microsecond)
 	db.Now = c.Now
 	return db, c
 }

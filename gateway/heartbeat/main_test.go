@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,6 +15,7 @@ import (
 	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/pgtest"
+	"github.com/pipeops/tunnel/shared/testenv/tunneltest"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
@@ -69,23 +67,6 @@ func (c *countingStore) writesFor(cluster string) []write {
 		}
 	}
 	return out
-}
-
-// clock is a settable time source, safe for concurrent use. It moves on
-// by a millisecond at each reading, so that every heartbeat has its own
-// time; it keeps whole microseconds, as the database does.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newClock() *clock { return &clock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(time.Millisecond)
-	return c.now
 }
 
 // env is a migrated database of the test's own with clusters in it.
@@ -145,22 +126,12 @@ func (e *env) row(uuid string) *controlplane.Cluster {
 	return c
 }
 
-// fixedAuth accepts one token, for one cluster.
-type fixedAuth struct{ token, cluster string }
-
-func (a fixedAuth) AuthenticateAgent(_ context.Context, token string) (session.AgentIdentity, error) {
-	if token != a.token {
-		return session.AgentIdentity{}, errors.New("unknown token")
-	}
-	return session.AgentIdentity{Cluster: a.cluster, TokenID: "tok-" + a.cluster}, nil
-}
-
 // gateway is a session registry wired to a Recorder as the gateway wires
 // it, behind a real HTTP server.
 type gateway struct {
 	t       *testing.T
+	gw      *tunneltest.Gateway
 	reg     *session.Registry
-	url     string
 	cluster string
 	// ended receives each session after the Recorder was told it ended.
 	ended chan *session.Session
@@ -169,8 +140,7 @@ type gateway struct {
 func (e *env) gateway(rec *Recorder, cluster string) *gateway {
 	e.t.Helper()
 	g := &gateway{t: e.t, cluster: cluster, ended: make(chan *session.Session, 16)}
-	reg, err := session.NewRegistry(session.Config{
-		Auth:      fixedAuth{"agent-token", cluster},
+	g.gw = tunneltest.StartGateway(e.t, tunneltest.Options{Session: session.Config{
 		Control:   rec,
 		OnConnect: rec.SessionStarted,
 		OnDisconnect: func(s *session.Session) {
@@ -180,34 +150,9 @@ func (e *env) gateway(rec *Recorder, cluster string) *gateway {
 			default: // hooks must not block
 			}
 		},
-	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	g.reg = reg
-	mux := http.NewServeMux()
-	mux.Handle("/ws", reg)
-	srv := httptest.NewServer(mux)
-	g.url = srv.URL
-	e.t.Cleanup(func() {
-		reg.Close()
-		srv.Close()
-	})
+	}})
+	g.reg = g.gw.Registry
 	return g
-}
-
-// waitSession waits until the cluster has a session other than old.
-func (g *gateway) waitSession(old *session.Session) *session.Session {
-	g.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if s, ok := g.reg.Session(g.cluster); ok && s != old {
-			return s
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	g.t.Fatal("no new session")
-	return nil
 }
 
 // waitEnded waits until the Recorder has been told that s ended.
@@ -234,50 +179,18 @@ type agent struct {
 	stop func()
 }
 
-// agent connects an agent and waits for its session.
+// agent connects an agent, whose config mod may change, and waits for its
+// session.
 func (g *gateway) agent(mod func(*tunnelclient.Config)) (*agent, *session.Session) {
 	g.t.Helper()
-	old, _ := g.reg.Session(g.cluster)
 	a := &agent{t: g.t, acks: make(chan tunnel.Message, 256)}
-	cfg := tunnelclient.Config{
-		GatewayURL:  g.url,
-		Token:       "agent-token",
-		ClusterUUID: g.cluster,
-		Dialer: tunnelclient.DialerFunc(func(context.Context, tunnel.StreamHeader) (net.Conn, error) {
-			return nil, tunnelclient.ErrTargetRefused
-		}),
-		OnControl:      func(m tunnel.Message) { a.acks <- m },
-		BackoffInitial: 20 * time.Millisecond,
-		BackoffMax:     200 * time.Millisecond,
-	}
-	if mod != nil {
-		mod(&cfg)
-	}
-	c, err := tunnelclient.New(cfg)
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	a.c = c
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = c.Run(ctx)
-	}()
-	var once sync.Once
-	a.stop = func() {
-		once.Do(func() {
-			cancel()
-			<-done
-		})
-	}
-	g.t.Cleanup(a.stop)
-	s := g.waitSession(old)
-	for deadline := time.Now().Add(10 * time.Second); !c.Connected(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			g.t.Fatal("the agent did not connect")
+	ta, s := g.gw.Connect(g.cluster, func(c *tunnelclient.Config) {
+		c.OnControl = func(m tunnel.Message) { a.acks <- m }
+		if mod != nil {
+			mod(c)
 		}
-	}
+	})
+	a.c, a.stop = ta.Client, ta.Stop
 	return a, s
 }
 

@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,19 +14,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
-	"go.uber.org/goleak"
 
 	"github.com/pipeops/tunnel/agent/tunnelclient"
 	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/gateway/routetable"
 	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/testenv"
+	"github.com/pipeops/tunnel/shared/testenv/tunneltest"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testenv.MainNoLeaks(m, nil) }
 
 type staticRoutes struct {
 	table atomic.Pointer[routetable.Table]
@@ -40,9 +38,9 @@ func (s *staticRoutes) Lookup(host, path string) (routetable.Match, bool) {
 
 type fixture struct {
 	t       testing.TB
-	key     ed25519.PrivateKey
-	reg     *session.Registry
-	gw      *httptest.Server // the agent endpoint
+	gw      *tunneltest.Gateway // the agent endpoint
+	reg     *session.Registry   // gw's
+	key     ed25519.PrivateKey  // gw's
 	routes  *staticRoutes
 	proxy   *Proxy
 	front   *httptest.Server // the public side
@@ -53,42 +51,27 @@ var ingressNginx = &controlplane.IngressController{Name: "ingress-nginx-controll
 
 func newFixture(t testing.TB, headerTimeout time.Duration) *fixture {
 	t.Helper()
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	reg, err := session.NewRegistry(session.Config{
-		Auth:   session.JWTAuthenticator{Verifier: &auth.Verifier{Keys: auth.StaticKeys{"k": pub}}},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{t: t, key: priv, reg: reg, routes: &staticRoutes{}, streams: map[string]*atomic.Int64{}}
+	gw := tunneltest.StartGateway(t, tunneltest.Options{})
+	f := &fixture{t: t, gw: gw, reg: gw.Registry, key: gw.Key, routes: &staticRoutes{}, streams: map[string]*atomic.Int64{}}
 	f.routes.table.Store(routetable.NewTable(nil, nil))
-	f.gw = httptest.NewServer(reg)
-	f.proxy, err = New(Config{Routes: f.routes, Tunnels: reg, ResponseHeaderTimeout: headerTimeout, DialTimeout: time.Second})
+	var err error
+	f.proxy, err = New(Config{Routes: f.routes, Tunnels: f.reg, ResponseHeaderTimeout: headerTimeout, DialTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.front = httptest.NewServer(f.proxy)
-	t.Cleanup(func() {
+	t.Cleanup(func() { // before the gateway's own
 		f.front.Close()
 		f.proxy.Close()
-		reg.Close()
-		f.gw.Close()
 	})
 	return f
 }
 
+// token signs claims with the key the gateway trusts.
+func (f *fixture) token(claims *auth.Claims) string { return f.gw.Sign(claims) }
+
 func (f *fixture) setRoutes(routes []controlplane.Route, clusters []*controlplane.Cluster) {
 	f.routes.table.Store(routetable.NewTable(routes, clusters))
-}
-
-func (f *fixture) token(claims *auth.Claims) string {
-	claims.RegisteredClaims = jwt.RegisteredClaims{ID: "t-" + claims.ClusterID, ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}
-	tok, err := auth.Sign(f.key, "k", claims)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return tok
 }
 
 // startAgent connects an agent for cluster whose streams to the ingress
@@ -97,9 +80,8 @@ func (f *fixture) startAgent(cluster, ingressAddr, apiAddr string) {
 	f.t.Helper()
 	count := &atomic.Int64{}
 	f.streams[cluster] = count
-	c, err := tunnelclient.New(tunnelclient.Config{
-		GatewayURL: f.gw.URL, Token: f.token(&auth.Claims{Kind: auth.KindAgent, ClusterID: cluster}), ClusterUUID: cluster,
-		Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+	f.gw.Connect(cluster, func(c *tunnelclient.Config) {
+		c.Dialer = tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
 			count.Add(1)
 			var d net.Dialer
 			switch {
@@ -109,27 +91,11 @@ func (f *fixture) startAgent(cluster, ingressAddr, apiAddr string) {
 				return d.DialContext(ctx, "tcp", ingressAddr)
 			}
 			return nil, tunnelclient.ErrTargetRefused
-		}),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		})
 		// The proxy keeps idle streams pooled until its own cleanup, which
 		// runs after this one: don't wait the default 10 s for them.
-		DrainTimeout: 100 * time.Millisecond,
+		c.DrainTimeout = 100 * time.Millisecond
 	})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	f.t.Cleanup(func() { cancel(); <-done })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if _, ok := f.reg.Session(cluster); ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			f.t.Fatalf("agent for %s did not connect", cluster)
-		}
-	}
 }
 
 // upstream is an ingress controller stand-in: it says who it is and echoes
@@ -343,7 +309,7 @@ func TestKubernetesAPIAccess(t *testing.T) {
 	}))
 	defer api.Close()
 	f.startAgent("c1", "", addr(api))
-	k8s := NewK8s(K8sConfig{Verifier: &auth.Verifier{Keys: auth.StaticKeys{"k": f.key.Public()}}, Tunnels: f.reg})
+	k8s := NewK8s(K8sConfig{Verifier: f.gw.Verifier, Tunnels: f.reg})
 	defer k8s.Close()
 	srv := httptest.NewServer(k8s)
 	defer srv.Close()

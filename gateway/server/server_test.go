@@ -23,6 +23,7 @@ import (
 	"github.com/pipeops/tunnel/shared/auth"
 	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/pgtest"
+	"github.com/pipeops/tunnel/shared/testenv/tunneltest"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
@@ -135,9 +136,7 @@ func TestGatewayEndToEnd(t *testing.T) {
 		t.Fatalf("bad agent token on /ws: %s, want 401", resp.Status)
 	}
 
-	agentCtx, stopAgent := context.WithCancel(ctx)
-	defer stopAgent()
-	client, err := tunnelclient.New(tunnelclient.Config{
+	agent := tunneltest.StartAgent(t, tunnelclient.Config{
 		GatewayURL: "http://" + cfg.HTTPAddr, Token: agentTok, ClusterUUID: cluster.UUID, AgentVersion: "test",
 		Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
 			var d net.Dialer
@@ -145,12 +144,8 @@ func TestGatewayEndToEnd(t *testing.T) {
 		}),
 		BackoffInitial: time.Hour, BackoffMax: time.Hour, // one connection: the revocation must keep it out
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentDone := make(chan struct{})
-	go func() { defer close(agentDone); _ = client.Run(agentCtx) }()
-	defer func() { stopAgent(); <-agentDone }()
+	defer agent.Stop() // before the gateway stops
+	client := agent.Client
 	waitFor(t, "the agent's session", 10*time.Second, func() bool { _, ok := g.sessions.Session(cluster.UUID); return ok })
 
 	get := func(host, path string) (int, string) {

@@ -24,14 +24,14 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
-	"go.uber.org/goleak"
 
 	"github.com/pipeops/tunnel/agent/tunnelclient"
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testenv.MainNoLeaks(m, nil) }
 
 // env is a gateway registry behind a real HTTP(S) server, an echo target and
 // a signer of agent tokens.

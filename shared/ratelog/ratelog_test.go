@@ -9,25 +9,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pipeops/tunnel/shared/testenv"
 )
-
-// fakeClock is a clock the test moves by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // syncBuffer is a buffer a logger may write to from several goroutines.
 type syncBuffer struct {
@@ -51,8 +35,8 @@ func (s *syncBuffer) lines() []string {
 	return out
 }
 
-func newTest(cfg Config) (*Limiter, *fakeClock, *syncBuffer) {
-	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+func newTest(cfg Config) (*Limiter, *testenv.Clock, *syncBuffer) {
+	clock := testenv.NewClock()
 	buf := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{
 		Level: slog.LevelInfo,
@@ -174,7 +158,7 @@ func TestLimiter(t *testing.T) {
 				case s.flush:
 					l.Flush()
 				default:
-					clock.Advance(s.advance)
+					clock.Add(s.advance)
 				}
 			}
 			got := buf.lines()
@@ -215,7 +199,7 @@ func TestLimiterForgetsQuietKeys(t *testing.T) {
 		for i := range 100 {
 			l.Log(context.Background(), slog.LevelInfo, fmt.Sprintf("r%d-k%d", round, i), "x")
 		}
-		clock.Advance(DefaultInterval)
+		clock.Add(DefaultInterval)
 		l.mu.Lock()
 		n, overflowed := len(l.keys), !l.overflow.start.IsZero()
 		l.mu.Unlock()

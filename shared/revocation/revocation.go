@@ -211,6 +211,13 @@ func (t *Tracker) Len() int {
 	return n
 }
 
+// Tracked returns the number of connections registered under tokenID.
+func (t *Tracker) Tracked(tokenID string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.tokens[tokenID])
+}
+
 // Run checks the registered connections until ctx ends: every Interval it
 // asks the Checker once per distinct token id and cuts the connections of
 // the revoked ones, and it cuts each connection when its token expires.

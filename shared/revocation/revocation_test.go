@@ -11,12 +11,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"go.uber.org/goleak"
 
 	"github.com/pipeops/tunnel/shared/testenv"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testenv.MainNoLeaks(m, nil) }
 
 // fakeClock is a clock whose time moves only by Advance. Every timer Run
 // creates is reported on created: Run makes one per wake, after it has
@@ -314,6 +313,9 @@ func TestStoreErrorKeepsConnections(t *testing.T) {
 	h.wantCuts(nil)
 	if n := h.tr.Len(); n != 2 {
 		t.Fatalf("%d connections left, want 2", n)
+	}
+	if a, none := h.tr.Tracked("tok-a"), h.tr.Tracked("tok-none"); a != 1 || none != 0 {
+		t.Fatalf("Tracked: tok-a %d, tok-none %d; want 1 and 0", a, none)
 	}
 	if got := value(t, h.tr.metrics.checkFailures); got != 10 {
 		t.Fatalf("check failures = %v, want 10", got)

@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // ErrUnavailable marks an environment that cannot be had on this machine
@@ -53,11 +55,32 @@ func Require(t testing.TB, what string, err error) {
 //
 //	func TestMain(m *testing.M) { testenv.Main(m, pgtest.Stop, kubetest.Stop) }
 func Main(m *testing.M, stops ...func()) {
+	os.Exit(run(m, stops))
+}
+
+// MainNoLeaks is Main that also fails a passing run when goroutines are
+// left once the environments have stopped, except those ignore matches
+// (goroutines of libraries the tests do not own). Stopping first matters:
+// a shared server's goroutines are not leaks, and they end with it.
+//
+//	func TestMain(m *testing.M) { testenv.MainNoLeaks(m, nil, pgtest.Stop) }
+func MainNoLeaks(m *testing.M, ignore []goleak.Option, stops ...func()) {
+	code := run(m, stops)
+	if code == 0 {
+		if err := goleak.Find(ignore...); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines outlived the tests:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func run(m *testing.M, stops []func()) int {
 	code := m.Run()
 	for _, stop := range stops {
 		stop()
 	}
-	os.Exit(code)
+	return code
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. Servers
@@ -160,12 +183,6 @@ func StartCommand(name string, cmd *exec.Cmd, logPath string) (*Process, error) 
 
 // Pid is the process id.
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
-
-// Err is how the process ended; valid once Exited is closed.
-func (p *Process) Err() error {
-	<-p.done
-	return p.err
-}
 
 // Exited returns a channel closed when the process has exited.
 func (p *Process) Exited() <-chan struct{} { return p.done }

@@ -14,6 +14,12 @@ import (
 // childEnv makes TestRequirePolicy play the child: call Require and report.
 const childEnv = "TESTENV_REQUIRE_CHILD"
 
+// leakEnv makes TestMainNoLeaks play the child: a test that passes and
+// leaves a goroutine behind, which MainNoLeaks must turn into a failure.
+const leakEnv = "TESTENV_LEAK_CHILD"
+
+func TestMain(m *testing.M) { testenv.MainNoLeaks(m, nil) }
+
 // TestRequirePolicy checks the promise CI depends on: a missing environment
 // skips only outside CI, and a broken one always fails. Require ends the test
 // it is given, so each case runs in a child test process.
@@ -62,4 +68,21 @@ func TestInCI(t *testing.T) {
 			t.Errorf("CI=%q: InCI() = %v, want %v", v, got, want)
 		}
 	}
+}
+
+// TestMainNoLeaks: a goroutine left behind by passing tests fails the run.
+func TestMainNoLeaks(t *testing.T) {
+	if os.Getenv(leakEnv) != "" {
+		block := make(chan struct{})
+		go func() { <-block }() // never ends: the leak
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMainNoLeaks$")
+	cmd.Env = append(os.Environ(), leakEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "goroutines outlived the tests") {
+		t.Fatalf("a passing run that leaked a goroutine: %v\n%s", err, out)
+	}
+	// This process runs under MainNoLeaks too: it passing is the other half.
 }

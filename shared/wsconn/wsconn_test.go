@@ -20,12 +20,11 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"go.uber.org/goleak"
+
+	"github.com/pipeops/tunnel/shared/testenv"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { testenv.MainNoLeaks(m, nil) }
 
 // dialPair connects a gorilla client to an httptest server over loopback
 // and returns both raw ends. bufSize 0 keeps gorilla's default buffers.

@@ -10,13 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/pipeops/tunnel/gateway/session"
+	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testenv.MainNoLeaks(m, nil) }
 
 // tokenIsCluster accepts any token "agent-token-<cluster>".
 type tokenIsCluster struct{}

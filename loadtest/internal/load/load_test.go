@@ -12,7 +12,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"go.uber.org/goleak"
+
+	"github.com/pipeops/tunnel/shared/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	goleak.VerifyTestMain(m)
+	testenv.MainNoLeaks(m, nil)
 }
 
 // server answers /bytes?n=N with N bytes, /status with 503, and /ws with a

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/pipeops/tunnel/shared/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("LOADTEST_TEST_RELAY") == "1" {
 		os.Exit(relayMain(os.Args[len(os.Args)-1]))
 	}
-	goleak.VerifyTestMain(m)
+	testenv.MainNoLeaks(m, nil)
 }
 
 func relayMain(spec string) int {
