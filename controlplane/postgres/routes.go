@@ -222,6 +222,28 @@ func (db *DB) ServedRoutes(ctx context.Context) ([]controlplane.Route, error) {
 	return routes, nil
 }
 
+// ServedRoutesOf returns the served routes of one cluster (as ServedRoutes
+// does for all) and the cluster itself, nil when there is no such cluster:
+// what a gateway reloads when a change names that cluster.
+func (db *DB) ServedRoutesOf(ctx context.Context, clusterUUID string) ([]controlplane.Route, *controlplane.Cluster, error) {
+	c, err := db.Cluster(ctx, clusterUUID)
+	if controlplane.ErrorCode(err) == controlplane.ENOTFOUND {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	rows, err := db.pool.Query(ctx, selectRoutes+` WHERE h.verified_at IS NOT NULL AND r.cluster_uuid = $1 ORDER BY r.hostname, r.path`, clusterUUID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list served routes of cluster %s: %w", clusterUUID, err)
+	}
+	routes, err := pgx.CollectRows(rows, scanRoute)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list served routes of cluster %s: %w", clusterUUID, err)
+	}
+	return routes, c, nil
+}
+
 // DeleteExpiredRoutes deletes the routes whose expires_at is before now and
 // releases the hostnames left without routes, one transaction per affected
 // cluster, and returns the number of routes deleted. Each cluster's deletion

@@ -51,6 +51,25 @@ func TestStoreOnMemorySource(t *testing.T) {
 		eventually(t, changeDeadline, servedBy("b.example.com", "b"))
 	})
 
+	t.Run("a change reloads its cluster only", func(t *testing.T) {
+		src.SetCluster(controlplane.Cluster{UUID: "c2", Name: "two"})
+		src.SetRoutes("c2", controlplane.Route{Hostname: "two.example.com", Path: "/", ServiceName: "two", ServicePort: 80})
+		eventually(t, changeDeadline, servedBy("two.example.com", "two"))
+		full, clusters := src.Loads(), src.ClusterLoads()
+		src.SetRoutes("c2", controlplane.Route{Hostname: "two.example.com", Path: "/", ServiceName: "two-b", ServicePort: 80})
+		eventually(t, changeDeadline, servedBy("two.example.com", "two-b"))
+		if src.Loads() != full || src.ClusterLoads() <= clusters {
+			t.Fatalf("a change cost %d full loads and %d cluster loads, want 0 and at least 1",
+				src.Loads()-full, src.ClusterLoads()-clusters)
+		}
+		if err := servedBy("b.example.com", "b")(); err != nil {
+			t.Fatalf("another cluster's route was lost: %v", err)
+		}
+		src.RemoveCluster("c2")
+		eventually(t, changeDeadline, servedBy("two.example.com", ""))
+		eventually(t, changeDeadline, servedBy("b.example.com", "b"))
+	})
+
 	t.Run("a broken feed is followed again and reloaded", func(t *testing.T) {
 		before := src.Loads()
 		src.Break()
@@ -85,4 +104,32 @@ func TestStoreOnMemorySource(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// TestMarkDue checks how requests merge: cluster requests gather until
+// there are too many, when they become one full reload, and a full request
+// absorbs them.
+func TestMarkDue(t *testing.T) {
+	s := NewStore(nil, Options{})
+	one := func(uuid string) reloadRequest { return reloadRequest{clusters: map[string]struct{}{uuid: {}}} }
+	s.markDue(one("a"))
+	s.markDue(one("b"))
+	s.markDue(one("a"))
+	if r := s.takeDue(); !r.due || r.full || len(r.clusters) != 2 {
+		t.Fatalf("two clusters asked for: %+v", r)
+	}
+	for i := range maxClusterReloads + 1 {
+		s.markDue(one(fmt.Sprint(i)))
+	}
+	if r := s.takeDue(); !r.full || r.clusters != nil {
+		t.Fatalf("%d clusters asked for: %+v, want a full reload", maxClusterReloads+1, r)
+	}
+	s.markDue(reloadRequest{full: true})
+	s.markDue(one("a"))
+	if r := s.takeDue(); !r.full || r.clusters != nil {
+		t.Fatalf("a full reload and a cluster asked for: %+v, want a full reload", r)
+	}
+	if r := s.takeDue(); r.due {
+		t.Fatalf("nothing asked for: %+v", r)
+	}
 }

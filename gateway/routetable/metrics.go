@@ -8,10 +8,12 @@ import (
 // Store updates them unconditionally; they are only registered when the
 // Store was given a Registerer.
 type metrics struct {
-	routes    prometheus.Gauge
-	reloads   *prometheus.CounterVec
-	notifyLag prometheus.Histogram
-	up        prometheus.Gauge
+	routes  prometheus.Gauge
+	reloads *prometheus.CounterVec
+	// clusterReloads counts reloads of one cluster's routes.
+	clusterReloads *prometheus.CounterVec
+	notifyLag      prometheus.Histogram
+	up             prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -21,6 +23,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "routes", Help: "Routes in the gateway's current route table."}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns,
 			Name: "route_reloads_total", Help: "Full reloads of the route table from PostgreSQL, by result (ok, error)."},
+			[]string{"result"}),
+		clusterReloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns,
+			Name: "route_cluster_reloads_total",
+			Help: "Reloads of one cluster's routes after a change notification named it, by result (ok, error); a failure is retried as a full reload."},
 			[]string{"result"}),
 		notifyLag: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns,
 			Name: "route_notify_lag_seconds",
@@ -36,8 +42,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	// defined before the first error.
 	m.reloads.WithLabelValues(resultOK)
 	m.reloads.WithLabelValues(resultError)
+	m.clusterReloads.WithLabelValues(resultOK)
+	m.clusterReloads.WithLabelValues(resultError)
 	if reg != nil {
-		reg.MustRegister(m.routes, m.reloads, m.notifyLag, m.up)
+		reg.MustRegister(m.routes, m.reloads, m.clusterReloads, m.notifyLag, m.up)
 	}
 	return m
 }

@@ -3,7 +3,9 @@ package routetable
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +25,9 @@ type Source interface {
 	ServedRoutes(ctx context.Context) ([]controlplane.Route, error)
 	// Clusters returns every cluster.
 	Clusters(ctx context.Context) ([]*controlplane.Cluster, error)
+	// ServedRoutesOf returns the served routes of one cluster and the
+	// cluster, nil (and no error) when there is no such cluster.
+	ServedRoutesOf(ctx context.Context, clusterUUID string) ([]controlplane.Route, *controlplane.Cluster, error)
 	// FollowRoutes delivers changes until ctx ends (returning ctx's error)
 	// or the feed breaks (returning why). It calls listening once every
 	// change committed from then on will be delivered, and changed for each
@@ -160,12 +165,19 @@ type Store struct {
 }
 
 // reloadRequest is what the reloader owes: whether a reload is due, whether
-// it may wait for a burst to gather, and since when a notification waits.
+// it may wait for a burst to gather, whether it must be a full one or which
+// clusters' changes it must load, and since when a notification waits.
 type reloadRequest struct {
 	due      bool
 	urgent   bool
-	notified time.Time // receipt of the oldest unserved notification; zero: none
+	full     bool
+	clusters map[string]struct{} // with full unset: the clusters to reload
+	notified time.Time           // receipt of the oldest unserved notification; zero: none
 }
+
+// maxClusterReloads is how many clusters one round reloads one by one; a
+// burst naming more costs a full reload instead.
+const maxClusterReloads = 64
 
 // NewStore returns a Store that loads from src once Run runs; until the
 // first load its table is empty. The caller keeps ownership of src, which
@@ -327,7 +339,7 @@ func (s *Store) listenLoop(ctx context.Context) {
 				// Whatever keeps LISTEN from working need not keep
 				// queries from working: do not leave the table empty
 				// until the backstop reload.
-				s.requestReload(true, time.Time{})
+				s.requestReload(reloadRequest{urgent: true, full: true})
 			}
 		}
 		if !sleep(ctx, delay) {
@@ -369,14 +381,15 @@ func (s *Store) onListening() {
 	}
 	// Whatever changed before this moment was not announced to us: load it
 	// all, at once.
-	s.requestReload(true, time.Time{})
+	s.requestReload(reloadRequest{urgent: true, full: true})
 }
 
 // onChange runs on the listener's goroutine for each notification. It only
-// records that a reload is due, so the listener keeps reading.
+// records that the cluster it names is due a reload, so the listener keeps
+// reading.
 func (s *Store) onChange(c controlplane.RouteChange) {
 	s.log.Debug("route store: route change", "cluster", c.ClusterUUID, "hostnames", c.Hostnames)
-	s.requestReload(false, time.Now())
+	s.requestReload(reloadRequest{clusters: map[string]struct{}{c.ClusterUUID: {}}, notified: time.Now()})
 }
 
 func (s *Store) setNotListening() {
@@ -386,24 +399,37 @@ func (s *Store) setNotListening() {
 	s.m.up.Set(0)
 }
 
-// requestReload records that a reload is due and wakes the reloader.
-// urgent skips the coalescing window; notified, when not zero, is when the
-// notification asking for it arrived.
-func (s *Store) requestReload(urgent bool, notified time.Time) {
-	s.markDue(urgent, notified)
+// requestReload records that r is due and wakes the reloader.
+func (s *Store) requestReload(r reloadRequest) {
+	s.markDue(r)
 	select {
 	case s.wake <- struct{}{}:
 	default: // already woken; it will see this request too
 	}
 }
 
-func (s *Store) markDue(urgent bool, notified time.Time) {
+// markDue adds r to what the reloader owes: urgent skips the coalescing
+// window, full asks for a full reload, clusters for those clusters', and
+// notified, when not zero, is when the notification asking for it arrived.
+func (s *Store) markDue(r reloadRequest) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.pending.due = true
-	s.pending.urgent = s.pending.urgent || urgent
-	if !notified.IsZero() && (s.pending.notified.IsZero() || notified.Before(s.pending.notified)) {
-		s.pending.notified = notified
+	p := &s.pending
+	p.due = true
+	p.urgent = p.urgent || r.urgent
+	p.full = p.full || r.full
+	if !p.full {
+		if p.clusters == nil {
+			p.clusters = make(map[string]struct{}, len(r.clusters))
+		}
+		maps.Copy(p.clusters, r.clusters)
+		p.full = len(p.clusters) > maxClusterReloads
+	}
+	if p.full {
+		p.clusters = nil
+	}
+	if !r.notified.IsZero() && (p.notified.IsZero() || r.notified.Before(p.notified)) {
+		p.notified = r.notified
 	}
 }
 
@@ -440,10 +466,10 @@ func (s *Store) reloadLoop(ctx context.Context) {
 			return
 		case <-s.wake:
 		case <-backstop.C:
-			s.markDue(true, time.Time{})
+			s.markDue(reloadRequest{urgent: true, full: true})
 		case <-retryC:
 			retryC = nil
-			s.markDue(true, time.Time{})
+			s.markDue(reloadRequest{urgent: true, full: true})
 		}
 		if !s.isUrgent() {
 			// Let the rest of a burst of changes arrive: one reload then
@@ -456,13 +482,21 @@ func (s *Store) reloadLoop(ctx context.Context) {
 		if !req.due {
 			continue // served by the reload before
 		}
-		err := s.reload(ctx)
+		full := req.full || !s.Status().Loaded
+		var err error
+		if full {
+			err = s.reload(ctx)
+		} else {
+			err = s.reloadClusters(ctx, req.clusters)
+		}
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			// Still owed, including to the notifications it was for.
-			s.markDue(false, req.notified)
+			// Still owed, including to the notifications it was for; the
+			// retry is a full reload, which cannot miss what a failed
+			// round of cluster reloads left half done.
+			s.markDue(reloadRequest{full: true, notified: req.notified})
 			retry.Reset(delay)
 			retryC = retry.C
 			s.log.Warn("route store: reload failed", "err", err, "retry_in", delay, "serving_routes", s.table.Load().Len())
@@ -482,7 +516,11 @@ func (s *Store) reloadLoop(ctx context.Context) {
 		delay = s.opts.RetryInterval
 		retry.Stop()
 		retryC = nil
-		backstop.Reset(s.opts.ReloadInterval)
+		if full {
+			// Cluster reloads follow notifications; only a full reload
+			// also covers one that was lost.
+			backstop.Reset(s.opts.ReloadInterval)
+		}
 		if !req.notified.IsZero() {
 			s.m.notifyLag.Observe(time.Since(req.notified).Seconds())
 		}
@@ -532,6 +570,46 @@ func (s *Store) reload(ctx context.Context) error {
 		s.log.Info("route store: route table reloaded after failures", "routes", t.Len(), "took", took)
 	default:
 		s.log.Debug("route store: route table reloaded", "routes", t.Len(), "took", took)
+	}
+	return nil
+}
+
+// reloadClusters reloads the routes of the clusters named and swaps in a
+// table that has them (Table.WithCluster), every other cluster's routes
+// unchanged: a change costs its cluster's routes, not the whole table's.
+// On an error no table is swapped in.
+func (s *Store) reloadClusters(ctx context.Context, clusters map[string]struct{}) error {
+	start := time.Now()
+	lctx, cancel := context.WithTimeout(ctx, s.opts.LoadTimeout)
+	defer cancel()
+	t := s.table.Load()
+	for uuid := range clusters {
+		routes, c, err := s.src.ServedRoutesOf(lctx, uuid)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.m.clusterReloads.WithLabelValues(resultError).Inc()
+				s.mu.Lock()
+				s.loadErr, s.loadErrAt = err.Error(), s.opts.Now()
+				s.mu.Unlock()
+			}
+			return fmt.Errorf("reload the routes of cluster %s: %w", uuid, err)
+		}
+		t = t.WithCluster(uuid, routes, c)
+	}
+	s.table.Store(t)
+	s.logBodySizeProblems(t)
+	s.m.routes.Set(float64(t.Len()))
+	s.m.clusterReloads.WithLabelValues(resultOK).Add(float64(len(clusters)))
+
+	s.mu.Lock()
+	recovered := s.loadErr != ""
+	s.lastLoad = s.opts.Now()
+	s.loadErr = ""
+	s.mu.Unlock()
+	if recovered {
+		s.log.Info("route store: routes reloaded after failures", "clusters", len(clusters), "routes", t.Len(), "took", time.Since(start))
+	} else {
+		s.log.Debug("route store: routes of changed clusters reloaded", "clusters", len(clusters), "routes", t.Len(), "took", time.Since(start))
 	}
 	return nil
 }

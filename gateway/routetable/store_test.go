@@ -25,7 +25,7 @@ import (
 const changeDeadline = time.Second
 
 // openDB opens a DB on dbURL, closed when the test ends.
-func openDB(t *testing.T, dbURL string) *postgres.DB {
+func openDB(t testing.TB, dbURL string) *postgres.DB {
 	t.Helper()
 	db, err := postgres.Open(context.Background(), dbURL)
 	if err != nil {
@@ -36,7 +36,7 @@ func openDB(t *testing.T, dbURL string) *postgres.DB {
 }
 
 // newDB returns a DB on a fresh, migrated database, and the database's URL.
-func newDB(t *testing.T) (*postgres.DB, string) {
+func newDB(t testing.TB) (*postgres.DB, string) {
 	t.Helper()
 	dbURL := pgtest.URL(t)
 	db := openDB(t, dbURL)
@@ -354,6 +354,7 @@ func TestStoreCoalescesBursts(t *testing.T) {
 		return nil
 	})
 	before := metricValue(t, reg, "pipeops_gateway_route_reloads_total", reloadsOK)
+	clustersBefore := metricValue(t, reg, "pipeops_gateway_route_cluster_reloads_total", reloadsOK)
 	lagBefore := metricValue(t, reg, "pipeops_gateway_route_notify_lag_seconds", nil)
 
 	err := pgx.BeginFunc(ctx, db.Pool(), func(tx pgx.Tx) error {
@@ -377,8 +378,13 @@ func TestStoreCoalescesBursts(t *testing.T) {
 	}
 	eventually(t, changeDeadline, func() error { return routesTo(s, "burst.example.com", "/", alpha.UUID, "burst") })
 	time.Sleep(3 * window) // room for any further reload the burst might wrongly cause
-	if got := metricValue(t, reg, "pipeops_gateway_route_reloads_total", reloadsOK) - before; got < 1 || got > 2 {
-		t.Errorf("%v reloads for one burst of 100 notifications, want 1 (2 at worst, if split by scheduling)", got)
+	// A burst naming one cluster costs that cluster's routes, once: no
+	// full reload.
+	if got := metricValue(t, reg, "pipeops_gateway_route_reloads_total", reloadsOK) - before; got != 0 {
+		t.Errorf("%v full reloads for one burst of notifications of one cluster, want 0", got)
+	}
+	if got := metricValue(t, reg, "pipeops_gateway_route_cluster_reloads_total", reloadsOK) - clustersBefore; got < 1 || got > 2 {
+		t.Errorf("%v cluster reloads for one burst of 100 notifications, want 1 (2 at worst, if split by scheduling)", got)
 	}
 	if got := metricValue(t, reg, "pipeops_gateway_route_notify_lag_seconds", nil) - lagBefore; got < 1 {
 		t.Errorf("notify lag histogram has %v new observations, want at least 1", got)

@@ -33,6 +33,7 @@ package routetable
 import (
 	"bytes"
 	"cmp"
+	"maps"
 	"slices"
 	"strings"
 
@@ -80,6 +81,10 @@ type Table struct {
 	hosts     map[string][]entry
 	wildcards map[string][]entry
 	n         int
+	// byCluster lists, per cluster UUID, the keys of hosts and wildcards
+	// that hold its routes (a key may repeat), so that WithCluster touches
+	// only those.
+	byCluster map[string][]hostKey
 	// bodySizeProblems are the routes whose body size annotation does not
 	// parse, for the Store to log.
 	bodySizeProblems []bodySizeProblem
@@ -98,47 +103,17 @@ type Table struct {
 func NewTable(routes []controlplane.Route, clusters []*controlplane.Cluster) *Table {
 	ingress := make(map[string]*controlplane.IngressController, len(clusters))
 	for _, c := range clusters {
-		if c != nil && c.IngressController != nil {
-			ic := *c.IngressController
-			ingress[c.UUID] = &ic
+		if ic := ingressOf(c); ic != nil {
+			ingress[c.UUID] = ic
 		}
 	}
 	t := &Table{
 		hosts:     make(map[string][]entry),
 		wildcards: make(map[string][]entry),
+		byCluster: make(map[string][]hostKey),
 	}
 	for _, r := range routes {
-		host := strings.TrimSuffix(strings.ToLower(r.Hostname), ".")
-		if host == "" {
-			continue
-		}
-		r.Hostname = host
-		if r.Path == "" {
-			r.Path = "/"
-		}
-		if r.PathType == "" {
-			r.PathType = controlplane.PathTypePrefix
-		}
-		e := entry{match: Match{Route: r, IngressController: ingress[r.ClusterUUID]}}
-		limit, annotation, value, err := routeBodyLimit(r.Annotations)
-		if err != nil {
-			t.bodySizeProblems = append(t.bodySizeProblems, bodySizeProblem{host: host, path: r.Path,
-				cluster: r.ClusterUUID, annotation: annotation, value: value, err: err})
-		}
-		e.match.MaxRequestBody = limit
-		if r.PathType == controlplane.PathTypeExact {
-			e.exact = true
-		} else {
-			// Prefix, ImplementationSpecific, and anything newer this
-			// gateway does not know: a prefix is the broader reading.
-			e.prefix = strings.TrimRight(r.Path, "/")
-		}
-		if suffix, ok := strings.CutPrefix(host, "*."); ok {
-			t.wildcards[suffix] = append(t.wildcards[suffix], e)
-		} else {
-			t.hosts[host] = append(t.hosts[host], e)
-		}
-		t.n++
+		t.add(r, ingress[r.ClusterUUID])
 	}
 	for _, m := range []map[string][]entry{t.hosts, t.wildcards} {
 		for _, es := range m {
@@ -147,6 +122,150 @@ func NewTable(routes []controlplane.Route, clusters []*controlplane.Cluster) *Ta
 		}
 	}
 	return t
+}
+
+// WithCluster returns a Table in which cluster's routes are routes (routes
+// naming another cluster are taken as cluster's) and its ingress controller
+// is c's, c being nil for a cluster that is gone; the other clusters'
+// routes are t's. t is not changed, and shares with the new Table every
+// host that cluster has no route on, so that a change costs a copy of two
+// maps of slice headers and the work on the cluster's own hosts, not a
+// rebuild of every route.
+func (t *Table) WithCluster(cluster string, routes []controlplane.Route, c *controlplane.Cluster) *Table {
+	if t == nil {
+		t = &Table{}
+	}
+	nt := &Table{
+		hosts:     cloneMap(t.hosts),
+		wildcards: cloneMap(t.wildcards),
+		byCluster: cloneMap(t.byCluster),
+		n:         t.n,
+	}
+	for _, p := range t.bodySizeProblems {
+		if p.cluster != cluster {
+			nt.bodySizeProblems = append(nt.bodySizeProblems, p)
+		}
+	}
+	// fresh holds the keys whose slices nt owns (made here), so that
+	// appending to them cannot write into a slice t still uses.
+	fresh := make(map[hostKey]bool)
+	for _, k := range t.byCluster[cluster] {
+		if fresh[k] {
+			continue
+		}
+		fresh[k] = true
+		m := nt.entries(k)
+		var kept []entry
+		for _, e := range m[k.name] {
+			if e.match.Route.ClusterUUID == cluster {
+				nt.n--
+			} else {
+				kept = append(kept, e)
+			}
+		}
+		if len(kept) == 0 {
+			delete(m, k.name)
+		} else {
+			m[k.name] = kept
+		}
+	}
+	delete(nt.byCluster, cluster)
+	ic := ingressOf(c)
+	for _, r := range routes {
+		r.ClusterUUID = cluster
+		if k, ok := nt.keyOf(r); ok && !fresh[k] {
+			m := nt.entries(k)
+			m[k.name] = slices.Clone(m[k.name])
+			fresh[k] = true
+		}
+		nt.add(r, ic)
+	}
+	for k := range fresh {
+		if es := nt.entries(k)[k.name]; len(es) > 1 {
+			slices.SortStableFunc(es, compareEntries)
+		}
+	}
+	return nt
+}
+
+// hostKey names one slice of a Table: of hosts, or of wildcards when
+// wildcard is set (name is then the suffix after "*.").
+type hostKey struct {
+	wildcard bool
+	name     string
+}
+
+func (t *Table) entries(k hostKey) map[string][]entry {
+	if k.wildcard {
+		return t.wildcards
+	}
+	return t.hosts
+}
+
+// keyOf returns the key r goes under; not ok for a route without a
+// hostname, which no table holds.
+func (t *Table) keyOf(r controlplane.Route) (hostKey, bool) {
+	host := strings.TrimSuffix(strings.ToLower(r.Hostname), ".")
+	if host == "" {
+		return hostKey{}, false
+	}
+	if suffix, ok := strings.CutPrefix(host, "*."); ok {
+		return hostKey{wildcard: true, name: suffix}, true
+	}
+	return hostKey{name: host}, true
+}
+
+// add prepares r for matching and appends it to its host's slice, unsorted:
+// the caller sorts the slices it touched.
+func (t *Table) add(r controlplane.Route, ic *controlplane.IngressController) {
+	k, ok := t.keyOf(r)
+	if !ok {
+		return
+	}
+	host := strings.TrimSuffix(strings.ToLower(r.Hostname), ".")
+	r.Hostname = host
+	if r.Path == "" {
+		r.Path = "/"
+	}
+	if r.PathType == "" {
+		r.PathType = controlplane.PathTypePrefix
+	}
+	e := entry{match: Match{Route: r, IngressController: ic}}
+	limit, annotation, value, err := routeBodyLimit(r.Annotations)
+	if err != nil {
+		t.bodySizeProblems = append(t.bodySizeProblems, bodySizeProblem{host: host, path: r.Path,
+			cluster: r.ClusterUUID, annotation: annotation, value: value, err: err})
+	}
+	e.match.MaxRequestBody = limit
+	if r.PathType == controlplane.PathTypeExact {
+		e.exact = true
+	} else {
+		// Prefix, ImplementationSpecific, and anything newer this
+		// gateway does not know: a prefix is the broader reading.
+		e.prefix = strings.TrimRight(r.Path, "/")
+	}
+	m := t.entries(k)
+	m[k.name] = append(m[k.name], e)
+	t.byCluster[r.ClusterUUID] = append(t.byCluster[r.ClusterUUID], k)
+	t.n++
+}
+
+// ingressOf returns a copy of c's ingress controller, nil when c or it is
+// nil.
+func ingressOf(c *controlplane.Cluster) *controlplane.IngressController {
+	if c == nil || c.IngressController == nil {
+		return nil
+	}
+	ic := *c.IngressController
+	return &ic
+}
+
+// cloneMap copies m's entries (not what they point to) into a new map,
+// never nil.
+func cloneMap[V any](m map[string]V) map[string]V {
+	out := make(map[string]V, len(m))
+	maps.Copy(out, m)
+	return out
 }
 
 // compareEntries orders a host's routes so that the first one matching a

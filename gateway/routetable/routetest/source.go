@@ -28,6 +28,8 @@ type Source struct {
 	followers map[*follower]struct{}
 	loadErr   error
 	loads     int
+	// clusterLoads counts ServedRoutesOf calls.
+	clusterLoads int
 }
 
 // follower is one running FollowRoutes: its undelivered changes, and a
@@ -88,6 +90,14 @@ func (s *Source) Loads() int {
 	return s.loads
 }
 
+// ClusterLoads returns how many single clusters were loaded
+// (ServedRoutesOf calls).
+func (s *Source) ClusterLoads() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clusterLoads
+}
+
 // Break ends every running FollowRoutes with ErrBroken, as a lost database
 // connection ends a listener. Changes made until the next FollowRoutes
 // starts reach no one.
@@ -121,6 +131,38 @@ func (s *Source) ServedRoutes(context.Context) ([]controlplane.Route, error) {
 		return cmp.Or(strings.Compare(a.Hostname, b.Hostname), strings.Compare(a.Path, b.Path))
 	})
 	return out, nil
+}
+
+// ServedRoutesOf returns the routes of one cluster that are not pending,
+// and a copy of the cluster (nil when it was never set or was removed).
+func (s *Source) ServedRoutesOf(_ context.Context, clusterUUID string) ([]controlplane.Route, *controlplane.Cluster, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clusterLoads++
+	if s.loadErr != nil {
+		return nil, nil, s.loadErr
+	}
+	c, ok := s.clusters[clusterUUID]
+	if !ok {
+		return nil, nil, nil
+	}
+	cp := *c
+	var out []controlplane.Route
+	for _, r := range s.routes[clusterUUID] {
+		if !r.Pending {
+			out = append(out, r)
+		}
+	}
+	return out, &cp, nil
+}
+
+// RemoveCluster removes a cluster and its routes, and announces it.
+func (s *Source) RemoveCluster(uuid string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.clusters, uuid)
+	delete(s.routes, uuid)
+	s.announceLocked(controlplane.RouteChange{ClusterUUID: uuid})
 }
 
 // Clusters returns copies of every cluster.
