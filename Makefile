@@ -147,11 +147,24 @@ test: deps testenv helm pebble ## run every test with -race (installs what it ne
 test-short: ## run the tests without installing anything; missing environments skip
 	$(GO) test -race ./...
 
+# Linters, pinned and built from the module proxy into .testenv like helm.
+STATICCHECK_VERSION := v0.8.2
+DEADCODE_VERSION    := v0.52.0
+LINT_BIN_DIR        := $(TESTENV_DIR)/lint-$(STATICCHECK_VERSION)-$(DEADCODE_VERSION)
+
+$(LINT_BIN_DIR)/staticcheck $(LINT_BIN_DIR)/deadcode &:
+	@mkdir -p $(LINT_BIN_DIR)
+	GOBIN=$(CURDIR)/$(LINT_BIN_DIR) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	GOBIN=$(CURDIR)/$(LINT_BIN_DIR) $(GO) install golang.org/x/tools/cmd/deadcode@$(DEADCODE_VERSION)
+
 .PHONY: lint
-lint: ## gofmt check and go vet
+lint: $(LINT_BIN_DIR)/staticcheck $(LINT_BIN_DIR)/deadcode ## gofmt, go vet, staticcheck, and no unreachable code (deadcode, tests counted as callers)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(LINT_BIN_DIR)/staticcheck ./...
+	@out=$$($(LINT_BIN_DIR)/deadcode -test ./...); \
+	if [ -n "$$out" ]; then echo "unreachable code (delete it, or call it):"; echo "$$out"; exit 1; fi
 	shellcheck deploy/install.sh deploy/helm/render.sh shared/testenv/install-deps.sh shared/testenv/fuzz.sh .ci/run
 # The tools module is not vetted: vet type-checks all of k8s.io/kubernetes
 # (11 minutes cold) for two ten-line mains that `make testenv` compiles.

@@ -393,4 +393,3 @@ func (c *Cluster) GrantDomain(ctx context.Context, domain string) error {
 	_, err := c.stack.CLI(ctx, "domain", "grant", c.ID, domain)
 	return err
 }
-

@@ -158,9 +158,6 @@ func (a *Agent) beat(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// Len is the number of agents.
-func (f *Fleet) Len() int { return len(f.agents) }
-
 // Up is the number of agents whose tunnel is up now.
 func (f *Fleet) Up() int { return int(f.up.Load()) }
 

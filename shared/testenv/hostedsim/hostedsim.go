@@ -506,14 +506,6 @@ func (s *Server) GatewayURLs() []*url.URL {
 	return append([]*url.URL(nil), s.gatewayURLs...)
 }
 
-// Messages returns every control message the agent sent on gateway
-// sockets, in order.
-func (s *Server) Messages() []tunnel.Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]tunnel.Message(nil), s.messages...)
-}
-
 // RouteCalls returns the routes API calls received so far.
 func (s *Server) RouteCalls() []RouteCall {
 	s.mu.Lock()
@@ -679,16 +671,6 @@ func (s *Server) Cancel(id string) error {
 func (s *Server) WSStart(st tunnel.WSStart) (*Replies, error) {
 	r := s.Expect(st.StreamID)
 	return r, s.SendPayload(tunnel.TypeWSStart, st.StreamID, st)
-}
-
-// WSData sends one frame of relay id.
-func (s *Server) WSData(id string, frameType byte, payload []byte) error {
-	return s.SendPayload(tunnel.TypeWSData, id, tunnel.WSData{StreamID: id, FrameType: frameType, Payload: payload})
-}
-
-// WSClose closes relay id.
-func (s *Server) WSClose(id string) error {
-	return s.SendPayload(tunnel.TypeWSClose, id, tunnel.WSClose{StreamID: id})
 }
 
 // TCPTunnelStart sends tcp_tunnel_start for connection id.

@@ -54,21 +54,6 @@ import (
 // ErrClosed is returned for work asked of a Kubelet that is closed.
 var ErrClosed = errors.New("kubeletsim: closed")
 
-// Option changes how New builds a Kubelet.
-type Option func(*options)
-
-type options struct {
-	log      *slog.Logger
-	nodeName string
-}
-
-// WithLogger sets where the Kubelet logs (default: discarded).
-func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
-
-// WithNodeName sets the Node's name (default "kubeletsim-" and random hex).
-// Two Kubelets on one API server need different names.
-func WithNodeName(name string) Option { return func(o *options) { o.nodeName = name } }
-
 // Kubelet is a running stand-in: a Node in the API server and the HTTPS
 // server behind it. Close stops it and waits for everything it started.
 // Its methods are safe for concurrent use.
@@ -93,11 +78,11 @@ type Kubelet struct {
 
 // Start starts a Kubelet against the API server cfg (an administrator's
 // config, such as kubetest's Env.Config) and closes it when t ends.
-func Start(t testing.TB, cfg *rest.Config, opts ...Option) *Kubelet {
+func Start(t testing.TB, cfg *rest.Config) *Kubelet {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	k, err := New(ctx, cfg, opts...)
+	k, err := New(ctx, cfg)
 	if err != nil {
 		t.Fatalf("kubeletsim: %v", err)
 	}
@@ -111,11 +96,9 @@ func Start(t testing.TB, cfg *rest.Config, opts ...Option) *Kubelet {
 
 // New starts a Kubelet: it listens on 127.0.0.1 and registers its Node
 // with the API server cfg. The caller must Close it.
-func New(ctx context.Context, cfg *rest.Config, opts ...Option) (*Kubelet, error) {
-	o := options{log: slog.New(slog.DiscardHandler), nodeName: "kubeletsim-" + randomHex(4)}
-	for _, opt := range opts {
-		opt(&o)
-	}
+func New(ctx context.Context, cfg *rest.Config) (*Kubelet, error) {
+	// A name of its own, so that two Kubelets can share an API server.
+	nodeName := "kubeletsim-" + randomHex(4)
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubeletsim: client: %w", err)
@@ -131,8 +114,8 @@ func New(ctx context.Context, cfg *rest.Config, opts ...Option) (*Kubelet, error
 	baseCtx, cancel := context.WithCancel(context.Background())
 	k := &Kubelet{
 		client: client,
-		log:    o.log.With("node", o.nodeName),
-		node:   o.nodeName,
+		log:    slog.New(slog.DiscardHandler),
+		node:   nodeName,
 		addr:   ln.Addr().(*net.TCPAddr),
 		ctx:    baseCtx,
 		cancel: cancel,

@@ -196,13 +196,6 @@ func (a *Agent) SendRaw(typ, requestID string, payload any) error {
 	return a.send(envelope(typ, requestID, payload))
 }
 
-// ClusterID is the cluster id of the last registration.
-func (a *Agent) ClusterID() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.clusterID
-}
-
 // GatewayQuery is the query the public agent adds to gateway_ws_url.
 func GatewayQuery(clusterUUID string) url.Values {
 	return url.Values{"cluster_uuid": {clusterUUID}, "agent_version": {"v1.12.0"}, "supports_streaming": {"true"},
