@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 
 	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/controlplane/postgres"
+	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/pgtest"
 )
 
@@ -418,24 +418,6 @@ func TestStoreBackstopReload(t *testing.T) {
 	eventually(t, 5*time.Second, func() error { return routesTo(s, "quiet.example.com", "/", alpha.UUID, "quiet") })
 }
 
-// clock is a settable Options.Now.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // proxied starts a tcpProxy in front of the server of dbURL and returns the
 // URL that goes through it.
 func proxied(t *testing.T, dbURL string) (string, *tcpProxy) {
@@ -478,7 +460,7 @@ func TestStoreSurvivesOutage(t *testing.T) {
 	}
 	proxyURL, proxy := proxied(t, dbURL)
 	db := openDB(t, proxyURL)
-	clk := &clock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+	clk := testenv.NewClock()
 	reg := prometheus.NewRegistry()
 	s := startStore(t, db, Options{RetryInterval: 10 * time.Millisecond, ReloadInterval: time.Hour, Now: clk.Now, Metrics: reg})
 	waitLoaded(t, s)
