@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/pipeops/tunnel/agent/apihealth"
 	"github.com/pipeops/tunnel/agent/clusterinfo"
 	"github.com/pipeops/tunnel/agent/config"
 	"github.com/pipeops/tunnel/agent/ingresssync"
@@ -75,6 +76,9 @@ type App struct {
 	info      tunnel.Register
 	registry  *prometheus.Registry
 	listener  net.Listener
+	// api checks the path to the cluster's API server from the start:
+	// readiness waits for it, and an outage is logged at once.
+	api *apihealth.Probe
 	// status and ready answer /status and /ready once the agent runs;
 	// until then it answers as a registering agent.
 	status atomic.Pointer[func() Status]
@@ -120,6 +124,10 @@ func New(ctx context.Context, cfg config.Config, rc *rest.Config, log *slog.Logg
 	}
 	a.registry = prometheus.NewRegistry()
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if a.api, err = apihealth.New(apihealth.Config{Client: client.Discovery().RESTClient(), Host: rc.Host,
+		Logger: log, Metrics: a.registry}); err != nil {
+		return nil, err
+	}
 	if a.listener, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
 		return nil, fmt.Errorf("AGENT_LISTEN_ADDR=%s: %w", cfg.ListenAddr, err)
 	}
@@ -135,6 +143,13 @@ func (a *App) Run(ctx context.Context) error {
 	// it is not ready.
 	stopHealth := a.serveHealth()
 	defer stopHealth()
+	probeCtx, stopProbe := context.WithCancel(context.Background())
+	var probe sync.WaitGroup
+	probe.Go(func() { a.api.Run(probeCtx) })
+	defer func() {
+		stopProbe()
+		probe.Wait()
+	}()
 
 	res, err := a.register(ctx)
 	if err != nil {
@@ -206,6 +221,7 @@ type registered struct {
 	tc      *tunnelclient.Client
 	lastAck atomic.Int64 // unix nanoseconds of the last heartbeat_ack
 	kick    chan struct{}
+	beats   *heartbeatMetrics
 }
 
 // newRegistered builds the parts that serve the cluster res names; none
@@ -213,7 +229,7 @@ type registered struct {
 func (a *App) newRegistered(ctx context.Context, res register.Result) (*registered, error) {
 	cfg := a.cfg
 	log := a.log.With("cluster", res.ClusterUUID)
-	r := &registered{res: res, log: log, kick: make(chan struct{}, 1)}
+	r := &registered{res: res, log: log, kick: make(chan struct{}, 1), beats: newHeartbeatMetrics(a.registry)}
 
 	identity, err := kubeapi.NewIdentity(kubeapi.IdentityConfig{Impersonate: cfg.Impersonate,
 		JWKSURL: strings.TrimSuffix(cfg.APIURL, "/") + "/.well-known/jwks.json", Client: httpClient(a.tlsCfg),
@@ -269,6 +285,7 @@ func (a *App) newRegistered(ctx context.Context, res register.Result) (*register
 		OnControl: func(m tunnel.Message) {
 			if m.Type == tunnel.TypeHeartbeatAck {
 				r.lastAck.Store(time.Now().UnixNano())
+				r.beats.acked.Inc()
 			}
 		},
 		OnConnect: func() {
@@ -285,6 +302,7 @@ func (a *App) newRegistered(ctx context.Context, res register.Result) (*register
 		r.close()
 		return nil, err
 	}
+	a.registry.MustRegister(newTunnelCollector(r.tc))
 	return r, nil
 }
 
@@ -319,11 +337,16 @@ func (a *App) serve(ctx context.Context, r *registered) {
 		})
 	}
 	goRun(func(ctx context.Context) {
-		heartbeatLoop(ctx, a.cfg, r.tc, a.collector, r.syncer, r.res, r.kick, r.log)
+		heartbeatLoop(ctx, a.cfg, r.tc, a.collector, r.syncer, r.res, r.kick, r.beats, r.log)
 	})
 
 	statusFn := r.status
-	readyFn := func() (bool, string) { return r.ready(a.cfg.HeartbeatMax) }
+	readyFn := func() (bool, string) {
+		if ok, why := a.api.Up(); !ok {
+			return false, why
+		}
+		return r.ready(a.cfg.HeartbeatMax)
+	}
 	a.status.Store(&statusFn)
 	a.ready.Store(&readyFn)
 	r.log.Info("agent running", "gateway", r.res.GatewayWSURL, "listen", a.listener.Addr().String(), "ingress_sync", a.cfg.EnableIngress)
@@ -453,7 +476,7 @@ func registerLoop(ctx context.Context, reg *register.Client, info tunnel.Registe
 // change in what it reports, stretching to HeartbeatMax while nothing
 // changes.
 func heartbeatLoop(ctx context.Context, cfg config.Config, tc *tunnelclient.Client, collector *clusterinfo.Collector,
-	syncer *ingresssync.Syncer, res register.Result, kick <-chan struct{}, log *slog.Logger) {
+	syncer *ingresssync.Syncer, res register.Result, kick <-chan struct{}, beats *heartbeatMetrics, log *slog.Logger) {
 	interval := cfg.HeartbeatMin
 	var last tunnel.HeartbeatMetadata
 	timer := time.NewTimer(0)
@@ -480,6 +503,11 @@ func heartbeatLoop(ctx context.Context, cfg config.Config, tc *tunnelclient.Clie
 		})
 		if err == nil {
 			err = tc.Send(msg)
+		}
+		if err != nil {
+			beats.failed.Inc()
+		} else {
+			beats.sent.Inc()
 		}
 		switch {
 		case err != nil:

@@ -176,6 +176,22 @@ func TestAgentEndToEnd(t *testing.T) {
 		return resp.StatusCode == 200
 	})
 
+	// The agent's own state, for Prometheus: tunnel up, the API server
+	// reachable, heartbeats sent and acknowledged.
+	eventually(t, "the agent's metrics", 15*time.Second, func() bool {
+		resp, err := http.Get("http://" + listen + "/metrics")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		m := string(b)
+		return strings.Contains(m, "\npipeops_agent_tunnel_up 1\n") && strings.Contains(m, "\npipeops_agent_kubernetes_api_up 1\n") &&
+			strings.Contains(m, "\npipeops_agent_tunnel_connects_total 1\n") &&
+			!strings.Contains(m, "\npipeops_agent_heartbeats_sent_total 0\n") && !strings.Contains(m, "\npipeops_agent_heartbeat_acks_total 0\n") &&
+			strings.Contains(m, `pipeops_agent_tunnel_stream_failures_total{reason="refused"}`)
+	})
+
 	// State saved in the agent's namespace, no token in it.
 	cm, err := env.Client.CoreV1().ConfigMaps(ns).Get(ctx, state.ConfigMapName, metav1.GetOptions{})
 	if err != nil {

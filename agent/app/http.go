@@ -41,7 +41,7 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <ul>{{range .Routes}}<li><code>{{.}}</code></li>{{else}}<li>none</li>{{end}}</ul>
 </body></html>`))
 
-// handler serves /health (alive), /ready (tunnel up and a heartbeat
+// handler serves /health (alive), /ready (API server reachable, tunnel up and a heartbeat
 // acknowledged recently), /metrics, /version, /status (JSON) and / (a
 // status page).
 //
