@@ -209,10 +209,12 @@ func (c *Client) Send(msg tunnel.Message) error {
 
 // Run keeps the tunnel up until ctx ends, then drains open streams for up to
 // DrainTimeout and returns. Failures are logged and retried; a refused token
-// is logged as an error on every attempt, so a misconfigured agent is loud.
+// is logged as an error. A failure that repeats is logged once, then every
+// five minutes with its count (see failureLog).
 func (c *Client) Run(ctx context.Context) error {
 	attempt := 0
 	var lostAt time.Time // when an established tunnel last went down
+	var failures failureLog
 	for {
 		start := time.Now()
 		before := c.connects.Load()
@@ -222,17 +224,14 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		if c.connects.Load() != before {
 			lostAt = time.Now()
+			failures = failureLog{}
 		}
 		if time.Since(start) >= c.cfg.BackoffReset {
 			attempt = 0
 		}
 		delay := c.retryDelay(attempt, err, lostAt)
 		attempt++
-		level := slog.LevelWarn
-		if errors.Is(err, ErrUnauthorized) {
-			level = slog.LevelError
-		}
-		c.log.Log(ctx, level, "tunnel down; reconnecting", "err", err, "retry_in", delay.Round(time.Millisecond), "attempt", attempt)
+		c.logFailure(ctx, &failures, err, delay, attempt)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -241,6 +240,57 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// failureLog keeps a failure that repeats from filling the log: the first
+// occurrence is logged, the repeats are counted and summed up every
+// failureRepeatLog, and a different failure (or a tunnel that came up)
+// starts afresh.
+type failureLog struct {
+	last    string
+	repeats int
+	logged  time.Time
+}
+
+// failureRepeatLog is how often a failure that keeps repeating is logged
+// again, with the count of its repeats.
+const failureRepeatLog = 5 * time.Minute
+
+// logFailure logs why the tunnel is down: a refused token as an error, the
+// rest as warnings; the same failure again only as a count.
+func (c *Client) logFailure(ctx context.Context, f *failureLog, err error, delay time.Duration, attempt int) {
+	level := slog.LevelWarn
+	if errors.Is(err, ErrUnauthorized) {
+		level = slog.LevelError
+	}
+	msg := err.Error()
+	if msg == f.last && time.Since(f.logged) < failureRepeatLog {
+		f.repeats++
+		return
+	}
+	args := []any{"err", err, "retry_in", delay.Round(time.Millisecond), "attempt", attempt}
+	if msg == f.last {
+		args = append(args, "repeats_not_logged", f.repeats)
+	}
+	c.log.Log(ctx, level, "tunnel down; reconnecting", args...)
+	f.last, f.repeats, f.logged = msg, 0, time.Now()
+}
+
+// handshakeHint says what an HTTP answer to the agent's WebSocket handshake
+// most likely means, and what to check.
+func handshakeHint(status int) string {
+	switch {
+	case status == http.StatusNotFound:
+		return ": nothing serves the agent WebSocket at this URL; check that it names a pipeops gateway " +
+			"(it serves /ws) and not the control plane or another web server: the URL comes from the " +
+			"control plane's register answer (its GATEWAY_WS_URL setting)"
+	case status == http.StatusBadGateway || status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout:
+		return ": a proxy or load balancer in front of the gateway could not reach it; check that the gateway runs"
+	case status >= 200 && status < 400:
+		return ": the server answered without upgrading to a WebSocket; a proxy in between may not pass " +
+			"WebSocket upgrades (Upgrade and Connection headers), or the URL names a plain web page"
+	}
+	return ""
 }
 
 // retryDelay is the wait before the next attempt: the backoff, shortened to
@@ -462,7 +512,7 @@ func (c *Client) connect(ctx context.Context) (*websocket.Conn, tunnel.GatewayHe
 			return nil, hello, fmt.Errorf("%w: %s", ErrUnauthorized, resp.Status)
 		}
 		if resp != nil {
-			return nil, hello, fmt.Errorf("dial gateway: %w (HTTP %s)", err, resp.Status)
+			return nil, hello, fmt.Errorf("dial gateway: %w (HTTP %s)%s", err, resp.Status, handshakeHint(resp.StatusCode))
 		}
 		return nil, hello, fmt.Errorf("dial gateway: %w", err)
 	}

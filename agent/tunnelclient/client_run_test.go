@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -603,4 +604,39 @@ func TestStop(t *testing.T) {
 		}
 		recv(t, g.dropped, "the agent to close the socket")
 	})
+}
+
+// TestRepeatedFailureLoggedOnce: an agent pointed at a server that does
+// not serve the agent WebSocket says so, with what to check, once, however
+// often it retries.
+func TestRepeatedFailureLoggedOnce(t *testing.T) {
+	testenv.LeakCheck(t)
+	g := newGateway(t, gatewayOptions{Refuse: func(int) int { return http.StatusNotFound }})
+	c := startClient(t, Config{GatewayURL: g.URL, Token: "t", ClusterUUID: "c", Dialer: refuseAll(t),
+		BackoffInitial: 10 * time.Millisecond, BackoffMax: 20 * time.Millisecond})
+	for i := range 6 {
+		recv(t, g.handshakes, fmt.Sprintf("handshake %d", i+1))
+	}
+	logs := c.logs.String()
+	if n := strings.Count(logs, "tunnel down; reconnecting"); n != 1 {
+		t.Fatalf("the same failure was logged %d times in 6 attempts, want once:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "404") || !strings.Contains(logs, "pipeops gateway (it serves /ws)") {
+		t.Fatalf("the failure does not say what to check:\n%s", logs)
+	}
+}
+
+func TestHandshakeHint(t *testing.T) {
+	for status, want := range map[int]string{
+		http.StatusNotFound:           "pipeops gateway",
+		http.StatusBadGateway:         "proxy or load balancer",
+		http.StatusServiceUnavailable: "proxy or load balancer",
+		http.StatusOK:                 "WebSocket upgrades",
+		http.StatusFound:              "WebSocket upgrades",
+		http.StatusTeapot:             "",
+	} {
+		if got := handshakeHint(status); (want == "" && got != "") || !strings.Contains(got, want) {
+			t.Errorf("handshakeHint(%d) = %q, want one mentioning %q", status, got, want)
+		}
+	}
 }
