@@ -21,7 +21,8 @@ KUBE_BIN_DIR := $(TESTENV_DIR)/k8s-$(KUBE_VERSION)
 
 .PHONY: help
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {n++; t[n] = $$1; d[n] = $$2; if (length($$1) > w) w = length($$1)} \
+		END {for (i = 1; i <= n; i++) printf "  %-*s  %s\n", w, t[i], d[i]}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## build the three binaries into bin/
@@ -39,7 +40,7 @@ build-all: ## cross-build into dist/OS_ARCH/ (linux amd64+arm64, darwin/arm64 ag
 	@$(MAKE) --no-print-directory cross TARGET=darwin/arm64 BIN=pipeops-agent
 
 .PHONY: cross
-cross:
+cross: ## one cross build: make cross TARGET=linux/arm64 BIN=pipeops-agent
 	@os=$${TARGET%/*}; arch=$${TARGET#*/}; out=dist/$${os}_$${arch}/$(BIN); \
 	echo "go build ($$os/$$arch) -> $$out"; \
 	CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $$out ./$(patsubst pipeops-%,%,$(BIN))/cmd/$(BIN)
@@ -103,14 +104,16 @@ HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION
 	-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(word 2,$(subst ., ,$(HELM_KUBE)))
 
 $(HELM_BIN_DIR)/helm:
-	@echo "building helm $(HELM_VERSION) (about 5 minutes cold on 2 cores)"
-	@mkdir -p $(@D)
-	GOBIN=$(CURDIR)/$(@D) CGO_ENABLED=0 $(GO) install -trimpath -ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	@echo "building helm $(HELM_VERSION) (about 5 minutes cold on 2 cores, cached afterwards)"
+	@mkdir -p $(@D); start=$$(date +%s); \
+	GOBIN=$(CURDIR)/$(@D) CGO_ENABLED=0 $(GO) install -trimpath -ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+	echo "built $@ in $$(( $$(date +%s) - start ))s"
 
 .PHONY: helm
 helm: $(HELM_BIN_DIR)/helm ## build helm into .testenv/bin
 	@mkdir -p $(TESTENV_DIR)/bin
 	@ln -sfn ../helm-$(HELM_VERSION)/helm $(TESTENV_DIR)/bin/helm
+	@echo "helm: $(HELM_VERSION) in $(TESTENV_DIR)/bin"
 
 # pebble, a small ACME CA for tests, and its challenge test server (a DNS
 # server that answers 127.0.0.1 for every name), built from the module proxy
@@ -119,17 +122,19 @@ PEBBLE_VERSION := v2.10.3
 PEBBLE_BIN_DIR := $(TESTENV_DIR)/pebble-$(PEBBLE_VERSION)
 
 $(PEBBLE_BIN_DIR)/pebble $(PEBBLE_BIN_DIR)/pebble-challtestsrv &:
-	@echo "building pebble $(PEBBLE_VERSION) and pebble-challtestsrv"
-	@mkdir -p $(PEBBLE_BIN_DIR)
+	@echo "building pebble $(PEBBLE_VERSION) and pebble-challtestsrv (about a minute cold, cached afterwards)"
+	@mkdir -p $(PEBBLE_BIN_DIR); start=$$(date +%s); \
 	GOBIN=$(CURDIR)/$(PEBBLE_BIN_DIR) CGO_ENABLED=0 $(GO) install -trimpath -ldflags '-s -w' \
 		github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION) \
-		github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$(PEBBLE_VERSION)
+		github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$(PEBBLE_VERSION); \
+	echo "built pebble in $$(( $$(date +%s) - start ))s"
 
 .PHONY: pebble
 pebble: $(PEBBLE_BIN_DIR)/pebble $(PEBBLE_BIN_DIR)/pebble-challtestsrv ## build pebble and pebble-challtestsrv (the ACME test's CA) into .testenv/bin
 	@mkdir -p $(TESTENV_DIR)/bin
 	@ln -sfn ../pebble-$(PEBBLE_VERSION)/pebble $(TESTENV_DIR)/bin/pebble
 	@ln -sfn ../pebble-$(PEBBLE_VERSION)/pebble-challtestsrv $(TESTENV_DIR)/bin/pebble-challtestsrv
+	@echo "pebble: $(PEBBLE_VERSION) in $(TESTENV_DIR)/bin"
 
 .PHONY: helm-test
 helm-test: helm testenv ## test the agent's Helm chart and manifests (lint, render, a real API server)
@@ -139,9 +144,21 @@ helm-test: helm testenv ## test the agent's Helm chart and manifests (lint, rend
 manifests: helm ## render deploy/manifests/pipeops-agent.yaml from the Helm chart
 	HELM="$(CURDIR)/$(TESTENV_DIR)/bin/helm" deploy/helm/render.sh
 
+# gotestsum runs `go test` and prints a line per package and, at the end,
+# every skipped and failed test with the count of each, so that a skip is
+# seen, not lost in the output.
+GOTESTSUM_VERSION := v1.13.0
+GOTESTSUM         := $(TESTENV_DIR)/gotestsum-$(GOTESTSUM_VERSION)/gotestsum
+
+$(GOTESTSUM):
+	@echo "building gotestsum $(GOTESTSUM_VERSION) (seconds, cached afterwards)"
+	@mkdir -p $(@D)
+	GOBIN=$(CURDIR)/$(@D) $(GO) install gotest.tools/gotestsum@$(GOTESTSUM_VERSION)
+
 .PHONY: test
-test: deps testenv helm pebble ## run every test with -race (installs what it needs first)
-	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" $(GO) test -race -count=1 -timeout 30m ./...
+test: deps testenv helm pebble $(GOTESTSUM) ## run every test with -race (installs what it needs first); ends with the skipped and failed tests
+	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" $(GOTESTSUM) --format pkgname-and-test-fails --format-hide-empty-pkg \
+		-- -race -count=1 -timeout 30m ./...
 
 .PHONY: test-short
 test-short: ## run the tests without installing anything; missing environments skip
@@ -153,6 +170,7 @@ DEADCODE_VERSION    := v0.52.0
 LINT_BIN_DIR        := $(TESTENV_DIR)/lint-$(STATICCHECK_VERSION)-$(DEADCODE_VERSION)
 
 $(LINT_BIN_DIR)/staticcheck $(LINT_BIN_DIR)/deadcode &:
+	@echo "building staticcheck $(STATICCHECK_VERSION) and deadcode $(DEADCODE_VERSION) (about a minute cold, cached afterwards)"
 	@mkdir -p $(LINT_BIN_DIR)
 	GOBIN=$(CURDIR)/$(LINT_BIN_DIR) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	GOBIN=$(CURDIR)/$(LINT_BIN_DIR) $(GO) install golang.org/x/tools/cmd/deadcode@$(DEADCODE_VERSION)

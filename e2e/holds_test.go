@@ -32,7 +32,7 @@ func TestKubectlLongHolds(t *testing.T) {
 	t.Parallel()
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
-		t.Fatalf("kubectl is required (make deps installs it): %v", err)
+		t.Fatalf("kubectl is required (make testenv builds it into .testenv/bin): %v", err)
 	}
 	e := newEnv(t, stack.Options{}, stack.ClusterOptions{Name: "holds", KubeAccess: "write"})
 	k := kubeletsim.Start(t, e.c.Kube.Config)

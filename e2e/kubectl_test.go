@@ -61,7 +61,7 @@ func TestKubectl(t *testing.T) {
 	t.Parallel()
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
-		t.Fatalf("kubectl is required (make deps installs it): %v", err)
+		t.Fatalf("kubectl is required (make testenv builds it into .testenv/bin): %v", err)
 	}
 	e := newEnv(t, stack.Options{}, stack.ClusterOptions{KubeAccess: "write"})
 	run := func(stdin string, args ...string) string {
@@ -139,7 +139,7 @@ func TestKubectlJSONPath(t *testing.T) {
 	t.Parallel()
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
-		t.Fatalf("kubectl is required (make deps installs it): %v", err)
+		t.Fatalf("kubectl is required (make testenv builds it into .testenv/bin): %v", err)
 	}
 	e := newEnv(t, stack.Options{}, stack.ClusterOptions{Name: "jsononly", KubeAccess: "write",
 		AgentEnv: map[string]string{"AGENT_K8S_API_OVER_JSON": "true"}})

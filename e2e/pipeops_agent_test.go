@@ -34,7 +34,7 @@ func TestPipeOpsAgent(t *testing.T) {
 	t.Parallel()
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
-		t.Fatalf("kubectl is required (make deps installs it): %v", err)
+		t.Fatalf("kubectl is required (make testenv builds it into .testenv/bin): %v", err)
 	}
 	s := stacktest.Start(t, stack.Options{})
 	c := stacktest.AddCluster(t, s, stack.ClusterOptions{Name: "legacy", KubeAccess: "write", NoAgent: true})

@@ -206,7 +206,7 @@ func (d *demo) directMode() error {
 func (d *demo) kubectl() error {
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
-		return errors.New("kubectl is not installed (make deps installs it)")
+		return errors.New("kubectl is not installed (make testenv builds it into .testenv/bin)")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
