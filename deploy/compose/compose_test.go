@@ -459,7 +459,7 @@ func TestPorts(t *testing.T) {
 	type port struct{ hostIP, published, target string }
 	want := map[string][]port{
 		"postgres":     {{"127.0.0.1", "5432", "5432"}},
-		"controlplane": {{"", "8080", portOf(t, c.cp.ListenAddr)}},
+		"controlplane": {{"127.0.0.1", "8080", portOf(t, c.cp.ListenAddr)}},
 		"gateway":      {{"", "80", portOf(t, c.gw.HTTPAddr)}, {"", "443", portOf(t, c.gw.HTTPSAddr)}},
 		"k3s":          {{"127.0.0.1", "6443", "6443"}},
 		"prometheus":   {{"127.0.0.1", "9090", "9090"}},
