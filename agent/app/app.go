@@ -277,7 +277,7 @@ func (a *App) newRegistered(ctx context.Context, res register.Result) (*register
 
 	r.tc, err = tunnelclient.New(tunnelclient.Config{
 		GatewayURL: res.GatewayWSURL, Token: cfg.Token, ClusterUUID: res.ClusterUUID, AgentVersion: version.Version,
-		TLSConfig: a.tlsCfg, Dialer: dialer, DrainTimeout: cfg.DrainTimeout, Logger: log,
+		TLSConfig: a.tlsCfg, Dialer: newCountingDialer(dialer, a.registry), DrainTimeout: cfg.DrainTimeout, Logger: log,
 		Deliver: r.jp.Deliver, KubeAPIOverJSON: cfg.KubeAPIOverJSON, Impersonates: cfg.Impersonate,
 		// Answers of requests in flight could reach nobody once the tunnel
 		// is down, and the server that asked has given them up.

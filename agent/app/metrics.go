@@ -1,9 +1,14 @@
 package app
 
 import (
+	"context"
+	"errors"
+	"net"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/tunnel/agent/tunnelclient"
+	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
 // heartbeatMetrics count the heartbeats the agent sent and the
@@ -64,4 +69,43 @@ func (c *tunnelCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.bad, prometheus.CounterValue, float64(s.StreamsRefused), "refused")
 	ch <- prometheus.MustNewConstMetric(c.bad, prometheus.CounterValue, float64(s.StreamsFailed), "unreachable")
 	ch <- prometheus.MustNewConstMetric(c.bad, prometheus.CounterValue, float64(s.StreamsMalformed), "malformed")
+}
+
+// countingDialer counts the streams the gateway opens by the kind of target
+// they name (kubernetes_api, service) and how the dial ended (ok, refused,
+// unreachable).
+type countingDialer struct {
+	inner   tunnelclient.Dialer
+	streams *prometheus.CounterVec
+}
+
+func newCountingDialer(inner tunnelclient.Dialer, reg prometheus.Registerer) *countingDialer {
+	d := &countingDialer{inner: inner, streams: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pipeops_agent_stream_targets_total",
+		Help: "Streams from the gateway by target kind (kubernetes_api, service) and result (ok, refused, unreachable).",
+	}, []string{"kind", "result"})}
+	for _, kind := range []string{"kubernetes_api", "service"} {
+		for _, result := range []string{"ok", "refused", "unreachable"} {
+			d.streams.WithLabelValues(kind, result)
+		}
+	}
+	reg.MustRegister(d.streams)
+	return d
+}
+
+func (d *countingDialer) DialStream(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+	kind := "service"
+	if h.IsKubernetesAPI() {
+		kind = "kubernetes_api"
+	}
+	c, err := d.inner.DialStream(ctx, h)
+	result := "ok"
+	switch {
+	case errors.Is(err, tunnelclient.ErrTargetRefused):
+		result = "refused"
+	case err != nil:
+		result = "unreachable"
+	}
+	d.streams.WithLabelValues(kind, result).Inc()
+	return c, err
 }
