@@ -136,8 +136,26 @@ pebble: $(PEBBLE_BIN_DIR)/pebble $(PEBBLE_BIN_DIR)/pebble-challtestsrv ## build 
 	@ln -sfn ../pebble-$(PEBBLE_VERSION)/pebble-challtestsrv $(TESTENV_DIR)/bin/pebble-challtestsrv
 	@echo "pebble: $(PEBBLE_VERSION) in $(TESTENV_DIR)/bin"
 
+# promtool for the alerting rules' tests (deploy/compose and deploy/helm run
+# `promtool check` and `promtool test rules`), built from the module proxy
+# like helm.
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL_BIN_DIR := $(TESTENV_DIR)/promtool-$(PROMTOOL_VERSION)
+
+$(PROMTOOL_BIN_DIR)/promtool:
+	@echo "building promtool $(PROMTOOL_VERSION) (about 5 minutes cold on 2 cores, cached afterwards)"
+	@mkdir -p $(@D); start=$$(date +%s); \
+	GOBIN=$(CURDIR)/$(@D) CGO_ENABLED=0 $(GO) install -trimpath -ldflags '-s -w' github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION); \
+	echo "built $@ in $$(( $$(date +%s) - start ))s"
+
+.PHONY: promtool
+promtool: $(PROMTOOL_BIN_DIR)/promtool ## build promtool (the alerting rules' tests) into .testenv/bin
+	@mkdir -p $(TESTENV_DIR)/bin
+	@ln -sfn ../promtool-$(PROMTOOL_VERSION)/promtool $(TESTENV_DIR)/bin/promtool
+	@echo "promtool: $(PROMTOOL_VERSION) in $(TESTENV_DIR)/bin"
+
 .PHONY: helm-test
-helm-test: helm testenv ## test the agent's Helm chart and manifests (lint, render, a real API server)
+helm-test: helm testenv promtool ## test the agent's Helm chart and manifests (lint, render, a real API server)
 	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" $(GO) test -race -count=1 ./deploy/helm/
 
 .PHONY: manifests
@@ -156,7 +174,7 @@ $(GOTESTSUM):
 	GOBIN=$(CURDIR)/$(@D) $(GO) install gotest.tools/gotestsum@$(GOTESTSUM_VERSION)
 
 .PHONY: test
-test: deps testenv helm pebble $(GOTESTSUM) ## run every test with -race (installs what it needs first); ends with the skipped and failed tests
+test: deps testenv helm pebble promtool $(GOTESTSUM) ## run every test with -race (installs what it needs first); ends with the skipped and failed tests
 	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" $(GOTESTSUM) --format pkgname-and-test-fails --format-hide-empty-pkg \
 		-- -race -count=1 -timeout 30m ./...
 

@@ -2,11 +2,13 @@ package compose
 
 import (
 	"encoding/json"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -118,8 +120,15 @@ func checkDashboard(t *testing.T, file, promUID string, metrics map[string][]str
 		t.Fatal(err)
 	}
 	var dash struct {
-		UID    string
-		Title  string
+		UID        string
+		Title      string
+		Templating struct {
+			List []struct {
+				Name, Type string
+				Datasource *struct{ Type, UID string }
+				Definition string
+			}
+		}
 		Panels []struct {
 			ID         int
 			Type       string
@@ -140,6 +149,40 @@ func checkDashboard(t *testing.T, file, promUID string, metrics map[string][]str
 	ids := map[int]bool{}
 	name := regexp.MustCompile(`[a-zA-Z_:][a-zA-Z0-9_:]*`)
 	by := regexp.MustCompile(`by \(([^)]*)\)`)
+	ref := regexp.MustCompile(`\$(\w+)`)
+	unregistered := func(expr string) []string {
+		var out []string
+		for _, tok := range name.FindAllString(expr, -1) {
+			if _, ok := metrics[tok]; strings.HasPrefix(tok, "pipeops_") && !ok {
+				out = append(out, tok)
+			}
+		}
+		return out
+	}
+
+	// Template variables: query variables on the provisioned datasource,
+	// over metrics that exist; every variable a query refers to is defined
+	// before it is used.
+	vars := map[string]bool{}
+	for _, v := range dash.Templating.List {
+		if v.Type != "query" || v.Datasource == nil || v.Datasource.UID != promUID || !strings.HasPrefix(v.Definition, "label_values(") {
+			t.Errorf("%s: variable %s is not a label_values query on datasource %s", file, v.Name, promUID)
+		}
+		for _, m := range ref.FindAllStringSubmatch(v.Definition, -1) {
+			if !vars[m[1]] {
+				t.Errorf("%s: variable %s refers to $%s, which is not defined before it", file, v.Name, m[1])
+			}
+		}
+		if bad := unregistered(v.Definition); len(bad) > 0 {
+			t.Errorf("%s: variable %s queries %v, which no component registers", file, v.Name, bad)
+		}
+		vars[v.Name] = true
+	}
+	for _, want := range []string{"cluster", "gateway"} {
+		if !vars[want] {
+			t.Errorf("%s: no %s variable", file, want)
+		}
+	}
 	queries := 0
 	for _, panel := range dash.Panels {
 		if ids[panel.ID] {
@@ -156,6 +199,11 @@ func checkDashboard(t *testing.T, file, promUID string, metrics map[string][]str
 			queries++
 			if tg.Datasource == nil || tg.Datasource.UID != promUID {
 				t.Errorf("%s: panel %q: a query does not use datasource %s", file, panel.Title, promUID)
+			}
+			for _, m := range ref.FindAllStringSubmatch(tg.Expr, -1) {
+				if !vars[m[1]] {
+					t.Errorf("%s: panel %q uses $%s, which is not a variable of the dashboard", file, panel.Title, m[1])
+				}
 			}
 			labels := map[string]bool{"le": true, "job": true, "instance": true}
 			for _, tok := range name.FindAllString(tg.Expr, -1) {
@@ -187,7 +235,8 @@ func checkDashboard(t *testing.T, file, promUID string, metrics map[string][]str
 // registeredMetrics finds the Prometheus metrics the components define, with
 // their label names, by reading their sources: every prometheus.*Opts
 // literal (Namespace, Subsystem and Name as string literals or constants),
-// and the label list of the New*Vec call around it. Histograms also get their
+// and the label list of the New*Vec call around it, and every
+// prometheus.NewDesc of a custom collector. Histograms also get their
 // _bucket, _sum and _count series.
 func registeredMetrics(t *testing.T) map[string][]string {
 	t.Helper()
@@ -266,6 +315,10 @@ func collectMetrics(f *ast.File, metrics map[string][]string) {
 	ast.Inspect(f, func(n ast.Node) bool {
 		switch n := n.(type) {
 		case *ast.CallExpr: // prometheus.NewXVec(prometheus.XOpts{...}, []string{...})
+			if name, labels, ok := promDesc(n, consts); ok {
+				metrics[name] = labels
+				return true
+			}
 			if len(n.Args) == 2 {
 				if opts, kind := promOpts(n.Args[0]); opts != nil {
 					var labels []string
@@ -287,6 +340,31 @@ func collectMetrics(f *ast.File, metrics map[string][]string) {
 		}
 		return true
 	})
+}
+
+// promDesc reads a prometheus.NewDesc("name", "help", []string{labels},
+// ...) call, the way a custom collector names its metrics.
+func promDesc(call *ast.CallExpr, consts map[string]string) (string, []string, bool) {
+	sel, ok := call.Fun.(*ast.SelectorExpr)
+	if !ok || sel.Sel.Name != "NewDesc" || len(call.Args) < 3 {
+		return "", nil, false
+	}
+	if pkg, ok := sel.X.(*ast.Ident); !ok || pkg.Name != "prometheus" {
+		return "", nil, false
+	}
+	name, ok := stringLit(call.Args[0], consts)
+	if !ok {
+		return "", nil, false
+	}
+	var labels []string
+	if lit, ok := call.Args[2].(*ast.CompositeLit); ok {
+		for _, e := range lit.Elts {
+			if s, ok := stringLit(e, consts); ok {
+				labels = append(labels, s)
+			}
+		}
+	}
+	return name, labels, true
 }
 
 // promOpts returns e when it is a prometheus.*Opts literal, and its type name.
@@ -349,4 +427,194 @@ func readYAML(t *testing.T, file string, v any) {
 	if err := dec.Decode(v); err != nil {
 		t.Fatalf("%s: %v", file, err)
 	}
+}
+
+// promtool returns the path of promtool: the one in .testenv/bin (`make
+// promtool` builds the version the rules are checked with), else one on
+// PATH; without either it stops t as testenv.Require says (a skip here, a
+// failure in CI).
+func promtool(t testing.TB) string {
+	t.Helper()
+	if d := testenv.ToolsDir(); d != "" {
+		p := filepath.Join(d, "promtool")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("promtool"); err == nil {
+		return p
+	}
+	testenv.Require(t, "promtool", fmt.Errorf("%w: promtool is neither in %s nor on PATH; run `make promtool`", testenv.ErrUnavailable, testenv.ToolsDir()))
+	return ""
+}
+
+// runPromtool runs promtool with args in dir and fails t unless it exits 0.
+func runPromtool(t testing.TB, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(promtool(t), args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// alertRule is a rule of a Prometheus rules file.
+type alertRule struct {
+	Alert       string            `yaml:"alert"`
+	Expr        string            `yaml:"expr"`
+	Labels      map[string]string `yaml:"labels"`
+	Annotations map[string]string `yaml:"annotations"`
+}
+
+// TestAlertRules: Prometheus loads every file of prometheus/rules (the
+// mount and rule_files agree); the rules query only metrics the components
+// register, group by labels those metrics have, and say how bad and what
+// happened; each alert has a unit test in which it fires
+// (prometheus/rules_test.yml); and promtool accepts the configuration and
+// the rules, and passes the unit tests.
+func TestAlertRules(t *testing.T) {
+	p := stack(t)
+	prom := service(t, p, "prometheus")
+	cfgFile := bindSource(t, prom, "/etc/prometheus/prometheus.yml")
+	const mounted = "/etc/prometheus/rules/"
+	rulesDir := bindSource(t, prom, strings.TrimSuffix(mounted, "/"))
+
+	var cfg struct {
+		RuleFiles []string `yaml:"rule_files"`
+	}
+	readYAML(t, cfgFile, &cfg)
+	var loaded []string
+	for _, g := range cfg.RuleFiles {
+		rel, ok := strings.CutPrefix(g, mounted)
+		if !ok {
+			t.Errorf("rule_files names %s, outside the mounted %s", g, mounted)
+			continue
+		}
+		m, err := filepath.Glob(filepath.Join(rulesDir, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		loaded = append(loaded, m...)
+	}
+	slices.Sort(loaded)
+	present, _ := filepath.Glob(filepath.Join(rulesDir, "*"))
+	if len(present) < 2 || !slices.Equal(loaded, present) {
+		t.Fatalf("Prometheus loads %v of the rules files %v", loaded, present)
+	}
+
+	metrics := registeredMetrics(t)
+	name := regexp.MustCompile(`[a-zA-Z_:][a-zA-Z0-9_:]*`)
+	grouping := regexp.MustCompile(`(?:by|without) \(([^)]*)\)`)
+	alerts := map[string]bool{}
+	for _, file := range loaded {
+		var rf struct {
+			Groups []struct {
+				Name  string      `yaml:"name"`
+				Rules []alertRule `yaml:"rules"`
+			} `yaml:"groups"`
+		}
+		readYAML(t, file, &rf)
+		for _, g := range rf.Groups {
+			for _, r := range g.Rules {
+				where := filepath.Base(file) + ": " + r.Alert
+				if r.Alert == "" || alerts[r.Alert] {
+					t.Errorf("%s: a rule without an alert name, or one used twice", where)
+				}
+				alerts[r.Alert] = true
+				if s := r.Labels["severity"]; s != "warning" && s != "critical" {
+					t.Errorf("%s: severity %q, want warning or critical", where, s)
+				}
+				if r.Annotations["summary"] == "" || r.Annotations["description"] == "" {
+					t.Errorf("%s: a summary and a description are needed", where)
+				}
+				labels := map[string]bool{"job": true, "instance": true}
+				used := 0
+				for _, tok := range name.FindAllString(r.Expr, -1) {
+					if !strings.HasPrefix(tok, "pipeops_") {
+						continue
+					}
+					used++
+					ls, ok := metrics[tok]
+					if !ok {
+						t.Errorf("%s queries %s, which no component registers", where, tok)
+					}
+					for _, l := range ls {
+						labels[l] = true
+					}
+				}
+				if used == 0 && !strings.HasPrefix(r.Expr, "up{") {
+					t.Errorf("%s queries none of the components' metrics: %s", where, r.Expr)
+				}
+				for _, m := range grouping.FindAllStringSubmatch(r.Expr, -1) {
+					for _, l := range strings.Split(m[1], ",") {
+						if l = strings.TrimSpace(l); !labels[l] {
+							t.Errorf("%s aggregates by %q, which its metrics do not have", where, l)
+						}
+					}
+				}
+			}
+		}
+	}
+
+	// Every alert fires in a unit test.
+	promDir := filepath.Dir(cfgFile)
+	var unit struct {
+		RuleFiles []string `yaml:"rule_files"`
+		Tests     []struct {
+			AlertRuleTest []struct {
+				Alertname string `yaml:"alertname"`
+				ExpAlerts []any  `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	readYAML(t, filepath.Join(promDir, "rules_test.yml"), &unit)
+	tested := map[string]bool{}
+	for _, tc := range unit.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if len(a.ExpAlerts) > 0 {
+				tested[a.Alertname] = true
+			}
+		}
+	}
+	for a := range alerts {
+		if !tested[a] {
+			t.Errorf("alert %s never fires in prometheus/rules_test.yml", a)
+		}
+	}
+	var unitFiles []string
+	for _, f := range unit.RuleFiles {
+		unitFiles = append(unitFiles, filepath.Join(promDir, f))
+	}
+	slices.Sort(unitFiles)
+	if !slices.Equal(unitFiles, loaded) {
+		t.Errorf("prometheus/rules_test.yml tests %v, want every rules file %v", unit.RuleFiles, loaded)
+	}
+
+	// promtool: the configuration as Prometheus sees it in the container
+	// (rule_files rewritten to where the mount comes from), the rules, and
+	// their unit tests.
+	t.Run("promtool", func(t *testing.T) {
+		conf := strings.ReplaceAll(readFile(t, cfgFile), mounted, rulesDir+"/")
+		confFile := filepath.Join(t.TempDir(), "prometheus.yml")
+		if err := os.WriteFile(confFile, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out := runPromtool(t, promDir, "check", "config", confFile)
+		if !strings.Contains(out, fmt.Sprintf("SUCCESS: %d rule files found", len(loaded))) {
+			t.Errorf("promtool check config did not find the %d rules files:\n%s", len(loaded), out)
+		}
+		runPromtool(t, promDir, append([]string{"check", "rules"}, loaded...)...)
+		runPromtool(t, promDir, "test", "rules", "rules_test.yml")
+	})
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -182,39 +183,90 @@ func env(c corev1.Container, name string) *corev1.EnvVar {
 	return nil
 }
 
+// helmLint runs `helm lint` on the chart with args and returns its output
+// and whether it passed.
+func helmLint(t testing.TB, args ...string) (string, bool) {
+	t.Helper()
+	out, err := exec.Command(helm(t), append([]string{"lint", chartDir}, args...)...).CombinedOutput()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("helm lint: %v", err)
+	}
+	return string(out), err == nil
+}
+
+// TestLint: with the default values (no token) helm lint fails, saying
+// why; it must not pass with an "[INFO] Fail" as it does for a template's
+// fail. With the values files in ci/ (the required ones, and everything
+// switched on) lint --strict passes without a single finding.
 func TestLint(t *testing.T) {
-	out, err := exec.Command(helm(t), "lint", "--strict", chartDir, "--set", "agent.pipeops.token=test-token").CombinedOutput()
-	if err != nil {
-		t.Fatalf("helm lint: %v\n%s", err, out)
+	out, ok := helmLint(t)
+	if ok || !strings.Contains(out, "1 chart(s) failed") || !strings.Contains(out, "/agent/pipeops/token") {
+		t.Errorf("helm lint with the default values passed, or did not name the token:\n%s", out)
+	}
+	files, err := filepath.Glob(filepath.Join(chartDir, "ci", "*-values.yaml"))
+	if err != nil || len(files) < 2 {
+		t.Fatalf("values files in %s/ci: %v %v", chartDir, files, err)
+	}
+	for _, f := range files {
+		out, ok := helmLint(t, "--strict", "-f", f)
+		if !ok || strings.Contains(out, "[INFO]") || strings.Contains(out, "[WARNING]") || strings.Contains(out, "[ERROR]") {
+			t.Errorf("helm lint --strict -f %s: passed %v, want a pass without findings:\n%s", f, ok, out)
+		}
 	}
 }
 
-// TestRefusedValues: values the chart must refuse, each with a message
-// that says what to do.
+// TestRefusedValues: values the chart must refuse. values.schema.json
+// refuses each (want: its message names the value), so that helm lint
+// fails too; where the schema can be skipped (--skip-schema-validation),
+// the templates refuse them again with a message that says what to do
+// (wantTemplate).
 func TestRefusedValues(t *testing.T) {
+	token := []string{"--set", "agent.pipeops.token=t"}
 	for _, tc := range []struct {
-		name string
-		args []string
-		want string
+		name               string
+		args               []string
+		want, wantTemplate string
 	}{
-		{"no token", nil, "agent.pipeops.token is required"},
+		{"no token", nil, "/agent/pipeops/token': minLength", "agent.pipeops.token is required"},
 		{"token and existing secret", []string{"--set", "agent.pipeops.token=t", "--set", "agent.pipeops.existingSecret=s"},
-			"set only one of agent.pipeops.token and agent.pipeops.existingSecret"},
-		{"api url not http", []string{"--set", "agent.pipeops.token=t", "--set", "agent.pipeops.apiUrl=cp.example.com"}, "/agent/pipeops/apiUrl"},
-		{"ingress sync as a string", []string{"--set", "agent.pipeops.token=t", "--set-string", "agent.enableIngressSync=false"},
-			"/agent/enableIngressSync': got string, want boolean"},
-		{"misspelt value", []string{"--set", "agent.pipeops.token=t", "--set", "agent.enableIngresSync=false"}, "'enableIngresSync' not allowed"},
-		{"two replicas", []string{"--set", "agent.pipeops.token=t", "--set", "replicaCount=2"}, "/replicaCount"},
-		{"network policy without api server", []string{"--set", "agent.pipeops.token=t", "--set", "networkPolicy.enabled=true"},
-			"networkPolicy.apiServer.cidrs is required"},
-		{"no service account name", []string{"--set", "agent.pipeops.token=t", "--set", "serviceAccount.create=false"},
-			"serviceAccount.name is required"},
+			"/agent/pipeops/existingSecret': value must be ''", "set only one of agent.pipeops.token and agent.pipeops.existingSecret"},
+		{"api url not http", append([]string{"--set", "agent.pipeops.apiUrl=cp.example.com"}, token...),
+			"/agent/pipeops/apiUrl", "must be an http(s) URL"},
+		{"api url with a fragment", append([]string{"--set", "agent.pipeops.apiUrl=https://cp.example.com#x"}, token...),
+			"/agent/pipeops/apiUrl", "must be an http(s) URL"},
+		{"api url with trailing text", append([]string{"--set", "agent.pipeops.apiUrl=https://cp.example.com/ x"}, token...),
+			"/agent/pipeops/apiUrl", "must be an http(s) URL"},
+		{"ingress sync as a string", append([]string{"--set-string", "agent.enableIngressSync=false"}, token...),
+			"/agent/enableIngressSync': got string, want boolean", ""},
+		{"misspelt value", append([]string{"--set", "agent.enableIngresSync=false"}, token...), "'enableIngresSync' not allowed", ""},
+		{"two replicas", append([]string{"--set", "replicaCount=2"}, token...), "/replicaCount", "replicaCount must be 0 or 1"},
+		{"network policy without api server", append([]string{"--set", "networkPolicy.enabled=true"}, token...),
+			"/networkPolicy/apiServer/cidrs': minItems", "networkPolicy.apiServer.cidrs is required"},
+		{"no service account name", append([]string{"--set", "serviceAccount.create=false"}, token...),
+			"/serviceAccount/name': minLength", "serviceAccount.name is required"},
+		{"extra env the chart sets", append([]string{"--set", "extraEnv[0].name=PIPEOPS_TOKEN", "--set", "extraEnv[0].value=x"}, token...),
+			"/extraEnv/0/name': 'not' failed", ""},
+		{"pod label the chart sets", append([]string{"--set", "podLabels.app\\.kubernetes\\.io/name=x"}, token...),
+			"/podLabels/app.kubernetes.io~1name': false schema", "podLabels may not set app.kubernetes.io/name"},
+		{"volume mount without a path", append([]string{"--set", "extraVolumeMounts[0].name=v"}, token...),
+			"/extraVolumeMounts/0': missing property 'mountPath'", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			_, err := helmTemplate(t, tc.args...)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("helm template %v: err = %v, want one containing %q", tc.args, err, tc.want)
+				t.Errorf("helm template %v: err = %v, want one containing %q", tc.args, err, tc.want)
+			}
+			if out, ok := helmLint(t, tc.args...); ok || !strings.Contains(out, tc.want) {
+				t.Errorf("helm lint %v passed, or without %q:\n%s", tc.args, tc.want, out)
+			}
+			if tc.wantTemplate == "" {
+				return
+			}
+			_, err = helmTemplate(t, append(tc.args, "--skip-schema-validation")...)
+			if err == nil || !strings.Contains(err.Error(), tc.wantTemplate) {
+				t.Errorf("helm template --skip-schema-validation %v: err = %v, want one containing %q", tc.args, err, tc.wantTemplate)
 			}
 		})
 	}
@@ -268,6 +320,11 @@ func TestAgentValues(t *testing.T) {
 		if e := env(c, name); e == nil || e.Value != want {
 			t.Errorf("%s = %+v, want %q", name, e, want)
 		}
+	}
+	// A path is allowed: a control plane behind a path prefix.
+	_, c = deployment(t, render(t, "--set", "agent.pipeops.apiUrl=http://cp.example.com/pipeops/"))
+	if e := env(c, "PIPEOPS_API_URL"); e == nil || e.Value != "http://cp.example.com/pipeops/" {
+		t.Errorf("PIPEOPS_API_URL = %+v, want the URL with its path", e)
 	}
 	// Unset optional values render no variable, so the agent's own
 	// defaults apply.
@@ -418,6 +475,116 @@ func TestDeployment(t *testing.T) {
 	}
 }
 
+// TestPodValues: the values that add to the pod (proxy settings among
+// them) reach it, after and beside the chart's own, which they leave alone.
+func TestPodValues(t *testing.T) {
+	valuesFile := filepath.Join(t.TempDir(), "values.yaml")
+	values := `
+extraEnv:
+  - {name: HTTPS_PROXY, value: "http://proxy.example.com:3128"}
+  - {name: NO_PROXY, value: "10.96.0.0/12,.svc"}
+  - name: PROXY_PASSWORD
+    valueFrom: {secretKeyRef: {name: proxy, key: password}}
+envFrom:
+  - secretRef: {name: agent-proxy}
+podLabels: {example.com/team: edge}
+podAnnotations: {example.com/owner: platform}
+priorityClassName: pipeops-critical
+extraVolumes:
+  - name: proxy-ca
+    configMap: {name: proxy-ca}
+extraVolumeMounts:
+  - {name: proxy-ca, mountPath: /etc/pipeops/proxy-ca, readOnly: true}
+`
+	if err := os.WriteFile(valuesFile, []byte(values), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, c := deployment(t, render(t, "-f", valuesFile))
+	spec := d.Spec.Template.Spec
+
+	var names []string
+	for _, e := range c.Env {
+		names = append(names, e.Name)
+	}
+	if n := len(names); n < 3 || strings.Join(names[n-3:], ",") != "HTTPS_PROXY,NO_PROXY,PROXY_PASSWORD" {
+		t.Errorf("env = %v, want the chart's variables followed by extraEnv's", names)
+	}
+	if e := env(c, "HTTPS_PROXY"); e == nil || e.Value != "http://proxy.example.com:3128" {
+		t.Errorf("HTTPS_PROXY = %+v", e)
+	}
+	if e := env(c, "PROXY_PASSWORD"); e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil || e.ValueFrom.SecretKeyRef.Key != "password" {
+		t.Errorf("PROXY_PASSWORD = %+v, want its secretKeyRef", e)
+	}
+	if e := env(c, "PIPEOPS_TOKEN"); e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+		t.Errorf("PIPEOPS_TOKEN = %+v, lost among the extra variables", e)
+	}
+	if len(c.EnvFrom) != 1 || c.EnvFrom[0].SecretRef == nil || c.EnvFrom[0].SecretRef.Name != "agent-proxy" {
+		t.Errorf("envFrom = %s", mustJSON(c.EnvFrom))
+	}
+
+	labels := d.Spec.Template.Labels
+	if labels["example.com/team"] != "edge" {
+		t.Errorf("pod labels %v lack podLabels", labels)
+	}
+	for k, v := range d.Spec.Selector.MatchLabels {
+		if labels[k] != v {
+			t.Errorf("the selector's %s=%s is not on the pod any more: %v", k, v, labels)
+		}
+	}
+	if _, ok := d.Labels["example.com/team"]; ok {
+		t.Error("podLabels reach the Deployment's own labels")
+	}
+	if a := d.Spec.Template.Annotations; a["example.com/owner"] != "platform" || a["checksum/token"] == "" {
+		t.Errorf("pod annotations %v, want podAnnotations and checksum/token", a)
+	}
+	if spec.PriorityClassName != "pipeops-critical" {
+		t.Errorf("priorityClassName = %q", spec.PriorityClassName)
+	}
+	if len(spec.Volumes) != 1 || spec.Volumes[0].Name != "proxy-ca" || spec.Volumes[0].ConfigMap == nil || spec.Volumes[0].ConfigMap.Name != "proxy-ca" {
+		t.Errorf("volumes = %s", mustJSON(spec.Volumes))
+	}
+	if len(c.VolumeMounts) != 1 || c.VolumeMounts[0].MountPath != "/etc/pipeops/proxy-ca" || !c.VolumeMounts[0].ReadOnly {
+		t.Errorf("volumeMounts = %s", mustJSON(c.VolumeMounts))
+	}
+	if sc := c.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Error("extra volumes turned the read-only root filesystem off")
+	}
+
+	// Unset, none of them renders anything.
+	d, c = deployment(t, render(t))
+	if len(c.EnvFrom)+len(c.VolumeMounts)+len(d.Spec.Template.Spec.Volumes) != 0 || d.Spec.Template.Spec.PriorityClassName != "" {
+		t.Errorf("defaults render envFrom %v, mounts %v, volumes %v, priority class %q",
+			c.EnvFrom, c.VolumeMounts, d.Spec.Template.Spec.Volumes, d.Spec.Template.Spec.PriorityClassName)
+	}
+}
+
+// TestChartIcon: Chart.yaml's icon is a URL (helm wants one) of the SVG
+// kept next to it, in the repository the chart's home names.
+func TestChartIcon(t *testing.T) {
+	var meta struct {
+		Home, Icon string
+	}
+	if err := yaml.Unmarshal([]byte(readFile(t, filepath.Join(chartDir, "Chart.yaml"))), &meta); err != nil {
+		t.Fatal(err)
+	}
+	repo, ok := strings.CutPrefix(meta.Home, "https://github.com/")
+	if !ok {
+		t.Fatalf("home %q is not a GitHub repository", meta.Home)
+	}
+	path, ok := strings.CutPrefix(meta.Icon, "https://raw.githubusercontent.com/"+repo+"/main/")
+	if !ok {
+		t.Fatalf("icon %q is not a file of %s's main branch", meta.Icon, meta.Home)
+	}
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svg := readFile(t, filepath.Join(root, filepath.FromSlash(path)))
+	if !strings.HasPrefix(svg, "<svg xmlns=\"http://www.w3.org/2000/svg\"") || !strings.HasSuffix(svg, "</svg>\n") {
+		t.Errorf("%s is not an SVG image", path)
+	}
+}
+
 func mustJSON(v any) string {
 	b, err := yaml.Marshal(v)
 	if err != nil {
@@ -486,13 +653,29 @@ func TestNetworkPolicy(t *testing.T) {
 	}
 }
 
+// The APIs of the Prometheus Operator, which helm template does not assume
+// a cluster has.
+var (
+	serviceMonitorAPI = []string{"--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"}
+	prometheusRuleAPI = []string{"--api-versions", "monitoring.coreos.com/v1/PrometheusRule"}
+)
+
 func TestServiceMonitor(t *testing.T) {
-	if docs := render(t); len(kinds(docs, "ServiceMonitor"))+len(kinds(docs, "Service")) != 0 {
+	if docs := render(t, serviceMonitorAPI...); len(kinds(docs, "ServiceMonitor"))+len(kinds(docs, "Service")) != 0 {
 		t.Fatal("a Service or ServiceMonitor is rendered by default")
 	}
-	docs := render(t, "--set", "serviceMonitor.enabled=true", "--set", "serviceMonitor.labels.release=prom")
+	// Enabled on a cluster without the Prometheus Operator: the Service,
+	// but no ServiceMonitor, which the API server would refuse.
+	docs := render(t, "--set", "serviceMonitor.enabled=true")
+	if len(kinds(docs, "ServiceMonitor")) != 0 || len(kinds(docs, "Service")) != 1 {
+		t.Error("serviceMonitor.enabled without the monitoring.coreos.com/v1 API must render the Service only")
+	}
+	docs = render(t, append([]string{"--set", "serviceMonitor.enabled=true", "--set", "serviceMonitor.labels.release=prom"}, serviceMonitorAPI...)...)
 	var svc corev1.Service
 	one(t, docs, "Service").into(t, &svc)
+	if !svc.Spec.PublishNotReadyAddresses {
+		t.Error("the Service leaves out a pod that is not Ready: its metrics would vanish while its tunnel is down")
+	}
 	var sm struct {
 		Metadata metav1.ObjectMeta `json:"metadata"`
 		Spec     struct {
@@ -871,8 +1054,12 @@ func TestManifestsInCluster(t *testing.T) {
 }
 
 // TestHelmInstall installs the chart with helm itself into the real API
-// server and uninstalls it: the release installs, its notes point at the
-// right objects, and uninstalling removes the cluster-scoped objects.
+// server and uninstalls it: the release installs with every optional part
+// switched on (ci/full-values.yaml; the API server validates the pod's
+// extra variables and volumes), its notes point at the right objects, the
+// ServiceMonitor and PrometheusRule are left out on a cluster without the
+// Prometheus Operator (with a note saying so), and uninstalling removes the
+// cluster-scoped objects.
 func TestHelmInstall(t *testing.T) {
 	h := helm(t)
 	env := kubetest.Start(t)
@@ -888,11 +1075,14 @@ func TestHelmInstall(t *testing.T) {
 		}
 		return string(out)
 	}
-	out := helmRun("install", rel, chartDir, "--set", "agent.pipeops.token=test-token", "--set", "agent.enableIngressSync=false")
+	out := helmRun("install", rel, chartDir, "-f", filepath.Join(chartDir, "ci", "full-values.yaml"),
+		"--set", "agent.pipeops.token=test-token", "--set", "agent.enableIngressSync=false")
 	for _, want := range []string{
 		"STATUS: deployed",
 		"kubectl -n " + ns + " exec deploy/" + rel + " -- pipeops-agent --check",
 		"Ingress sync is OFF",
+		"no ServiceMonitor was installed",
+		"no alerting rules were installed",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("helm install output lacks %q:\n%s", want, out)
@@ -902,6 +1092,18 @@ func TestHelmInstall(t *testing.T) {
 	defer cancel()
 	if _, err := env.Client.RbacV1().ClusterRoles().Get(ctx, rel, metav1.GetOptions{}); err != nil {
 		t.Fatalf("ClusterRole %s after install: %v", rel, err)
+	}
+	d, err := env.Client.AppsV1().Deployments(ns).Get(ctx, rel, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("Deployment %s after install: %v", rel, err)
+	}
+	if c := d.Spec.Template.Spec.Containers[0]; !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "HTTPS_PROXY" }) ||
+		len(c.VolumeMounts) != 1 || len(c.EnvFrom) != 1 {
+		t.Errorf("the installed agent lacks the extra variables or volume mount: %s", mustJSON(c))
+	}
+	cm, err := env.Client.CoreV1().ConfigMaps(ns).Get(ctx, rel+"-dashboard", metav1.GetOptions{})
+	if err != nil || cm.Labels["grafana_dashboard"] != "1" {
+		t.Errorf("the dashboard ConfigMap after install: %v %v", err, cm.GetLabels())
 	}
 	helmRun("uninstall", rel)
 	if _, err := env.Client.RbacV1().ClusterRoles().Get(ctx, rel, metav1.GetOptions{}); err == nil {

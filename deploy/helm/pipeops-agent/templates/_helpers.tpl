@@ -66,8 +66,10 @@ token
 {{- end }}
 
 {{/*
-Checks that a schema cannot express with a clear message. Included by the
-Deployment, which every install renders.
+Checks with a clear message, included by the Deployment, which every install
+renders. values.schema.json refuses the same values first (helm lint reports
+a template's fail only as [INFO] and passes); these messages are what
+--skip-schema-validation gets.
 */}}
 {{- define "pipeops-agent.validate" -}}
 {{- $p := .Values.agent.pipeops }}
@@ -77,8 +79,14 @@ Deployment, which every install renders.
 {{- if not (or $p.token $p.existingSecret) }}
 {{- fail "agent.pipeops.token is required: the agent token from `pipeops-controlplane cluster create` (--set agent.pipeops.token=...), or agent.pipeops.existingSecret naming a Secret that holds it" }}
 {{- end }}
-{{- if not (regexMatch "^https?://[^/?#\\s]+" $p.apiUrl) }}
+{{- if not (regexMatch "^https?://[^/?#\\s]+(/[^?#\\s]*)?$" $p.apiUrl) }}
 {{- fail (printf "agent.pipeops.apiUrl=%q must be an http(s) URL, e.g. https://api.pipeops.io" $p.apiUrl) }}
+{{- end }}
+{{- $own := include "pipeops-agent.labels" . | fromYaml }}
+{{- range $k, $_ := .Values.podLabels }}
+{{- if hasKey $own $k }}
+{{- fail (printf "podLabels may not set %s: the chart sets it, and selects the pod by it" $k) }}
+{{- end }}
 {{- end }}
 {{- if gt (int .Values.replicaCount) 1 }}
 {{- fail "replicaCount must be 0 or 1: one agent per cluster (it registers the cluster and holds its tunnel and route sync)" }}
