@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -77,15 +76,33 @@ func CreateCluster(ctx context.Context, clusters controlplane.ClusterStore, issu
 	if err != nil {
 		return nil, err
 	}
-	return &CreatedCluster{Cluster: viewOf(c), AgentToken: tok, InstallCommand: InstallCommand(apiURL, tok)}, nil
+	return &CreatedCluster{Cluster: viewOf(c), AgentToken: tok, InstallCommand: InstallCommand(apiURL)}, nil
 }
 
-// InstallCommand is the Helm command that installs the agent for a token.
-func InstallCommand(apiURL, token string) string {
+// Where InstallCommand's steps put the agent: its namespace, and the
+// Secret holding its token, read by the chart's
+// agent.pipeops.existingSecret (key "token", the chart's default).
+const (
+	AgentNamespace   = "pipeops-system"
+	AgentTokenSecret = "pipeops-agent-token"
+)
+
+// InstallCommand is how to install the agent with its token kept off every
+// command line (where ps and the shell history would keep it): read into a
+// shell variable without echo, piped into a Secret, which the chart then
+// reads. The token itself is not in it.
+func InstallCommand(apiURL string) string {
 	if apiURL == "" {
 		apiURL = "https://CONTROL-PLANE-URL"
 	}
-	return fmt.Sprintf("helm upgrade --install pipeops-agent deploy/helm/pipeops-agent --namespace pipeops-system --create-namespace --set agent.pipeops.apiUrl=%s --set agent.pipeops.token=%s", apiURL, token)
+	return strings.Join([]string{
+		`read -rs PIPEOPS_TOKEN   # paste the agent token, then Enter (nothing is shown)`,
+		`kubectl create namespace ` + AgentNamespace + ` --dry-run=client -o yaml | kubectl apply -f -`,
+		`printf %s "$PIPEOPS_TOKEN" | kubectl -n ` + AgentNamespace + ` create secret generic ` + AgentTokenSecret + ` --from-file=token=/dev/stdin`,
+		`unset PIPEOPS_TOKEN`,
+		`helm upgrade --install pipeops-agent deploy/helm/pipeops-agent --namespace ` + AgentNamespace +
+			` --set agent.pipeops.apiUrl=` + apiURL + ` --set agent.pipeops.existingSecret=` + AgentTokenSecret,
+	}, "\n")
 }
 
 func (s *Server) findCluster(ctx context.Context, ref string) (*controlplane.Cluster, error) {

@@ -94,7 +94,8 @@ type apiError struct {
 func TestAdminClusters(t *testing.T) {
 	f := newFixture(t)
 	c := f.createCluster("prod-eu")
-	if c.Cluster.UUID == "" || c.AgentToken == "" || !strings.Contains(c.InstallCommand, "agent.pipeops.token="+c.AgentToken) {
+	if c.Cluster.UUID == "" || c.AgentToken == "" || strings.Contains(c.InstallCommand, c.AgentToken) ||
+		!strings.Contains(c.InstallCommand, "agent.pipeops.existingSecret="+api.AgentTokenSecret) {
 		t.Fatalf("created = %+v", c)
 	}
 	cases := []struct {

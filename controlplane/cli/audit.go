@@ -1,9 +1,6 @@
 package cli
 
 import (
-	"context"
-	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strconv"
@@ -11,11 +8,11 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/pipeops/tunnel/controlplane"
-	"github.com/pipeops/tunnel/controlplane/postgres"
-)
+	"github.com/spf13/cobra"
 
-const auditUse = "usage: audit list [--cluster NAME_OR_ID] [--user U] [--since DURATION] [--limit N] [--json]"
+	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/shared/cmdline"
+)
 
 // auditJSON is one entry as `audit list --json` prints it.
 type auditJSON struct {
@@ -35,51 +32,71 @@ type auditJSON struct {
 	DurationMS  int64     `json:"duration_ms"`
 }
 
-// auditCmd runs `audit list`. It needs no KEK: it reads the audit table
-// only.
-func auditCmd(ctx context.Context, db *postgres.DB, args []string, stdout io.Writer) error {
-	if len(args) < 1 || args[0] != "list" {
-		return usageError{auditUse}
+func (r *runner) auditCommand() *cobra.Command {
+	var (
+		cluster, user string
+		since         time.Duration
+		limit         int
+	)
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the Kubernetes API requests made through the gateways, newest first",
+		Long: `List the Kubernetes API requests made through the gateways, newest first: who,
+verb, path, status, bytes and duration. It reads the audit table only, so it needs
+DATABASE_URL and no KEK. -o json prints [{"id","time","cluster_uuid","cluster_name",
+"user","groups","token_id","verb","method","path","status","bytes_in","bytes_out",
+"duration_ms"}].`,
+		Args: cmdline.NoArgs,
 	}
-	fs := flag.NewFlagSet("audit list", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	cluster := fs.String("cluster", "", "only this cluster's (name or id; a deleted cluster's too)")
-	user := fs.String("user", "", "only this person's (the token's subject)")
-	since := fs.Duration("since", 0, "only entries this recent")
-	limit := fs.Int("limit", controlplane.DefaultAuditLimit, "at most this many, newest first")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
-		return usageError{auditUse}
-	}
-	if *since < 0 {
-		return usageError{"--since must be a positive duration such as 1h or 30m\n" + auditUse}
-	}
-	if *limit < 1 || *limit > controlplane.MaxAuditLimit {
-		return usageError{fmt.Sprintf("--limit must be from 1 to %d\n%s", controlplane.MaxAuditLimit, auditUse)}
-	}
-	f := controlplane.AuditFilter{Cluster: *cluster, User: *user, Limit: *limit}
-	if *since > 0 {
-		f.Since = time.Now().Add(-*since)
-	}
-	entries, err := db.AuditEntries(ctx, f)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		out := make([]auditJSON, 0, len(entries))
-		for _, e := range entries {
-			groups := e.Groups
-			if groups == nil {
-				groups = []string{}
-			}
-			out = append(out, auditJSON{ID: e.ID, Time: e.Time.UTC(), ClusterUUID: e.ClusterUUID, ClusterName: e.ClusterName,
-				User: e.User, Groups: groups, TokenID: e.TokenID, Verb: e.Verb, Method: e.Method, Path: e.Path,
-				Status: e.Status, BytesIn: e.BytesIn, BytesOut: e.BytesOut, DurationMS: e.Duration.Milliseconds()})
+	f := list.Flags()
+	f.StringVar(&cluster, "cluster", "", "only this cluster's (name or id; a deleted cluster's too)")
+	f.StringVar(&user, "user", "", "only this person's (the token's subject)")
+	f.DurationVar(&since, "since", 0, "only entries this recent, like 2h")
+	f.IntVar(&limit, "limit", controlplane.DefaultAuditLimit, fmt.Sprintf("at most this many, 1 to %d", controlplane.MaxAuditLimit))
+	out := addOutput(list, formatTable, formatJSON, formatYAML)
+	list.RunE = func(cmd *cobra.Command, _ []string) error {
+		format, err := out.get()
+		if err != nil {
+			return err
 		}
-		return json.NewEncoder(stdout).Encode(out)
+		if since < 0 {
+			return cmdline.Usagef("audit list: --since must be a positive duration such as 1h or 30m")
+		}
+		if limit < 1 || limit > controlplane.MaxAuditLimit {
+			return cmdline.Usagef("audit list: --limit must be from 1 to %d", controlplane.MaxAuditLimit)
+		}
+		cfg, err := r.config()
+		if err != nil {
+			return err
+		}
+		// No KEK: the audit table is all it reads.
+		return r.withDB(cmd.Context(), cfg, func(s *session) error {
+			f := controlplane.AuditFilter{Cluster: cluster, User: user, Limit: limit}
+			if since > 0 {
+				f.Since = time.Now().Add(-since)
+			}
+			entries, err := s.db.AuditEntries(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
+			if format == formatTable {
+				printAudit(r.stdout, entries)
+				return nil
+			}
+			views := make([]auditJSON, 0, len(entries))
+			for _, e := range entries {
+				groups := e.Groups
+				if groups == nil {
+					groups = []string{}
+				}
+				views = append(views, auditJSON{ID: e.ID, Time: e.Time.UTC(), ClusterUUID: e.ClusterUUID, ClusterName: e.ClusterName,
+					User: e.User, Groups: groups, TokenID: e.TokenID, Verb: e.Verb, Method: e.Method, Path: e.Path,
+					Status: e.Status, BytesIn: e.BytesIn, BytesOut: e.BytesOut, DurationMS: e.Duration.Milliseconds()})
+			}
+			return printData(r.stdout, format, views)
+		})
 	}
-	printAudit(stdout, entries)
-	return nil
+	return cmdline.Group(&cobra.Command{Use: "audit", Short: "Read the Kubernetes API audit log"}, list)
 }
 
 // printAudit writes the audit table. The path goes in full (it is what

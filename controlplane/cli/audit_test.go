@@ -109,7 +109,7 @@ func TestAuditList(t *testing.T) {
 		{"audit", "list", "--since", "yesterday"},
 		{"audit", "list", "extra"},
 	} {
-		if code, _, errOut := run(t, env, args...); code != 2 || !strings.Contains(errOut, "audit list") {
+		if code, _, errOut := run(t, env, args...); code != 2 || !strings.Contains(errOut, "pipeops-controlplane audit") {
 			t.Errorf("%v: exit %d %q, want 2 with the usage", args, code, errOut)
 		}
 	}

@@ -160,7 +160,8 @@ func TestTokenIdentity(t *testing.T) {
 // port, so reaching it would fail differently), with a message naming the
 // value or the flag.
 func TestTokenArgumentsRefused(t *testing.T) {
-	env := map[string]string{"DATABASE_URL": "postgres://u:p@127.0.0.1:1/none", "LOG_LEVEL": "warn", "GATEWAY_URL": "https://gw.example.com"}
+	env := map[string]string{"DATABASE_URL": "postgres://u:p@127.0.0.1:1/none", "LOG_LEVEL": "warn", "GATEWAY_URL": "https://gw.example.com",
+		"KEY_ENCRYPTION_KEY": testKEK}
 	cases := []struct {
 		name string
 		args []string

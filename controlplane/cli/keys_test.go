@@ -123,7 +123,7 @@ func TestKeysCommands(t *testing.T) {
 	if code, _, errOut := run(t, noKEK, "keys", "rotate"); code != 1 || !strings.Contains(errOut, "openssl rand -base64 32") {
 		t.Fatalf("keys rotate without a KEK: %d %q", code, errOut)
 	}
-	if code, _, errOut := run(t, env, "keys"); code != 2 || !strings.Contains(errOut, "keys list | keys rotate") {
+	if code, _, errOut := run(t, env, "keys"); code != 2 || !strings.Contains(errOut, "keys needs a command: list, retire, rewrap, rotate") {
 		t.Fatalf("keys alone: %d %q", code, errOut)
 	}
 
