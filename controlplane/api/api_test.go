@@ -31,11 +31,12 @@ func TestMain(m *testing.M) { testenv.Main(m, pgtest.Stop) }
 const gatewayWS = "wss://gateway.example.com/ws"
 
 type fixture struct {
-	t      *testing.T
-	url    string
-	db     *postgres.DB
-	issuer *tokens.Issuer
-	admin  string
+	t        *testing.T
+	url      string
+	adminURL string // /healthz, /readyz, /metrics
+	db       *postgres.DB
+	issuer   *tokens.Issuer
+	admin    string
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -45,7 +46,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, url: cp.URL, db: cp.DB, issuer: cp.Issuer, admin: admin}
+	return &fixture{t: t, url: cp.URL, adminURL: cp.AdminURL, db: cp.DB, issuer: cp.Issuer, admin: admin}
 }
 
 // do sends a request and decodes a JSON answer into out (when not nil).
@@ -423,17 +424,26 @@ func TestJWKSAndKubeconfig(t *testing.T) {
 
 func TestHealthAndMetrics(t *testing.T) {
 	f := newFixture(t)
-	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "ok", "/metrics": "pipeops_controlplane_http_requests_total"} {
+	// The metrics are on the admin listener only: they name clusters and
+	// routes, which the public API port must not show anyone.
+	for _, c := range []struct{ base, path, want string }{
+		{f.url, "/healthz", "ok"}, {f.url, "/readyz", "ok"},
+		{f.adminURL, "/healthz", "ok"}, {f.adminURL, "/readyz", "ok"},
+		{f.adminURL, "/metrics", "pipeops_controlplane_http_requests_total"},
+	} {
 		f.do("GET", "/healthz", "", nil, nil) // make sure a request was counted
-		resp, err := http.Get(f.url + path)
+		resp, err := http.Get(c.base + c.path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		data, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.Contains(string(data), want) {
-			t.Fatalf("%s: HTTP %d %q", path, resp.StatusCode, data)
+		if resp.StatusCode != 200 || !strings.Contains(string(data), c.want) {
+			t.Fatalf("%s%s: HTTP %d %q", c.base, c.path, resp.StatusCode, data)
 		}
+	}
+	if code := f.do("GET", "/metrics", "", nil, nil); code != http.StatusNotFound {
+		t.Fatalf("/metrics on the public API port: HTTP %d, want 404", code)
 	}
 	var e apiError
 	if code := f.do("GET", "/nope", "", nil, &e); code != 404 || e.Error.Code != "not_found" {

@@ -115,7 +115,7 @@ func TestRegistrationSocketCut(t *testing.T) {
 		unanswered(t, a)
 	})
 
-	resp, err := http.Get(cp.URL + "/metrics")
+	resp, err := http.Get(cp.AdminURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

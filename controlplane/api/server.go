@@ -154,6 +154,16 @@ func (s *Server) Close() {
 	s.logs.Flush() // the counts of the last interval
 }
 
+// AdminHandler serves /healthz, /readyz and /metrics, for a listener of its
+// own that is not public: the metrics name clusters and routes.
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
 // Handler returns the API's routes.
 func (s *Server) Handler() http.Handler {
 	r := chi.NewRouter()
@@ -162,7 +172,6 @@ func (s *Server) Handler() http.Handler {
 
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	r.Get("/readyz", s.readyz)
-	r.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
 	r.Get("/.well-known/jwks.json", s.jwks)
 
 	r.Route("/api/v1", func(r chi.Router) {

@@ -210,6 +210,22 @@ func serve(ctx context.Context, s *session) error {
 		return fmt.Errorf("listen on LISTEN_ADDR=%s: %w", cfg.ListenAddr, err)
 	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	al, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("listen on ADMIN_ADDR=%s: %w", cfg.AdminAddr, err)
+	}
+	admin := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	adminDone := make(chan struct{})
+	go func() {
+		defer close(adminDone)
+		log.Info("control plane admin listening (healthz, readyz, metrics)", "addr", al.Addr().String())
+		_ = admin.Serve(al)
+	}()
+	defer func() {
+		_ = admin.Close()
+		<-adminDone
+	}()
 
 	reaperCtx, stopReaper := context.WithCancel(context.Background())
 	reaperDone := make(chan struct{})

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -99,7 +100,12 @@ func TestServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{"DATABASE_URL": pgtest.URL(t), "LISTEN_ADDR": fmt.Sprintf("127.0.0.1:%d", port), "LOG_LEVEL": "warn"}
+	adminPort, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DATABASE_URL": pgtest.URL(t), "LISTEN_ADDR": fmt.Sprintf("127.0.0.1:%d", port),
+		"ADMIN_ADDR": fmt.Sprintf("127.0.0.1:%d", adminPort), "LOG_LEVEL": "warn"}
 	if code, _, errOut := run(t, env, "serve"); code != 1 || !strings.Contains(errOut, "GATEWAY_WS_URL") {
 		t.Fatalf("serve without GATEWAY_WS_URL: %d %q", code, errOut)
 	}
@@ -127,6 +133,23 @@ func TestServe(t *testing.T) {
 			t.Fatalf("serve never became ready: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// The metrics are on the admin port, not on the API's.
+	for _, c := range []struct {
+		port int
+		want int
+	}{{adminPort, http.StatusOK}, {port, http.StatusNotFound}} {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", c.port))
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.want || (c.want == http.StatusOK && !strings.Contains(string(body), "pipeops_controlplane_")) {
+			cancel()
+			t.Fatalf("/metrics on port %d: HTTP %d, want %d", c.port, resp.StatusCode, c.want)
+		}
 	}
 	cancel()
 	select {

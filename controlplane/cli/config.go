@@ -22,6 +22,7 @@ import (
 type Config struct {
 	DatabaseURL     string        // DATABASE_URL (required)
 	ListenAddr      string        // LISTEN_ADDR, default :8080
+	AdminAddr       string        // ADMIN_ADDR, default 127.0.0.1:9091 (healthz, readyz, metrics)
 	GatewayWSURL    string        // GATEWAY_WS_URL: where agents open their tunnel (required by serve)
 	GatewayURL      string        // GATEWAY_URL: the gateway's public HTTPS URL, for kubeconfigs
 	GatewayCA       []byte        // GATEWAY_CA_FILE: PEM CA that kubeconfigs trust for GATEWAY_URL
@@ -67,6 +68,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	c := Config{
 		DatabaseURL:     r.String("DATABASE_URL", ""),
 		ListenAddr:      r.String("LISTEN_ADDR", ":8080"),
+		AdminAddr:       r.String("ADMIN_ADDR", "127.0.0.1:9091"),
 		GatewayWSURL:    r.String("GATEWAY_WS_URL", ""),
 		GatewayURL:      r.String("GATEWAY_URL", ""),
 		K8sAPIDomain:    strings.ToLower(strings.Trim(r.String("K8S_API_DOMAIN", ""), ".")),

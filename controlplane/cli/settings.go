@@ -12,6 +12,7 @@ var Settings = settings.Table{
 	{Env: "KEY_ENCRYPTION_KEY_PREVIOUS_FILE", Help: "during a KEK rotation: comma-separated files of the previous KEKs, which only open"},
 	{Env: "KEY_ENCRYPTION_KEY_PREVIOUS", Help: "during a KEK rotation: the previous KEKs themselves, comma-separated"},
 	{Env: "LISTEN_ADDR", Default: ":8080", Help: "the API's listen address"},
+	{Env: "ADMIN_ADDR", Default: "127.0.0.1:9091", Help: "/healthz, /readyz and /metrics, off the public API port (keep it private)"},
 	{Env: "GATEWAY_WS_URL", Note: "(required by `serve`)", Help: "where agents open their tunnel, e.g. wss://gateway.example.com/ws"},
 	{Env: "GATEWAY_URL", Help: "the gateway's public HTTPS URL, for kubeconfigs"},
 	{Env: "GATEWAY_CA_FILE", Help: "PEM certificate authority that kubeconfigs trust for GATEWAY_URL; empty: the system roots"},

@@ -27,6 +27,8 @@ type ControlPlane struct {
 	Issuer *tokens.Issuer
 	API    *api.Server
 	URL    string // the API's base URL
+	// AdminURL serves /healthz, /readyz and /metrics (api.AdminHandler).
+	AdminURL string
 	// KEK seals the signing keys: a random key-encryption key of the test.
 	KEK *keyseal.Keyring
 	// DNS checks custom domains for the API; set its Resolver before the
@@ -78,10 +80,11 @@ func Start(t testing.TB, cfg api.Config) *ControlPlane {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(s.Handler())
+	admin := httptest.NewServer(s.AdminHandler())
 	runCtx, stopRun := context.WithCancel(context.Background())
 	runDone := make(chan struct{})
 	go func() { defer close(runDone); s.Run(runCtx) }() // the registration sockets' revocation checks
-	t.Cleanup(func() { stopRun(); <-runDone; s.Close(); srv.Close() })
-	cp.API, cp.URL = s, srv.URL
+	t.Cleanup(func() { stopRun(); <-runDone; s.Close(); srv.Close(); admin.Close() })
+	cp.API, cp.URL, cp.AdminURL = s, srv.URL, admin.URL
 	return cp
 }

@@ -51,7 +51,7 @@ func TestPrometheusScrapesEveryComponent(t *testing.T) {
 	// The agent shares the k3s container's network, so it is reached by
 	// that service's name.
 	want := map[string]string{
-		"controlplane": "controlplane:" + portOf(t, c.cp.ListenAddr),
+		"controlplane": "controlplane:" + portOf(t, c.cp.AdminAddr),
 		"gateway":      "gateway:" + portOf(t, c.gw.AdminAddr),
 		"agent":        "k3s:" + portOf(t, c.agent.ListenAddr),
 	}

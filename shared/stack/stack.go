@@ -164,8 +164,10 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s.GatewayHTTP, s.GatewayHTTPS, s.GatewayAdmin = "http://"+gwHTTP, "https://"+gwHTTPS, "http://"+gwAdmin
 
 	cpEnv := map[string]string{
-		"DATABASE_URL":     s.DatabaseURL,
-		"LISTEN_ADDR":      cpAddr,
+		"DATABASE_URL": s.DatabaseURL,
+		"LISTEN_ADDR":  cpAddr,
+		// Any free port: stacks run side by side in the tests.
+		"ADMIN_ADDR":       "127.0.0.1:0",
 		"GATEWAY_WS_URL":   "wss://" + gwHTTPS + "/ws",
 		"GATEWAY_URL":      s.GatewayHTTPS,
 		"GATEWAY_CA_FILE":  caFile,
