@@ -39,14 +39,6 @@ type Setting struct {
 	Help string
 }
 
-// DefaultText is the default as --help shows it, "" when there is none.
-func (s Setting) DefaultText() string {
-	if s.Default != "" {
-		return s.Default
-	}
-	return s.Note
-}
-
 // Table is a binary's settings, in the order --help lists them.
 type Table []Setting
 
@@ -57,16 +49,6 @@ func (t Table) Envs() []string {
 		out = append(out, s.Env)
 	}
 	return out
-}
-
-// ByFlag returns the setting whose flag is name.
-func (t Table) ByFlag(name string) (Setting, bool) {
-	for _, s := range t {
-		if s.Flag != "" && s.Flag == name {
-			return s, true
-		}
-	}
-	return Setting{}, false
 }
 
 // Help renders the table for a terminal: a line per setting naming the
