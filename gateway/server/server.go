@@ -58,6 +58,8 @@ type Gateway struct {
 	// plainK8s counts Kubernetes API requests refused on plain HTTP.
 	plainK8s     prometheus.Counter
 	acmeRefusals *logLimiter
+	// certExpiry exports the served certificates' expiry.
+	certExpiry *CertExpiry
 	// cpTransport carries the JWKS fetches to the control plane.
 	cpTransport *http.Transport
 
@@ -88,6 +90,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 		}),
 	}
 	reg.MustRegister(g.acmeRefused, g.plainK8s)
+	g.certExpiry = NewCertExpiry(reg)
 	for _, h := range cfg.GatewayHosts {
 		g.gwHosts[h] = true
 	}
@@ -318,7 +321,7 @@ func (g *Gateway) listen(ls *listeners) error {
 	}
 	public := g.Handler()
 	if g.cfg.HTTPSAddr != "" {
-		tlsCfg, err := LoadTLS(g.cfg, acmeMgr)
+		tlsCfg, err := LoadTLS(g.cfg, acmeMgr, g.certExpiry)
 		if err != nil {
 			return err
 		}

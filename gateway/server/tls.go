@@ -32,7 +32,9 @@ import (
 // With ACME, hosts that have no certificate of their own get one from the
 // ACME CA (acme, the Manager of NewACME), before the default certificate is
 // used.
-func LoadTLS(cfg Config, acme *autocert.Manager) (*tls.Config, error) {
+//
+// expiry, when not nil, is told each certificate's expiry (CertExpiry).
+func LoadTLS(cfg Config, acme *autocert.Manager, expiry *CertExpiry) (*tls.Config, error) {
 	byName := map[string]*tls.Certificate{}
 	if cfg.TLSCertDir != "" {
 		certs, err := filepath.Glob(filepath.Join(cfg.TLSCertDir, "*.crt"))
@@ -50,6 +52,7 @@ func LoadTLS(cfg Config, acme *autocert.Manager) (*tls.Config, error) {
 				name = "*." + rest
 			}
 			byName[strings.ToLower(name)] = &c
+			expiry.observe(name, &c)
 		}
 	}
 	var def *tls.Certificate
@@ -67,6 +70,7 @@ func LoadTLS(cfg Config, acme *autocert.Manager) (*tls.Config, error) {
 		}
 		def = c
 	}
+	expiry.observe("default", def)
 	if def == nil && len(byName) == 0 && acme == nil {
 		return nil, errors.New("no TLS certificate: set TLS_CERT_DIR, TLS_CERT_FILE/TLS_KEY_FILE or TLS_SELF_SIGNED=true")
 	}
@@ -85,6 +89,9 @@ func LoadTLS(cfg Config, acme *autocert.Manager) (*tls.Config, error) {
 			}
 			if acme != nil {
 				c, err := acme.GetCertificate(hello)
+				if err == nil {
+					expiry.observe(name, c)
+				}
 				if err == nil || def == nil {
 					return c, err
 				}

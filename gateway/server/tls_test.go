@@ -5,9 +5,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 func writePair(t *testing.T, dir, base string, names []string) {
@@ -28,9 +32,23 @@ func TestLoadTLS(t *testing.T) {
 	dir := t.TempDir()
 	writePair(t, dir, "shop.example.com", []string{"shop.example.com"})
 	writePair(t, dir, "_.apps.example.com", []string{"*.apps.example.com"})
-	cfg, err := LoadTLS(Config{TLSCertDir: dir, TLSSelfSigned: true, GatewayHosts: []string{"gw.example.com"}}, nil)
+	expiry := NewCertExpiry(prometheus.NewRegistry())
+	cfg, err := LoadTLS(Config{TLSCertDir: dir, TLSSelfSigned: true, GatewayHosts: []string{"gw.example.com"}}, nil, expiry)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Every certificate's expiry is exported, under the name it is kept by.
+	for name, file := range map[string]string{"shop.example.com": "shop.example.com.crt", "*.apps.example.com": "_.apps.example.com.crt"} {
+		c, err := tls.LoadX509KeyPair(filepath.Join(dir, file), filepath.Join(dir, strings.TrimSuffix(file, ".crt")+".key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := testutil.ToFloat64(expiry.gauge.WithLabelValues(name)), float64(c.Leaf.NotAfter.Unix()); got != want {
+			t.Errorf("expiry of %s = %v, want %v", name, got, want)
+		}
+	}
+	if got := testutil.ToFloat64(expiry.gauge.WithLabelValues("default")); got < float64(time.Now().Unix()) {
+		t.Errorf("expiry of the self-signed default = %v, want a time in the future", got)
 	}
 	if cfg.MinVersion != tls.VersionTLS12 {
 		t.Fatalf("MinVersion = %x", cfg.MinVersion)
@@ -51,12 +69,12 @@ func TestLoadTLS(t *testing.T) {
 			t.Errorf("SNI %s got a certificate for %v, want one for %s", sni, leaf.DNSNames, want)
 		}
 	}
-	if _, err := LoadTLS(Config{}, nil); err == nil {
+	if _, err := LoadTLS(Config{}, nil, nil); err == nil {
 		t.Fatal("LoadTLS with no certificate source succeeded")
 	}
 	bad := t.TempDir()
 	os.WriteFile(filepath.Join(bad, "x.crt"), []byte("junk"), 0o600)
-	if _, err := LoadTLS(Config{TLSCertDir: bad}, nil); err == nil {
+	if _, err := LoadTLS(Config{TLSCertDir: bad}, nil, nil); err == nil {
 		t.Fatal("a broken certificate file was accepted")
 	}
 }
@@ -83,7 +101,7 @@ func TestACMEHostPolicy(t *testing.T) {
 	}
 	dir := t.TempDir()
 	writePair(t, dir, "own.example.com", []string{"own.example.com"})
-	cfg, err := LoadTLS(Config{TLSCertDir: dir}, m)
+	cfg, err := LoadTLS(Config{TLSCertDir: dir}, m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
