@@ -33,17 +33,9 @@ const (
 // failure in CI).
 func promtool(t testing.TB) string {
 	t.Helper()
-	if d := testenv.ToolsDir(); d != "" {
-		p := filepath.Join(d, "promtool")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if p, err := exec.LookPath("promtool"); err == nil {
-		return p
-	}
-	testenv.Require(t, "promtool", fmt.Errorf("%w: promtool is neither in %s nor on PATH; run `make promtool`", testenv.ErrUnavailable, testenv.ToolsDir()))
-	return ""
+	p, err := testenv.FindTool("promtool", "promtool")
+	testenv.Require(t, "promtool", err)
+	return p
 }
 
 // runPromtool runs promtool with args in dir and fails t unless it exits 0.

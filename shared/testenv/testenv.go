@@ -126,6 +126,23 @@ func ToolsDir() string {
 	return filepath.Join(root, ".testenv", "bin")
 }
 
+// FindTool returns the path of a test tool the Makefile builds: the one in
+// ToolsDir (the version the Makefile pins), else one on PATH. Without
+// either, the error wraps ErrUnavailable and names the make target that
+// builds it, for Require.
+func FindTool(name, makeTarget string) (string, error) {
+	if d := ToolsDir(); d != "" {
+		p := filepath.Join(d, name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("%w: %s is neither in %s nor on PATH; run `make %s`", ErrUnavailable, name, ToolsDir(), makeTarget)
+}
+
 // Process is a server started for tests. It is killed when the test binary
 // dies (parent-death signal), so a crashed test run leaves no server behind.
 type Process struct {

@@ -75,18 +75,7 @@ func Binaries() (pebble, challtestsrv string, err error) {
 	return pebble, challtestsrv, errors.Join(errP, errC)
 }
 
-func find(name string) (string, error) {
-	if d := testenv.ToolsDir(); d != "" {
-		p := filepath.Join(d, name)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	return "", fmt.Errorf("%w: %s is neither in %s nor on PATH; run `make pebble`", testenv.ErrUnavailable, name, testenv.ToolsDir())
-}
+func find(name string) (string, error) { return testenv.FindTool(name, "pebble") }
 
 // startTimeout bounds each server's start; a start that fails (a port taken
 // between FreePort and the bind) is tried again, up to startAttempts times.
