@@ -173,7 +173,7 @@ func (t *Table) WithCluster(cluster string, routes []controlplane.Route, c *cont
 	ic := ingressOf(c)
 	for _, r := range routes {
 		r.ClusterUUID = cluster
-		if k, ok := nt.keyOf(r); ok && !fresh[k] {
+		if k, _, ok := keyOf(r); ok && !fresh[k] {
 			m := nt.entries(k)
 			m[k.name] = slices.Clone(m[k.name])
 			fresh[k] = true
@@ -202,27 +202,27 @@ func (t *Table) entries(k hostKey) map[string][]entry {
 	return t.hosts
 }
 
-// keyOf returns the key r goes under; not ok for a route without a
-// hostname, which no table holds.
-func (t *Table) keyOf(r controlplane.Route) (hostKey, bool) {
+// keyOf returns the key r goes under and its hostname as tables keep it
+// (lower case, no trailing dot); not ok for a route without a hostname,
+// which no table holds.
+func keyOf(r controlplane.Route) (hostKey, string, bool) {
 	host := strings.TrimSuffix(strings.ToLower(r.Hostname), ".")
 	if host == "" {
-		return hostKey{}, false
+		return hostKey{}, "", false
 	}
 	if suffix, ok := strings.CutPrefix(host, "*."); ok {
-		return hostKey{wildcard: true, name: suffix}, true
+		return hostKey{wildcard: true, name: suffix}, host, true
 	}
-	return hostKey{name: host}, true
+	return hostKey{name: host}, host, true
 }
 
 // add prepares r for matching and appends it to its host's slice, unsorted:
 // the caller sorts the slices it touched.
 func (t *Table) add(r controlplane.Route, ic *controlplane.IngressController) {
-	k, ok := t.keyOf(r)
+	k, host, ok := keyOf(r)
 	if !ok {
 		return
 	}
-	host := strings.TrimSuffix(strings.ToLower(r.Hostname), ".")
 	r.Hostname = host
 	if r.Path == "" {
 		r.Path = "/"
