@@ -21,6 +21,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
@@ -374,11 +375,7 @@ func body(t testing.TB, ms []tunnel.Message) (int, http.Header, []byte) {
 
 func waitInFlight(t testing.TB, h *Handler, want int) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); h.InFlight() != want; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("in flight = %d, want %d", h.InFlight(), want)
-		}
-	}
+	testenv.Eventually(t, func() bool { return h.InFlight() == want }, "in flight = %d", want)
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

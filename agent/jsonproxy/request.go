@@ -155,8 +155,10 @@ func (h *Handler) runRequest(r *request, pr tunnel.ProxyRequest) {
 	defer h.wg.Done()
 	defer func() {
 		r.cancel(errClosed) // releases the context; the cause of an earlier cancel stays
-		release(h, h.requests, r.id, r)
+		// The gauge first: once InFlight says a request is gone, its
+		// metric says so too.
 		h.m.inFlight("request", -1)
+		release(h, h.requests, r.id, r)
 	}()
 	h.m.request(h.serve(r, pr))
 }

@@ -331,8 +331,8 @@ func (h *Handler) runWebSocket(s *wsStream, target string, st tunnel.WSStart) {
 	defer h.wg.Done()
 	defer func() {
 		s.cancel(errClosed)
+		h.m.inFlight("websocket", -1) // before release, as for requests
 		release(h, h.streams, s.id, s)
-		h.m.inFlight("websocket", -1)
 	}()
 	h.m.webSocket(h.relay(s, target, st))
 }

@@ -77,15 +77,16 @@ func TestACMEWithPebble(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg, err := LoadConfig(func(k string) string {
-		return map[string]string{
-			"DATABASE_URL": cp.DBURL, "CONTROLPLANE_URL": jwksServer(t, cp.Issuer),
-			"HTTP_ADDR": httpAddr, "HTTPS_ADDR": httpsAddr, "ADMIN_ADDR": adminAddr,
-			"ACME": "true", "ACME_EMAIL": "ops@pipeops.test", "ACME_CACHE_DIR": t.TempDir(),
-			"ACME_DIRECTORY_URL": rec.url + "/dir", "ACME_CA_FILE": ca.ServerRootsFile,
-			"ACME_RENEW_BEFORE": renewBefore.String(), "SHUTDOWN_TIMEOUT": "5s",
-		}[k]
-	})
+	// Built once: LoadConfig reads every variable, and a map made per read
+	// would start servers and pick ports on every read.
+	env := map[string]string{
+		"DATABASE_URL": cp.DBURL, "CONTROLPLANE_URL": jwksServer(t, cp.Issuer),
+		"HTTP_ADDR": httpAddr, "HTTPS_ADDR": httpsAddr, "ADMIN_ADDR": adminAddr,
+		"ACME": "true", "ACME_EMAIL": "ops@pipeops.test", "ACME_CACHE_DIR": t.TempDir(),
+		"ACME_DIRECTORY_URL": rec.url + "/dir", "ACME_CA_FILE": ca.ServerRootsFile,
+		"ACME_RENEW_BEFORE": renewBefore.String(), "SHUTDOWN_TIMEOUT": "5s",
+	}
+	cfg, err := LoadConfig(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,14 +103,15 @@ func TestKubernetesStreamsCut(t *testing.T) {
 	}
 	api := startFakeKubeAPI(t)
 
-	cfg, err := LoadConfig(func(k string) string {
-		return map[string]string{
-			"DATABASE_URL": cp.DBURL, "CONTROLPLANE_URL": jwksServer(t, iss),
-			"HTTP_ADDR": freeAddr(t), "ADMIN_ADDR": freeAddr(t), "GATEWAY_HOSTS": "gw.local,127.0.0.1",
-			"REVOCATION_CHECK_INTERVAL": interval.String(), "SHUTDOWN_TIMEOUT": "2s",
-			"K8S_ALLOW_PLAIN_HTTP": "true", // revocation, not transport, is under test
-		}[k]
-	})
+	// Built once: LoadConfig reads every variable, and a map made per read
+	// would start servers and pick ports on every read.
+	env := map[string]string{
+		"DATABASE_URL": cp.DBURL, "CONTROLPLANE_URL": jwksServer(t, iss),
+		"HTTP_ADDR": freeAddr(t), "ADMIN_ADDR": freeAddr(t), "GATEWAY_HOSTS": "gw.local,127.0.0.1",
+		"REVOCATION_CHECK_INTERVAL": interval.String(), "SHUTDOWN_TIMEOUT": "2s",
+		"K8S_ALLOW_PLAIN_HTTP": "true", // revocation, not transport, is under test
+	}
+	cfg, err := LoadConfig(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,13 +86,14 @@ func TestGatewayEndToEnd(t *testing.T) {
 	}))
 	defer app.Close()
 
-	cfg, err := LoadConfig(func(k string) string {
-		return map[string]string{
-			"DATABASE_URL": dbURL, "CONTROLPLANE_URL": jwksServer(t, iss),
-			"HTTP_ADDR": freeAddr(t), "ADMIN_ADDR": freeAddr(t), "GATEWAY_HOSTS": "gw.local,127.0.0.1",
-			"REVOCATION_CHECK_INTERVAL": "200ms", "SHUTDOWN_TIMEOUT": "5s",
-		}[k]
-	})
+	// Built once: LoadConfig reads every variable, and a map made per read
+	// would start a JWKS server and pick fresh ports each time.
+	env := map[string]string{
+		"DATABASE_URL": dbURL, "CONTROLPLANE_URL": jwksServer(t, iss),
+		"HTTP_ADDR": freeAddr(t), "ADMIN_ADDR": freeAddr(t), "GATEWAY_HOSTS": "gw.local,127.0.0.1",
+		"REVOCATION_CHECK_INTERVAL": "200ms", "SHUTDOWN_TIMEOUT": "5s",
+	}
+	cfg, err := LoadConfig(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -698,6 +698,9 @@ func TestControlInOrderAndIdleGoroutines(t *testing.T) {
 		}
 	})
 	e.waitSession("c1", nil)
+	// The gateway registers the session before the agent has read
+	// gateway_hello; the agent sends only once it has.
+	testenv.Eventually(t, a.c.Connected, "the agent's side of the tunnel up")
 
 	const n = 50 // under the default ControlQueue, so none may be dropped
 	for i := range n {

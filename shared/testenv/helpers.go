@@ -78,3 +78,34 @@ func Root(t testing.TB) string {
 	}
 	return root
 }
+
+// Eventually waits for cond to hold, checking it every few milliseconds,
+// and fails t (with what, formatted like fmt.Sprintf) when it has not by
+// the test's own deadline: the -timeout of the run, less a margin for the
+// cleanups, or two minutes when the run has none. It is how a test waits
+// for something another goroutine or process does: on a loaded machine
+// that takes longer, and a deadline sized for an idle one would fail.
+func Eventually(t testing.TB, cond func() bool, what string, args ...any) {
+	t.Helper()
+	deadline := WaitDeadline(t)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited until the test's deadline for "+what, args...)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// WaitDeadline is when a test should stop waiting for something that
+// should happen: a margin before the run's -timeout (so the test fails
+// with a message and its cleanups run, rather than the binary panicking),
+// or two minutes from now when the run has no timeout.
+func WaitDeadline(t testing.TB) time.Time {
+	const margin = 30 * time.Second
+	if d, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+		if dl, ok := d.Deadline(); ok {
+			return dl.Add(-margin)
+		}
+	}
+	return time.Now().Add(2 * time.Minute)
+}
