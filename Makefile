@@ -68,7 +68,7 @@ images-load: ## build the three images for this machine only, into the local ima
 	done
 
 .PHONY: deps
-deps: ## install the system packages the tests need (etcd, PostgreSQL); root or sudo
+deps: ## install the system packages the tests need (etcd, PostgreSQL, chromium); root or sudo
 	@shared/testenv/install-deps.sh
 
 .PHONY: testenv

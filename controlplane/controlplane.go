@@ -118,6 +118,7 @@ type Cluster struct {
 	UUID              string
 	Name              string
 	Status            string
+	StatusSince       time.Time // when Status last changed
 	AgentID           string
 	AgentVersion      string
 	K8sVersion        string
@@ -264,6 +265,37 @@ type ClusterStore interface {
 	UpdateAgent(ctx context.Context, uuid string, r AgentReport) error
 	// RecordHeartbeat stores a heartbeat's status and metadata.
 	RecordHeartbeat(ctx context.Context, uuid, status string, metadata map[string]any, at time.Time) error
+	// DeleteCluster deletes a cluster and, in the same transaction,
+	// everything that lets anyone reach it: its routes and hostname claims
+	// (announced on RouteNotifyChannel as an unregister is, so that every
+	// gateway stops serving those hosts at once), its domain grants, its
+	// agent tokens and the user tokens that name no other cluster. The
+	// connections such tokens hold (registration sockets, gateway sessions,
+	// Kubernetes API streams) are cut by their servers' revocation checks;
+	// an agent coming back is refused. Audit records are history and stay.
+	// ENOTFOUND for an unknown cluster, including one already deleted.
+	DeleteCluster(ctx context.Context, uuid string) (ClusterDeletion, error)
+}
+
+// ClusterDeletion is what DeleteCluster removed.
+type ClusterDeletion struct {
+	UUID string
+	Name string
+	// Routes is the number of routes deleted, served or pending.
+	Routes int
+	// Hostnames are the hostname claims released, sorted: other clusters
+	// may claim them now.
+	Hostnames []string
+	// Grants are the domain grants released, sorted.
+	Grants []string
+	// TokensRevoked counts the tokens that reached the cluster and no
+	// longer work: agent tokens (whose records go with the cluster, and a
+	// token without a record is refused) and user tokens naming only this
+	// cluster (kept, marked revoked). Tokens already revoked are not
+	// counted. A user token that also names other clusters keeps working
+	// for them; the deleted cluster's id in it matches nothing again, as
+	// cluster ids are random UUIDs that are never reused.
+	TokensRevoked int
 }
 
 // Token is the record of an issued token (the JWT itself is never stored).

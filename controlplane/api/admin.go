@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,6 +21,7 @@ type clusterView struct {
 	UUID              string                          `json:"uuid"`
 	Name              string                          `json:"name"`
 	Status            string                          `json:"status"`
+	StatusSince       time.Time                       `json:"status_since"`
 	AgentVersion      string                          `json:"agent_version,omitempty"`
 	K8sVersion        string                          `json:"k8s_version,omitempty"`
 	LastHeartbeat     *time.Time                      `json:"last_heartbeat,omitempty"`
@@ -32,7 +34,7 @@ type clusterView struct {
 }
 
 func viewOf(c *controlplane.Cluster) clusterView {
-	v := clusterView{UUID: c.UUID, Name: c.Name, Status: c.Status, AgentVersion: c.AgentVersion, K8sVersion: c.K8sVersion,
+	v := clusterView{UUID: c.UUID, Name: c.Name, Status: c.Status, StatusSince: c.StatusSince, AgentVersion: c.AgentVersion, K8sVersion: c.K8sVersion,
 		Metadata: c.Metadata, AgentInfo: c.AgentInfo, PublicEndpoint: c.PublicEndpoint, RoutingMode: c.RoutingMode,
 		IngressController: c.IngressController, CreatedAt: c.CreatedAt}
 	if !c.LastHeartbeat.IsZero() {
@@ -136,6 +138,50 @@ func (s *Server) getCluster(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, viewOf(c))
+}
+
+// ClusterDeleted is the answer to deleting a cluster: what went with it.
+type ClusterDeleted struct {
+	Status            string   `json:"status"` // "deleted"
+	UUID              string   `json:"uuid"`
+	Name              string   `json:"name"`
+	RoutesRemoved     int      `json:"routes_removed"`
+	HostnamesReleased []string `json:"hostnames_released"`
+	GrantsReleased    []string `json:"domain_grants_released"`
+	TokensRevoked     int      `json:"tokens_revoked"`
+}
+
+// ClusterDeletedOf is the answer for d. The CLI prints it too.
+func ClusterDeletedOf(d controlplane.ClusterDeletion) ClusterDeleted {
+	return ClusterDeleted{Status: "deleted", UUID: d.UUID, Name: d.Name, RoutesRemoved: d.Routes,
+		HostnamesReleased: nonNilStrings(d.Hostnames), GrantsReleased: nonNilStrings(d.Grants), TokensRevoked: d.TokensRevoked}
+}
+
+func nonNilStrings(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// deleteCluster deletes a cluster by name or id (see
+// controlplane.ClusterStore.DeleteCluster). Its agent's sockets here and at
+// the gateways are cut by the revocation checks, within
+// RevocationCheckInterval, not by this request.
+func (s *Server) deleteCluster(w http.ResponseWriter, r *http.Request) {
+	c, err := s.findCluster(r.Context(), chi.URLParam(r, "cluster"))
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	d, err := s.clusters.DeleteCluster(r.Context(), c.UUID)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	s.log.Info("cluster deleted", "cluster", d.UUID, "name", d.Name, "routes", d.Routes,
+		"hostnames", len(d.Hostnames), "grants", len(d.Grants), "tokens_revoked", d.TokensRevoked)
+	writeJSON(w, http.StatusOK, ClusterDeletedOf(d))
 }
 
 // clusterQuery resolves the optional ?cluster= (name or id) of a listing
@@ -309,4 +355,63 @@ func Kubeconfig(gatewayURL, k8sDomain string, caPEM []byte, c *controlplane.Clus
 	kc.Contexts[c.Name] = &clientcmdapi.Context{Cluster: c.Name, AuthInfo: c.Name}
 	kc.CurrentContext = c.Name
 	return clientcmd.Write(*kc)
+}
+
+// auditView is an audit entry as the admin API shows it.
+type auditView struct {
+	Time        time.Time `json:"time"`
+	ClusterUUID string    `json:"cluster_uuid"`
+	ClusterName string    `json:"cluster_name"`
+	User        string    `json:"user"`
+	Groups      []string  `json:"groups,omitempty"`
+	TokenID     string    `json:"token_id,omitempty"`
+	Verb        string    `json:"verb"`
+	Method      string    `json:"method"`
+	Path        string    `json:"path"`
+	Status      int       `json:"status"`
+	BytesIn     int64     `json:"bytes_in"`
+	BytesOut    int64     `json:"bytes_out"`
+	DurationMS  float64   `json:"duration_ms"`
+}
+
+// listAudit serves the Kubernetes API audit: ?cluster= (name or id, and
+// entries of deleted clusters by their id), ?user=, ?since= (RFC 3339 or a
+// duration back from now, like 1h), ?limit=.
+func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) {
+	if s.audit == nil {
+		writeError(w, r, controlplane.Errorf(controlplane.EUNAVAILABLE, "this control plane serves no audit"), nil)
+		return
+	}
+	q := r.URL.Query()
+	f := controlplane.AuditFilter{Cluster: q.Get("cluster"), User: q.Get("user")}
+	if v := q.Get("since"); v != "" {
+		if d, err := time.ParseDuration(v); err == nil && d > 0 {
+			f.Since = time.Now().Add(-d)
+		} else if t, err := time.Parse(time.RFC3339, v); err == nil {
+			f.Since = t
+		} else {
+			writeError(w, r, controlplane.Errorf(controlplane.EINVALID, "since %q is neither an RFC 3339 time nor a duration like 1h", v), nil)
+			return
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			writeError(w, r, controlplane.Errorf(controlplane.EINVALID, "limit %q is not a positive number", v), nil)
+			return
+		}
+		f.Limit = n
+	}
+	entries, err := s.audit.AuditEntries(r.Context(), f)
+	if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	out := make([]auditView, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, auditView{Time: e.Time, ClusterUUID: e.ClusterUUID, ClusterName: e.ClusterName, User: e.User, Groups: e.Groups,
+			TokenID: e.TokenID, Verb: e.Verb, Method: e.Method, Path: e.Path, Status: e.Status, BytesIn: e.BytesIn, BytesOut: e.BytesOut,
+			DurationMS: float64(e.Duration) / float64(time.Millisecond)})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"entries": out})
 }

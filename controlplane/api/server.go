@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -84,6 +85,10 @@ type Server struct {
 
 	// conns re-checks the tokens of the open registration sockets.
 	conns *revocation.Tracker
+
+	audit   AuditReader
+	console http.Handler
+	traffic controlplane.TrafficStore
 }
 
 // Deps are the services the Server uses.
@@ -101,6 +106,20 @@ type Deps struct {
 	// Registry is where the API registers its metrics and which /metrics
 	// serves; nil makes a private one.
 	Registry *prometheus.Registry
+	// Audit, when set, serves the Kubernetes API audit at
+	// /api/v1/admin/audit.
+	Audit AuditReader
+	// Console, when set, is the web console (controlplane/console), served
+	// at /console/; / then leads there.
+	Console http.Handler
+	// Traffic, when set, serves the public traffic figures the gateways
+	// record, at /api/v1/admin/clusters/{cluster}/traffic (503 without it).
+	Traffic controlplane.TrafficStore
+}
+
+// AuditReader reads the Kubernetes API audit (controlplane/postgres.DB).
+type AuditReader interface {
+	AuditEntries(ctx context.Context, f controlplane.AuditFilter) ([]controlplane.AuditEntry, error)
 }
 
 // New returns a Server.
@@ -135,7 +154,8 @@ func New(cfg Config, d Deps) (*Server, error) {
 	return &Server{
 		cfg: cfg, clusters: d.Clusters, routes: d.Routes, tokens: d.Tokens, hostnames: d.Hostnames, dns: d.DNS, issuer: d.Issuer,
 		verifier: verifier, db: d.DB, log: log, logs: ratelog.New(log, ratelog.Config{MaxKeys: 4096}), metrics: m,
-		closing: make(chan struct{}), conns: conns, tunnelURL: tunnelURL,
+		closing: make(chan struct{}), conns: conns, tunnelURL: tunnelURL, audit: d.Audit, console: d.Console,
+		traffic: d.Traffic,
 	}, nil
 }
 
@@ -173,6 +193,10 @@ func (s *Server) Handler() http.Handler {
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	r.Get("/readyz", s.readyz)
 	r.Get("/.well-known/jwks.json", s.jwks)
+	if s.console != nil {
+		r.Mount("/console", s.console)
+		r.Get("/", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/console/", http.StatusSeeOther) })
+	}
 
 	r.Route("/api/v1", func(r chi.Router) {
 		r.With(s.requireToken(auth.KindAgent)).Get("/clusters/agent/ws", s.agentWS)
@@ -188,7 +212,9 @@ func (s *Server) Handler() http.Handler {
 			r.Post("/clusters", s.createCluster)
 			r.Get("/clusters", s.listClusters)
 			r.Get("/clusters/{cluster}", s.getCluster)
+			r.Delete("/clusters/{cluster}", s.deleteCluster)
 			r.Get("/clusters/{cluster}/kubeconfig", s.kubeconfig)
+			r.Get("/clusters/{cluster}/traffic", s.clusterTraffic)
 			r.Get("/routes", s.listRoutes)
 			r.Post("/tokens", s.createToken)
 			r.Get("/tokens", s.listTokens)
@@ -198,6 +224,7 @@ func (s *Server) Handler() http.Handler {
 			r.Get("/domains", s.listGrants)
 			r.Post("/domains", s.grantDomain)
 			r.Delete("/domains/{domain}", s.revokeGrant)
+			r.Get("/audit", s.listAudit)
 		})
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
@@ -246,6 +273,17 @@ func (s *Server) requireToken(kinds ...auth.Kind) func(http.Handler) http.Handle
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			scheme, raw, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+			if r.Header.Get("Authorization") == "" && slices.Contains(kinds, auth.KindAdmin) {
+				// A console session: only for the admin API, and only
+				// with proof that the console itself sent the request.
+				if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
+					if err := CheckSameOrigin(r, c.Value, r.Header.Get(CSRFHeader)); err != nil {
+						writeError(w, r, err, nil)
+						return
+					}
+					scheme, raw, ok = "Bearer", c.Value, true
+				}
+			}
 			if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(raw) == "" {
 				writeError(w, r, controlplane.Errorf(controlplane.EUNAUTHORIZED, "missing Bearer token"), nil)
 				return
@@ -266,8 +304,8 @@ func (s *Server) requireToken(kinds ...auth.Kind) func(http.Handler) http.Handle
 	}
 }
 
-// statusOf maps error codes to HTTP statuses: the one place that does.
-func statusOf(code string) int {
+// StatusOf maps error codes to HTTP statuses: the one place that does.
+func StatusOf(code string) int {
 	switch code {
 	case controlplane.EINVALID:
 		return http.StatusBadRequest
@@ -310,7 +348,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error, log *slog.Log
 	if code == controlplane.EUNAUTHORIZED {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="pipeops"`)
 	}
-	writeJSON(w, statusOf(code), body)
+	writeJSON(w, StatusOf(code), body)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

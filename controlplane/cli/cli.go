@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pipeops/tunnel/controlplane/api"
+	"github.com/pipeops/tunnel/controlplane/console"
 	"github.com/pipeops/tunnel/controlplane/hostnames"
 	"github.com/pipeops/tunnel/controlplane/postgres"
 	"github.com/pipeops/tunnel/controlplane/tokens"
@@ -30,14 +32,21 @@ import (
 // Run runs the command line args (without the program name) and returns the
 // exit code: 0 success, 1 failure, 2 a usage or configuration error (see
 // package cmdline). When ctx ends, serve drains for SHUTDOWN_TIMEOUT.
+// Confirmations (cluster delete) are read from the process's standard
+// input, and only when it is a terminal.
 func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	r := &runner{getenv: getenv, stdout: stdout, stderr: stderr}
-	return cmdline.Execute(ctx, r.command(), args, stdout, stderr)
+	r := &runner{getenv: getenv, stdin: os.Stdin, stdout: stdout, stderr: stderr}
+	return r.execute(ctx, args)
+}
+
+func (r *runner) execute(ctx context.Context, args []string) int {
+	return cmdline.Execute(ctx, r.command(), args, r.stdout, r.stderr)
 }
 
 // runner is what every subcommand runs with.
 type runner struct {
 	getenv         func(string) string
+	stdin          io.Reader // answers to confirmations; see isTerminal
 	stdout, stderr io.Writer
 }
 
@@ -196,9 +205,20 @@ func serve(ctx context.Context, s *session) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	dns := &hostnames.DNSVerifier{Store: db, Resolver: hostnames.NewResolver(cfg.DNSResolver), Interval: cfg.HostnameCheckInterval, Logger: log}
+	var ui http.Handler
+	if cfg.Console {
+		c, err := console.New(console.Config{APIURL: cfg.APIURL, GatewayURL: cfg.GatewayURL, GatewayCA: cfg.GatewayCA, K8sAPIDomain: cfg.K8sAPIDomain,
+			GrafanaURL: cfg.GrafanaURL, SessionTTL: cfg.ConsoleSessionTTL},
+			console.Deps{Clusters: db, Routes: db, Tokens: db, Issuer: s.issuer, Audit: db, Traffic: db, Logger: log.With("part", "console")})
+		if err != nil {
+			return err
+		}
+		ui = c.Handler()
+	}
 	srv, err := api.New(api.Config{GatewayWSURL: cfg.GatewayWSURL, GatewayURL: cfg.GatewayURL, GatewayCA: cfg.GatewayCA, K8sAPIDomain: cfg.K8sAPIDomain, APIURL: cfg.APIURL,
 		RevocationCheckInterval: cfg.RevocationCheckInterval},
-		api.Deps{Clusters: db, Routes: db, Tokens: db, Hostnames: db, DNS: dns, Issuer: s.issuer, DB: db, Logger: log, Registry: reg})
+		api.Deps{Clusters: db, Routes: db, Tokens: db, Hostnames: db, DNS: dns, Issuer: s.issuer, DB: db, Logger: log, Registry: reg,
+			Audit: db, Console: ui, Traffic: db})
 	if err != nil {
 		return err
 	}

@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -18,8 +20,8 @@ import (
 )
 
 func (r *runner) clusterCommand() *cobra.Command {
-	return cmdline.Group(&cobra.Command{Use: "cluster", Short: "Create, list and show clusters"},
-		r.clusterCreateCommand(), r.clusterListCommand(), r.clusterShowCommand())
+	return cmdline.Group(&cobra.Command{Use: "cluster", Short: "Create, list, show and delete clusters"},
+		r.clusterCreateCommand(), r.clusterListCommand(), r.clusterShowCommand(), r.clusterDeleteCommand())
 }
 
 func (r *runner) clusterCreateCommand() *cobra.Command {
@@ -121,6 +123,118 @@ func (r *runner) clusterShowCommand() *cobra.Command {
 		})
 	}
 	return c
+}
+
+func (r *runner) clusterDeleteCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "delete NAME|ID",
+		Short: "Delete a cluster: its routes and hostnames go, its tokens stop working",
+		Long: `Delete a cluster, by name or id, after asking (--yes does not ask; without a
+terminal to ask on, --yes is required). In one transaction its routes are removed
+(every gateway stops serving their hosts at once), its hostnames and domain grants
+released, its agent tokens and the user tokens naming only it revoked, and the
+cluster deleted. Its agent's connections to the control plane and the gateways
+close within their REVOCATION_CHECK_INTERVAL, and it cannot come back with its
+token. Audit records of the cluster are kept.
+
+-o json prints {"status","uuid","name","routes_removed","hostnames_released",
+"domain_grants_released","tokens_revoked"}, as the admin API answers.`,
+		Example: `  pipeops-controlplane cluster delete staging
+  pipeops-controlplane cluster delete 0b5c5bc4-... --yes -o json`,
+		Args: cmdline.ExactArgs(1, "the cluster's name or id"),
+	}
+	yes := c.Flags().BoolP("yes", "y", false, "delete without asking")
+	out := addOutput(c, formatText, formatJSON, formatYAML)
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		format, err := out.get()
+		if err != nil {
+			return err
+		}
+		if !*yes && !isTerminal(r.stdin) {
+			return cmdline.Usagef("cluster delete: standard input is not a terminal, so there is no one to confirm: pass --yes to delete %s", args[0])
+		}
+		return r.configured(cmd.Context(), func(s *session) error {
+			cl, err := findCluster(cmd.Context(), s.db, args[0])
+			if err != nil {
+				return err
+			}
+			if !*yes {
+				routes, err := s.db.Routes(cmd.Context(), cl.UUID)
+				if err != nil {
+					return err
+				}
+				question := fmt.Sprintf("Delete cluster %s (id %s) and its %s? Its agent is cut off and its tokens stop working. [y/N] ",
+					terminalSafe(cl.Name), cl.UUID, plural(len(routes), "route"))
+				if !r.confirm(question) {
+					return fmt.Errorf("cluster %s not deleted: the answer was not y (--yes deletes without asking)", cl.Name)
+				}
+			}
+			d, err := s.db.DeleteCluster(cmd.Context(), cl.UUID)
+			if err != nil {
+				return err
+			}
+			if format != formatText {
+				return printData(r.stdout, format, api.ClusterDeletedOf(d))
+			}
+			printDeletion(r.stdout, d)
+			return nil
+		})
+	}
+	return c
+}
+
+// plural is "1 route", "2 routes".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// confirm asks question on stderr and reads one line of stdin: true for y
+// or yes. Anything else, or no answer at all, is no.
+func (r *runner) confirm(question string) bool {
+	fmt.Fprint(r.stderr, question)
+	line, err := bufio.NewReader(r.stdin).ReadString('\n')
+	if err != nil && line == "" {
+		fmt.Fprintln(r.stderr)
+		return false
+	}
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return true
+	}
+	return false
+}
+
+// isTerminal reports whether in is a terminal that someone can answer a
+// question on. A character device is taken for one: /dev/null is one too,
+// and reads as no answer, which confirm takes for no.
+func isTerminal(in io.Reader) bool {
+	f, ok := in.(*os.File)
+	if !ok || f == nil {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// printDeletion writes what deleting a cluster removed.
+func printDeletion(w io.Writer, d controlplane.ClusterDeletion) {
+	list := func(s []string) string {
+		if len(s) == 0 {
+			return "none"
+		}
+		return strings.Join(s, ", ")
+	}
+	fmt.Fprintf(w, "cluster %s deleted (id %s)\n", terminalSafe(d.Name), d.UUID)
+	t := &table{}
+	t.row("  routes removed:", fmt.Sprint(d.Routes))
+	t.row("  hostnames released:", list(d.Hostnames))
+	t.row("  domain grants released:", list(d.Grants))
+	t.row("  tokens revoked:", fmt.Sprint(d.TokensRevoked))
+	t.write(w)
+	fmt.Fprintln(w, "its agent's connections close within REVOCATION_CHECK_INTERVAL; its token no longer works")
 }
 
 // clusterJSON is a cluster as -o json prints it: the admin API's fields,

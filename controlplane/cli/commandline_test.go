@@ -93,6 +93,7 @@ func TestNoDatabaseBeforeArguments(t *testing.T) {
 		{[]string{"completion", "zsh"}, 0, "#compdef pipeops-controlplane", ""},
 		{[]string{"completion", "fish"}, 0, "complete -c pipeops-controlplane", ""},
 		{[]string{"__complete", "cluster", ""}, 0, "show", ""},
+		{[]string{"__complete", "cluster", "de"}, 0, "delete", ""},
 		{[]string{"__complete", "route", "list", "-o", ""}, 0, "yaml", ""},
 		{nil, 2, "", "pipeops-controlplane needs a command"},
 		{[]string{"frobnicate"}, 2, "", `unknown command "frobnicate" for "pipeops-controlplane"`},
@@ -104,6 +105,9 @@ func TestNoDatabaseBeforeArguments(t *testing.T) {
 		{[]string{"cluster", "create"}, 2, "", "cluster create takes one argument"},
 		{[]string{"cluster", "create", "a", "b"}, 2, "", "cluster create takes one argument"},
 		{[]string{"cluster", "show"}, 2, "", "cluster show takes one argument"},
+		{[]string{"cluster", "delete"}, 2, "", "cluster delete takes one argument"},
+		{[]string{"cluster", "delete", "a", "b", "--yes"}, 2, "", "cluster delete takes one argument"},
+		{[]string{"cluster", "delete", "--help"}, 0, "-y, --yes", ""},
 		{[]string{"cluster", "list", "-o", "xml"}, 2, "", `-o "xml": want one of table, wide, json, yaml`},
 		{[]string{"cluster", "list", "--json", "--wide"}, 2, "", "give one output format"},
 		{[]string{"cluster", "create", "x", "-o", "wide"}, 2, "", `-o "wide": want one of text, json, yaml`},
@@ -133,7 +137,7 @@ func TestNoDatabaseBeforeArguments(t *testing.T) {
 	}
 	// Help with no configuration at all, and a configuration error: exit 2
 	// without a connection either.
-	if code, out, _ := run(t, nil, "cluster", "--help"); code != 0 || !strings.Contains(out, "Create, list and show clusters") {
+	if code, out, _ := run(t, nil, "cluster", "--help"); code != 0 || !strings.Contains(out, "Create, list, show and delete clusters") {
 		t.Errorf("cluster --help without configuration: exit %d %q", code, out)
 	}
 	bad := map[string]string{"DATABASE_URL": db.url(), "ROUTE_TTL": "soon"}

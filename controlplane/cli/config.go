@@ -54,6 +54,12 @@ type Config struct {
 	// groups, for the agent to impersonate.
 	AdminUser   string
 	AdminGroups []string
+	// Console is CONSOLE (default true): serve the web console at
+	// /console/. ConsoleSessionTTL is CONSOLE_SESSION_TTL (default 8h),
+	// GrafanaURL is GRAFANA_URL (linked from the console; empty: no link).
+	Console           bool
+	ConsoleSessionTTL time.Duration
+	GrafanaURL        string
 	// KEK is KEY_ENCRYPTION_KEY_FILE or KEY_ENCRYPTION_KEY, the
 	// key-encryption key that seals the signing keys, with the previous
 	// ones of KEY_ENCRYPTION_KEY_PREVIOUS_FILE and KEY_ENCRYPTION_KEY_PREVIOUS
@@ -84,6 +90,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	c.DNSResolver = r.String("DNS_RESOLVER", "")
 	c.HostnameCheckInterval = r.Duration("HOSTNAME_CHECK_INTERVAL", hostnames.DefaultCheckInterval)
 	c.RevocationCheckInterval = r.Duration("REVOCATION_CHECK_INTERVAL", 15*time.Second)
+	c.Console = r.Bool("CONSOLE", true)
+	c.ConsoleSessionTTL = r.Duration("CONSOLE_SESSION_TTL", 8*time.Hour)
+	c.GrafanaURL = r.String("GRAFANA_URL", "")
 	c.Ownership.TrustUnverified = r.OneOf("HOSTNAME_VERIFICATION", "dns", "dns", "off") == "off"
 	for _, b := range strings.Split(r.String("ROUTE_BASE_DOMAINS", ""), ",") {
 		if b = strings.TrimSpace(b); b != "" {
@@ -104,7 +113,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	} else if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		r.Failf("DATABASE_URL must be a postgres:// URL")
 	}
-	for _, v := range []struct{ name, value string }{{"GATEWAY_WS_URL", c.GatewayWSURL}, {"GATEWAY_URL", c.GatewayURL}, {"API_URL", c.APIURL}} {
+	for _, v := range []struct{ name, value string }{{"GATEWAY_WS_URL", c.GatewayWSURL}, {"GATEWAY_URL", c.GatewayURL}, {"API_URL", c.APIURL}, {"GRAFANA_URL", c.GrafanaURL}} {
 		if v.value == "" {
 			continue
 		}

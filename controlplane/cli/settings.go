@@ -30,6 +30,9 @@ var Settings = settings.Table{
 	{Env: "ADMIN_IDENTITY_USER", Default: "pipeops:admin", Help: "the person every admin token names (its sub)"},
 	{Env: "ADMIN_IDENTITY_GROUPS", Default: "pipeops:admins", Help: "comma-separated groups every admin token carries"},
 	{Env: "REVOCATION_CHECK_INTERVAL", Kind: settings.Duration, Default: "15s", Help: "how often the tokens of open agent registration sockets are checked for revocation"},
+	{Env: "CONSOLE", Kind: settings.Bool, Default: "true", Help: "serve the web console at /console/ (sign in with an admin token)"},
+	{Env: "CONSOLE_SESSION_TTL", Kind: settings.Duration, Default: "8h", Help: "how long a console sign-in lasts; signing out ends it sooner"},
+	{Env: "GRAFANA_URL", Help: "the Grafana dashboard's URL, linked from the console (the compose monitoring profile's)"},
 	{Env: "LOG_LEVEL", Default: "info", Help: "debug, info, warn or error"},
 	{Env: "LOG_FORMAT", Default: "text", Help: "text or json"},
 }

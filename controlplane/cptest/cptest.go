@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/pipeops/tunnel/controlplane/api"
+	"github.com/pipeops/tunnel/controlplane/console"
 	"github.com/pipeops/tunnel/controlplane/hostnames"
 	"github.com/pipeops/tunnel/controlplane/keyseal"
 	"github.com/pipeops/tunnel/controlplane/postgres"
@@ -75,7 +76,13 @@ func Start(t testing.TB, cfg api.Config) *ControlPlane {
 	// Tests send no DNS query off the machine: by default the resolver is a
 	// loopback port where nothing answers.
 	cp.DNS = &hostnames.DNSVerifier{Store: cp.DB, Resolver: hostnames.NewResolver("127.0.0.1:9")}
-	s, err := api.New(cfg, api.Deps{Clusters: cp.DB, Routes: cp.DB, Tokens: cp.DB, Hostnames: cp.DB, DNS: cp.DNS, Issuer: cp.Issuer, DB: cp.DB})
+	ui, err := console.New(console.Config{APIURL: cfg.APIURL, GatewayURL: cfg.GatewayURL, GatewayCA: cfg.GatewayCA, K8sAPIDomain: cfg.K8sAPIDomain},
+		console.Deps{Clusters: cp.DB, Routes: cp.DB, Tokens: cp.DB, Issuer: cp.Issuer, Audit: cp.DB, Traffic: cp.DB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := api.New(cfg, api.Deps{Clusters: cp.DB, Routes: cp.DB, Tokens: cp.DB, Hostnames: cp.DB, DNS: cp.DNS, Issuer: cp.Issuer, DB: cp.DB,
+		Audit: cp.DB, Console: ui.Handler(), Traffic: cp.DB})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,11 @@ const (
 	// minFlushTimeout is the least a periodic flush is given before the
 	// clusters it has not written yet wait for the next one.
 	minFlushTimeout = 10 * time.Second
+	// statusFlushDelay is how soon after an agent connects or goes away
+	// its cluster's status is written, rather than at the next periodic
+	// flush: people watch that change (the console shows it live), and a
+	// wave of reconnects within the delay still costs one flush.
+	statusFlushDelay = 200 * time.Millisecond
 )
 
 // Recorder is a session.ControlHandler: it acknowledges heartbeats at once
@@ -88,6 +93,9 @@ type Recorder struct {
 	last map[string]snapshot
 	// current is each cluster's session, as SessionStarted was told.
 	current map[string]*session.Session
+	// statusChanged wakes Run for an early flush when a session starts or
+	// ends (capacity 1: changes while one wake-up waits share it).
+	statusChanged chan struct{}
 }
 
 // snapshot is one heartbeat as stored.
@@ -112,6 +120,7 @@ func (r *Recorder) initLocked() {
 		r.pending = make(map[string]update)
 		r.last = make(map[string]snapshot)
 		r.current = make(map[string]*session.Session)
+		r.statusChanged = make(chan struct{}, 1)
 	}
 }
 
@@ -266,9 +275,14 @@ func (r *Recorder) setStatusLocked(cluster, status string) {
 	u.status = status
 	r.pending[cluster] = u
 	r.Metrics.setPending(len(r.pending))
+	select {
+	case r.statusChanged <- struct{}{}:
+	default: // a wake-up is already waiting
+	}
 }
 
-// Run flushes every FlushInterval until ctx ends, then flushes once more
+// Run flushes every FlushInterval, and within a fraction of a second of a
+// session starting or ending, until ctx ends, then flushes once more
 // (with a fresh context of a few seconds, since ctx has ended) and returns.
 // Cancel ctx only once no more heartbeats can come (after the session
 // registry has shut down), so that the last flush has them all. Flush
@@ -276,6 +290,20 @@ func (r *Recorder) setStatusLocked(cluster, status string) {
 func (r *Recorder) Run(ctx context.Context) {
 	t := time.NewTicker(r.interval())
 	defer t.Stop()
+	r.mu.Lock()
+	r.initLocked()
+	statusChanged := r.statusChanged
+	r.mu.Unlock()
+	flush := func() {
+		// A flush that hangs on the database must not hold up the
+		// ones after it forever; what it could not write is retried.
+		fctx, cancel := context.WithTimeout(ctx, max(4*r.interval(), minFlushTimeout))
+		err := r.Flush(fctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			r.log().Warn("heartbeat flush", "err", err)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -287,14 +315,16 @@ func (r *Recorder) Run(ctx context.Context) {
 			r.limited().Flush() // the counts not written yet
 			return
 		case <-t.C:
-			// A flush that hangs on the database must not hold up the
-			// ones after it forever; what it could not write is retried.
-			fctx, cancel := context.WithTimeout(ctx, max(4*r.interval(), minFlushTimeout))
-			err := r.Flush(fctx)
-			cancel()
-			if err != nil && ctx.Err() == nil {
-				r.log().Warn("heartbeat flush", "err", err)
+			flush()
+		case <-statusChanged:
+			delay := time.NewTimer(statusFlushDelay)
+			select {
+			case <-ctx.Done():
+				delay.Stop()
+				continue // the final flush writes it
+			case <-delay.C:
 			}
+			flush()
 		}
 	}
 }

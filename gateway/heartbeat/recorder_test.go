@@ -386,12 +386,15 @@ func TestRunFlushesOnStop(t *testing.T) {
 		defer close(done)
 		rec.Run(ctx)
 	}()
+	// The session's start is written early (TestStatusWrittenPromptly);
+	// wait for that write, so that what follows sees heartbeats alone.
+	waitWrites(t, e.store, 1)
 	a.send("last", heartbeat(42))
 	if got := a.ack(); got != "last" {
 		t.Fatalf("ack for %q", got)
 	}
-	if w := e.store.writesFor(""); len(w) != 0 {
-		t.Fatalf("%d writes before the interval", len(w))
+	if w := e.store.writesFor(""); len(w) != 1 {
+		t.Fatalf("%d writes before the interval, want only the status one", len(w))
 	}
 	cancel()
 	select {
@@ -399,11 +402,59 @@ func TestRunFlushesOnStop(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return")
 	}
-	if w := e.store.writesFor(""); len(w) != 1 {
-		t.Fatalf("%d writes, want 1", len(w))
+	if w := e.store.writesFor(""); len(w) != 2 {
+		t.Fatalf("%d writes, want 2 (the status, then the final flush)", len(w))
 	}
 	if c := e.row(cluster); !reflect.DeepEqual(c.Metadata, wantMeta(42)) {
 		t.Errorf("stored %v", c.Metadata)
+	}
+}
+
+// waitWrites waits, within the test's deadline, for the store to have
+// seen n writes.
+func waitWrites(t *testing.T, store *countingStore, n int) {
+	t.Helper()
+	testenv.Eventually(t, func() bool { return len(store.writesFor("")) >= n }, "%d heartbeat writes", n)
+}
+
+// TestStatusWrittenPromptly: an agent's arrival and departure are written
+// at once, not at the next periodic flush (an hour away here), so that
+// what people watch follows the agent.
+func TestStatusWrittenPromptly(t *testing.T) {
+	e := newEnv(t, 1)
+	cluster := e.clusters[0]
+	rec := e.recorder(&Recorder{FlushInterval: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rec.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	before := e.row(cluster)
+
+	g := e.gateway(rec, cluster)
+	a, s := g.agent(nil)
+	testenv.Eventually(t, func() bool { return e.row(cluster).Status == controlplane.ClusterConnected },
+		"cluster connected before the hourly flush")
+	connected := e.row(cluster)
+	if !connected.StatusSince.After(before.StatusSince) {
+		t.Errorf("status since %v, not after %v", connected.StatusSince, before.StatusSince)
+	}
+
+	a.stop()
+	g.waitEnded(s)
+	testenv.Eventually(t, func() bool { return e.row(cluster).Status == controlplane.ClusterDisconnected },
+		"cluster disconnected before the hourly flush")
+	if gone := e.row(cluster); gone.StatusSince.Before(connected.StatusSince) {
+		t.Errorf("disconnected since %v, before it connected (%v)", gone.StatusSince, connected.StatusSince)
+	}
+	// A heartbeat-free write per change: the connect and the disconnect.
+	if w := e.store.writesFor(cluster); len(w) != 2 {
+		t.Errorf("%d writes, want 2", len(w))
 	}
 }
 

@@ -63,6 +63,20 @@ type Config struct {
 	MaxRequestBody int64
 	Logger         *slog.Logger
 	Metrics        prometheus.Registerer
+	// Traffic, when set, is told of every routed request once it is done
+	// (a *traffic.Recorder); nil tells nothing and counts no bytes.
+	Traffic TrafficObserver
+}
+
+// TrafficObserver takes the figures of finished public requests. Observe is
+// called on the request's goroutine, after the response, so it must be
+// cheap. cluster and host are the matched route's (a wildcard route's
+// "*.example.com", not the visitor's subdomain); status is the one
+// answered (101 for an upgrade, whose relayed bytes are not counted);
+// bytesIn and bytesOut are the body bytes read from the visitor and written
+// to it; d is from the request's arrival to the end of its response.
+type TrafficObserver interface {
+	Observe(cluster, host string, status int, bytesIn, bytesOut int64, d time.Duration)
 }
 
 // Proxy is the public proxy handler. Safe for concurrent use. It owns the
@@ -185,6 +199,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rec := &statusRecorder{ResponseWriter: w}
 	r = r.WithContext(context.WithValue(r.Context(), targetKey{}, t))
+	var in *countingBody
+	if p.cfg.Traffic != nil && r.Body != nil && r.Body != http.NoBody {
+		// Under the body limit's reader, which the error handler looks for.
+		in = &countingBody{ReadCloser: r.Body}
+		r.Body = in
+	}
 	limit := bodyLimit(p.cfg.MaxRequestBody, m.MaxRequestBody)
 	body, fits := limitBody(r, limit)
 	if !fits {
@@ -201,8 +221,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if t.fellBack.Load() {
 		mode = "direct_fallback"
 	}
+	elapsed := time.Since(t.start)
 	p.metrics.requests.WithLabelValues(mode, strconv.Itoa(rec.statusOr200())).Inc()
-	p.metrics.duration.WithLabelValues(mode).Observe(time.Since(t.start).Seconds())
+	p.metrics.duration.WithLabelValues(mode).Observe(elapsed.Seconds())
+	if p.cfg.Traffic != nil {
+		var bytesIn int64
+		if in != nil {
+			bytesIn = in.n.Load()
+		}
+		p.cfg.Traffic.Observe(m.Route.ClusterUUID, m.Route.Hostname, rec.statusOr200(), bytesIn, rec.written, elapsed)
+	}
 }
 
 func hostOnly(host string) string {
@@ -321,12 +349,13 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 	http.Error(w, msg, status)
 }
 
-// statusRecorder remembers the final status for metrics. It forwards Flush
-// and the other optional interfaces (Hijack) through Unwrap
-// (http.ResponseController).
+// statusRecorder remembers the final status, and counts the body bytes
+// written, for metrics. It forwards Flush and the other optional interfaces
+// (Hijack) through Unwrap (http.ResponseController).
 type statusRecorder struct {
 	http.ResponseWriter
-	status int
+	status  int
+	written int64
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -340,7 +369,9 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 	if s.status == 0 {
 		s.status = http.StatusOK
 	}
-	return s.ResponseWriter.Write(b)
+	n, err := s.ResponseWriter.Write(b)
+	s.written += int64(n)
+	return n, err
 }
 
 func (s *statusRecorder) Flush() {

@@ -10,6 +10,7 @@ import (
 	"github.com/pipeops/tunnel/gateway/audit"
 	"github.com/pipeops/tunnel/gateway/routetable"
 	"github.com/pipeops/tunnel/gateway/session"
+	"github.com/pipeops/tunnel/gateway/traffic"
 	"github.com/pipeops/tunnel/shared/envconfig"
 )
 
@@ -75,6 +76,7 @@ type Config struct {
 	AuditRetention  time.Duration // AUDIT_RETENTION, default 720h: how long Kubernetes API audit entries are kept
 	AuditMaxRows    int64         // AUDIT_MAX_ROWS, default 1000000: audit entries kept at most (all gateways together)
 	AuditQueue      int           // AUDIT_QUEUE, default 10000: audit entries waiting for the database at most
+	TrafficMaxAge   time.Duration // TRAFFIC_RETENTION, default 24h: how long the per-minute public traffic figures are kept
 	LogLevel        slog.Level    // LOG_LEVEL
 	LogFormat       string        // LOG_FORMAT: text or json
 }
@@ -117,6 +119,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		AuditRetention:  r.Duration("AUDIT_RETENTION", audit.DefaultRetention),
 		AuditMaxRows:    audit.DefaultMaxRows,
 		AuditQueue:      audit.DefaultQueue,
+		TrafficMaxAge:   r.Duration("TRAFFIC_RETENTION", traffic.DefaultRetention),
 		LogLevel:        r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 		LogFormat:       r.OneOf("LOG_FORMAT", "text", "text", "json"),
 	}

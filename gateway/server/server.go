@@ -30,6 +30,7 @@ import (
 	"github.com/pipeops/tunnel/gateway/proxy"
 	"github.com/pipeops/tunnel/gateway/routetable"
 	"github.com/pipeops/tunnel/gateway/session"
+	"github.com/pipeops/tunnel/gateway/traffic"
 	"github.com/pipeops/tunnel/shared/auth"
 	"github.com/pipeops/tunnel/shared/keyset"
 	"github.com/pipeops/tunnel/shared/revocation"
@@ -48,6 +49,7 @@ type Gateway struct {
 	k8s      *proxy.K8s
 	recorder *heartbeat.Recorder
 	audit    *audit.Recorder
+	traffic  *traffic.Recorder
 	revs     *authn.Revocations
 	registry *prometheus.Registry
 	draining atomic.Bool
@@ -136,8 +138,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 		db.Close()
 		return nil, err
 	}
+	g.traffic = traffic.New(traffic.Config{Store: db, Logger: log, Metrics: reg, Retention: cfg.TrafficMaxAge})
 	g.proxy, err = proxy.New(proxy.Config{Routes: g.routes, Tunnels: g.sessions, ResponseHeaderTimeout: cfg.HeaderTimeout,
-		MaxRequestBody: cfg.MaxRequestBody, Logger: log, Metrics: reg})
+		MaxRequestBody: cfg.MaxRequestBody, Logger: log, Metrics: reg, Traffic: g.traffic})
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -281,8 +284,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 }
 
 // startBackground starts the gateway's background loops (route table,
-// heartbeat flushes, revocation checks, audit writes) and returns the
-// function that stops them and waits for them.
+// heartbeat flushes, revocation checks, audit writes, traffic flushes) and
+// returns the function that stops them and waits for them.
 func (g *Gateway) startBackground() (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -290,6 +293,7 @@ func (g *Gateway) startBackground() (stop func()) {
 	wg.Go(func() { g.recorder.Run(ctx) })
 	wg.Go(func() { g.conns.Run(ctx) })
 	wg.Go(func() { _ = g.audit.Run(ctx) })
+	wg.Go(func() { g.traffic.Run(ctx) })
 	return func() {
 		cancel()
 		wg.Wait()

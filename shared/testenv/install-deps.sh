@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests run against: etcd (for the test
-# kube-apiserver), the PostgreSQL server, and shellcheck (the installer's
-# lint test). Does nothing when they are there,
+# kube-apiserver), the PostgreSQL server, shellcheck (the installer's lint
+# test) and chromium (the console's browser tests). Does nothing when they are there,
 # so it needs root (or sudo) only on a machine that lacks them.
 set -euo pipefail
 
@@ -13,9 +13,13 @@ if [[ -z "${TEST_DATABASE_URL:-}" ]] && ! command -v postgres >/dev/null 2>&1 \
 fi
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+# The console's browser tests (shared/testenv/browsertest), with a font for
+# their screenshots (--no-install-recommends leaves chromium without one).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
 
 if ((${#missing[@]} == 0)); then
-	echo "deps: etcd, PostgreSQL and shellcheck are installed"
+	echo "deps: etcd, PostgreSQL, shellcheck and chromium are installed"
 	exit 0
 fi
 

@@ -37,6 +37,7 @@ var gatewaySettings = settings.Table{
 	{Env: "AUDIT_RETENTION", Kind: settings.Duration, Default: "720h", Help: "how long Kubernetes API audit entries are kept"},
 	{Env: "AUDIT_MAX_ROWS", Default: "1000000", Help: "audit entries kept at most, all gateways together"},
 	{Env: "AUDIT_QUEUE", Default: "10000", Help: "audit entries waiting for the database at most (1 to 1000000)"},
+	{Env: "TRAFFIC_RETENTION", Kind: settings.Duration, Default: "24h", Help: "how long the per-minute public traffic figures are kept"},
 	{Env: "LOG_LEVEL", Default: "info", Help: "debug, info, warn or error"},
 	{Env: "LOG_FORMAT", Default: "text", Help: "text or json"},
 }

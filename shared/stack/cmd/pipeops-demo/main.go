@@ -107,8 +107,18 @@ func run(ctx context.Context, binDir string, checkOnly, keep bool) int {
 	if err := c.SetLoadBalancer(ctx, false); err == nil {
 		fmt.Println("(the LoadBalancer address is withdrawn again: routes are back in tunnel mode)")
 	}
+	// A sign-in for the console. The stack lives on loopback and dies with
+	// the demo, so its token may be shown; it lasts 12 h at most.
+	signin, _, err := s.Token(ctx, "admin", 12*time.Hour)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "demo: an admin token for the console: %v\n", err)
+		return 1
+	}
 	fmt.Printf(`
 == the stack is up; try it by hand (Ctrl-C stops everything)
+
+  web console         %[11]s/console/
+  its sign-in token   %[12]s
 
   curl -H 'Host: %[1]s' %[2]s/
   curl -H 'Host: %[1]s' '%[2]s/bytes?n=100000000' -o /dev/null -w '%%{speed_download} bytes/s\n'
@@ -123,7 +133,7 @@ func run(ctx context.Context, binDir string, checkOnly, keep bool) int {
   control plane       %[9]s/readyz
   logs                %[10]s
 `, host, s.GatewayHTTP, c.Kubeconfig, c.Kube.Kubeconfig, s.EnvFile, filepath.Join(bin, "pipeops-controlplane"),
-		c.AgentURL, s.GatewayAdmin, s.ControlPlaneURL, filepath.Join(dir, "logs"))
+		c.AgentURL, s.GatewayAdmin, s.ControlPlaneURL, filepath.Join(dir, "logs"), s.ControlPlaneURL, signin)
 	<-ctx.Done()
 	return 0
 }
