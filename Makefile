@@ -200,6 +200,11 @@ test-busy: deps testenv helm pebble promtool $(GOTESTSUM) ## make test BUSY_RUNS
 	done; \
 	echo "test-busy: all $(BUSY_RUNS) runs passed"
 
+.PHONY: console-screenshots
+console-screenshots: deps testenv ## run the console's browser test and write its screenshots into docs/images/
+	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" CONSOLE_SCREENSHOTS="$(CURDIR)/docs/images" \
+		$(GO) test -count=1 -run 'TestConsole$$' ./e2e/
+
 .PHONY: test-short
 test-short: ## run the tests without installing anything; missing environments skip
 	$(GO) test -race ./...

@@ -119,6 +119,7 @@ type Cluster struct {
 	Name              string
 	Status            string
 	StatusSince       time.Time // when Status last changed
+	Gateway           string    // the GATEWAY_ID of the gateway that holds, or last held, the agent's session
 	AgentID           string
 	AgentVersion      string
 	K8sVersion        string
@@ -264,7 +265,9 @@ type ClusterStore interface {
 	// r.Info encodes to more than MaxAgentInfoSize.
 	UpdateAgent(ctx context.Context, uuid string, r AgentReport) error
 	// RecordHeartbeat stores a heartbeat's status and metadata.
-	RecordHeartbeat(ctx context.Context, uuid, status string, metadata map[string]any, at time.Time) error
+	// gateway is the id of the gateway that holds the session; "" keeps
+	// the stored one (the control plane's own registration socket).
+	RecordHeartbeat(ctx context.Context, uuid, status, gateway string, metadata map[string]any, at time.Time) error
 	// DeleteCluster deletes a cluster and, in the same transaction,
 	// everything that lets anyone reach it: its routes and hostname claims
 	// (announced on RouteNotifyChannel as an unregister is, so that every

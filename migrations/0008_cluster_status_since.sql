@@ -5,3 +5,7 @@
 ALTER TABLE clusters ADD COLUMN status_since timestamptz;
 UPDATE clusters SET status_since = updated_at;
 ALTER TABLE clusters ALTER COLUMN status_since SET NOT NULL;
+
+-- Which gateway holds (or last held) the cluster's agent session, by its
+-- GATEWAY_ID; empty until a gateway has written the cluster's state.
+ALTER TABLE clusters ADD COLUMN gateway text NOT NULL DEFAULT '';

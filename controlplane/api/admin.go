@@ -22,6 +22,7 @@ type clusterView struct {
 	Name              string                          `json:"name"`
 	Status            string                          `json:"status"`
 	StatusSince       time.Time                       `json:"status_since"`
+	Gateway           string                          `json:"gateway,omitempty"`
 	AgentVersion      string                          `json:"agent_version,omitempty"`
 	K8sVersion        string                          `json:"k8s_version,omitempty"`
 	LastHeartbeat     *time.Time                      `json:"last_heartbeat,omitempty"`
@@ -34,7 +35,7 @@ type clusterView struct {
 }
 
 func viewOf(c *controlplane.Cluster) clusterView {
-	v := clusterView{UUID: c.UUID, Name: c.Name, Status: c.Status, StatusSince: c.StatusSince, AgentVersion: c.AgentVersion, K8sVersion: c.K8sVersion,
+	v := clusterView{UUID: c.UUID, Name: c.Name, Status: c.Status, StatusSince: c.StatusSince, Gateway: c.Gateway, AgentVersion: c.AgentVersion, K8sVersion: c.K8sVersion,
 		Metadata: c.Metadata, AgentInfo: c.AgentInfo, PublicEndpoint: c.PublicEndpoint, RoutingMode: c.RoutingMode,
 		IngressController: c.IngressController, CreatedAt: c.CreatedAt}
 	if !c.LastHeartbeat.IsZero() {

@@ -205,7 +205,7 @@ func (s *Server) heartbeat(ctx context.Context, cluster string, msg tunnel.Messa
 		return errorMessage("malformed heartbeat: " + err.Error())
 	}
 	status, meta := controlplane.HeartbeatRecord(hb)
-	if err := s.clusters.RecordHeartbeat(ctx, cluster, status, meta, time.Now()); err != nil && !errors.Is(err, context.Canceled) {
+	if err := s.clusters.RecordHeartbeat(ctx, cluster, status, "", meta, time.Now()); err != nil && !errors.Is(err, context.Canceled) {
 		logf("record heartbeat", "err", err)
 	}
 	reply, _ := tunnel.NewMessage(tunnel.TypeHeartbeatAck, tunnel.HeartbeatAck{})

@@ -243,6 +243,8 @@ type clusterJSON struct {
 	UUID              string                          `json:"uuid"`
 	Name              string                          `json:"name"`
 	Status            string                          `json:"status"`
+	StatusSince       time.Time                       `json:"status_since"`
+	Gateway           string                          `json:"gateway,omitempty"`
 	AgentID           string                          `json:"agent_id,omitempty"`
 	AgentVersion      string                          `json:"agent_version,omitempty"`
 	K8sVersion        string                          `json:"k8s_version,omitempty"`
@@ -256,7 +258,7 @@ type clusterJSON struct {
 }
 
 func clusterViewOf(c *controlplane.Cluster) clusterJSON {
-	v := clusterJSON{UUID: c.UUID, Name: c.Name, Status: c.Status, AgentID: c.AgentID, AgentVersion: c.AgentVersion, K8sVersion: c.K8sVersion,
+	v := clusterJSON{UUID: c.UUID, Name: c.Name, Status: c.Status, StatusSince: c.StatusSince.UTC(), Gateway: c.Gateway, AgentID: c.AgentID, AgentVersion: c.AgentVersion, K8sVersion: c.K8sVersion,
 		Metadata: c.Metadata, AgentInfo: c.AgentInfo, PublicEndpoint: c.PublicEndpoint, RoutingMode: c.RoutingMode,
 		IngressController: c.IngressController, CreatedAt: c.CreatedAt.UTC()}
 	if !c.LastHeartbeat.IsZero() {
@@ -307,6 +309,10 @@ func showCluster(w io.Writer, c *controlplane.Cluster, routes []controlplane.Rou
 	field("Name", c.Name)
 	field("ID", c.UUID)
 	field("Status", c.Status)
+	if !c.StatusSince.IsZero() {
+		field("Status since", c.StatusSince.UTC().Format(time.RFC3339))
+	}
+	field("Gateway", c.Gateway)
 	field("Last heartbeat", heartbeat(c))
 	field("Agent ID", c.AgentID)
 	field("Agent version", c.AgentVersion)

@@ -18,7 +18,7 @@ import (
 var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 const clusterColumns = `uuid::text, name, status, agent_id, agent_version, k8s_version, last_heartbeat,
-	metadata, agent_info, public_endpoint, routing_mode, ingress_controller, created_at, updated_at, status_since`
+	metadata, agent_info, public_endpoint, routing_mode, ingress_controller, created_at, updated_at, status_since, gateway`
 
 // CreateCluster creates a cluster named name in status pending, with a new
 // UUID. EINVALID when name is not a DNS-1123 label (lowercase letters, digits
@@ -108,10 +108,10 @@ func (db *DB) UpdateAgent(ctx context.Context, uuid string, r controlplane.Agent
 }
 
 // RecordHeartbeat stores status, metadata (replacing the previous) and the
-// heartbeat time at (Now when zero). A status that differs from the stored
-// one also moves StatusSince to now. EINVALID for a status other than
+// heartbeat time at (Now when zero), and gateway unless it is empty. A
+// status that differs from the stored one also moves StatusSince to now. EINVALID for a status other than
 // pending, connected or disconnected; ENOTFOUND for an unknown cluster.
-func (db *DB) RecordHeartbeat(ctx context.Context, uuid, status string, metadata map[string]any, at time.Time) error {
+func (db *DB) RecordHeartbeat(ctx context.Context, uuid, status, gateway string, metadata map[string]any, at time.Time) error {
 	switch status {
 	case controlplane.ClusterPending, controlplane.ClusterConnected, controlplane.ClusterDisconnected:
 	default:
@@ -127,8 +127,9 @@ func (db *DB) RecordHeartbeat(ctx context.Context, uuid, status string, metadata
 	}
 	tag, err := db.pool.Exec(ctx, `
 		UPDATE clusters SET status = $2, metadata = $3, last_heartbeat = $4, updated_at = $5,
-			status_since = CASE WHEN status = $2 THEN status_since ELSE $5 END
-		WHERE uuid = $1`, uuid, status, metadata, at, now)
+			status_since = CASE WHEN status = $2 THEN status_since ELSE $5 END,
+			gateway = CASE WHEN $6 = '' THEN gateway ELSE $6 END
+		WHERE uuid = $1`, uuid, status, metadata, at, now, gateway)
 	if err != nil {
 		return clusterErr(err, uuid, "record heartbeat")
 	}
@@ -144,7 +145,7 @@ func scanCluster(row pgx.Row) (*controlplane.Cluster, error) {
 		heartbeat *time.Time
 	)
 	err := row.Scan(&c.UUID, &c.Name, &c.Status, &c.AgentID, &c.AgentVersion, &c.K8sVersion, &heartbeat,
-		&c.Metadata, &c.AgentInfo, &c.PublicEndpoint, &c.RoutingMode, &c.IngressController, &c.CreatedAt, &c.UpdatedAt, &c.StatusSince)
+		&c.Metadata, &c.AgentInfo, &c.PublicEndpoint, &c.RoutingMode, &c.IngressController, &c.CreatedAt, &c.UpdatedAt, &c.StatusSince, &c.Gateway)
 	if err != nil {
 		return nil, err
 	}

@@ -90,10 +90,10 @@ func TestClusterLookups(t *testing.T) {
 		}},
 		{"update agent, malformed", func() error { return db.UpdateAgent(ctx, "x", controlplane.AgentReport{AgentID: "agent"}) }},
 		{"heartbeat, unknown", func() error {
-			return db.RecordHeartbeat(ctx, "00000000-0000-0000-0000-000000000000", controlplane.ClusterConnected, nil, time.Time{})
+			return db.RecordHeartbeat(ctx, "00000000-0000-0000-0000-000000000000", controlplane.ClusterConnected, "gw-1", nil, time.Time{})
 		}},
 		{"heartbeat, malformed", func() error {
-			return db.RecordHeartbeat(ctx, "x", controlplane.ClusterConnected, nil, time.Time{})
+			return db.RecordHeartbeat(ctx, "x", controlplane.ClusterConnected, "gw-1", nil, time.Time{})
 		}},
 	}
 	for _, tt := range notFound {
@@ -112,7 +112,7 @@ func TestUpdateAgentAndHeartbeat(t *testing.T) {
 	}
 	at := clk.Now().Add(-time.Second)
 	meta := map[string]any{"nodes": float64(3), "region": "eu", "labels": map[string]any{"tier": "gold"}}
-	if err := db.RecordHeartbeat(ctx, c.UUID, controlplane.ClusterConnected, meta, at); err != nil {
+	if err := db.RecordHeartbeat(ctx, c.UUID, controlplane.ClusterConnected, "gw-1", meta, at); err != nil {
 		t.Fatalf("RecordHeartbeat: %v", err)
 	}
 	got, err := db.Cluster(ctx, c.UUID)
@@ -122,11 +122,26 @@ func TestUpdateAgentAndHeartbeat(t *testing.T) {
 	if got.AgentID != "agent-7" || got.AgentVersion != "v2.1.0" || got.K8sVersion != "v1.31.2" ||
 		got.Status != controlplane.ClusterConnected || !got.LastHeartbeat.Equal(at) || !got.UpdatedAt.Equal(clk.Now()) ||
 		got.Metadata["region"] != "eu" || got.Metadata["nodes"] != float64(3) ||
-		got.Metadata["labels"].(map[string]any)["tier"] != "gold" {
+		got.Metadata["labels"].(map[string]any)["tier"] != "gold" || got.Gateway != "gw-1" || !got.StatusSince.Equal(clk.Now()) {
 		t.Errorf("after agent update and heartbeat: %+v", got)
 	}
+	// A write with no gateway keeps the one stored; the same status keeps
+	// its since.
+	clk.Add(time.Minute)
+	if err := db.RecordHeartbeat(ctx, c.UUID, controlplane.ClusterConnected, "", meta, at); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := db.Cluster(ctx, c.UUID); err != nil || got.Gateway != "gw-1" || !got.StatusSince.Equal(clk.Now().Add(-time.Minute)) {
+		t.Errorf("after a write without a gateway: %+v, %v", got, err)
+	}
+	if err := db.RecordHeartbeat(ctx, c.UUID, controlplane.ClusterDisconnected, "gw-2", meta, at); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := db.Cluster(ctx, c.UUID); err != nil || got.Gateway != "gw-2" || !got.StatusSince.Equal(clk.Now()) {
+		t.Errorf("after a status change on another gateway: %+v, %v", got, err)
+	}
 
-	wantCode(t, db.RecordHeartbeat(ctx, c.UUID, "on-fire", nil, at), controlplane.EINVALID)
+	wantCode(t, db.RecordHeartbeat(ctx, c.UUID, "on-fire", "gw-1", nil, at), controlplane.EINVALID)
 }
 
 // What a registering agent says of itself is read back as stored, replaced
@@ -188,7 +203,7 @@ func TestUpdateAgentInfo(t *testing.T) {
 	}
 	// A heartbeat does not touch what the registration said.
 	wantCode(t, db.UpdateAgent(ctx, c.UUID, controlplane.AgentReport{AgentID: "agent-4", Info: map[string]any{"region": "DE"}}), "")
-	wantCode(t, db.RecordHeartbeat(ctx, c.UUID, controlplane.ClusterConnected, map[string]any{"k8s_pods": 3}, time.Time{}), "")
+	wantCode(t, db.RecordHeartbeat(ctx, c.UUID, controlplane.ClusterConnected, "gw-1", map[string]any{"k8s_pods": 3}, time.Time{}), "")
 	if got := read(); got.AgentInfo["region"] != "DE" || got.Metadata["k8s_pods"] != float64(3) {
 		t.Errorf("after a heartbeat: info %v, metadata %v", got.AgentInfo, got.Metadata)
 	}

@@ -43,7 +43,7 @@ type write struct {
 
 var errDown = errors.New("database unreachable")
 
-func (c *countingStore) RecordHeartbeat(ctx context.Context, uuid, status string, meta map[string]any, at time.Time) error {
+func (c *countingStore) RecordHeartbeat(ctx context.Context, uuid, status, gateway string, meta map[string]any, at time.Time) error {
 	c.mu.Lock()
 	c.writes = append(c.writes, write{uuid, status, meta, at})
 	c.mu.Unlock()
@@ -53,7 +53,7 @@ func (c *countingStore) RecordHeartbeat(ctx context.Context, uuid, status string
 	if c.fail.Load() {
 		return errDown
 	}
-	return c.ClusterStore.RecordHeartbeat(ctx, uuid, status, meta, at)
+	return c.ClusterStore.RecordHeartbeat(ctx, uuid, status, gateway, meta, at)
 }
 
 // writesFor returns the writes made for cluster ("" for all).

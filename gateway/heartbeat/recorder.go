@@ -65,6 +65,9 @@ const (
 type Recorder struct {
 	// Store is where cluster states are written (required).
 	Store controlplane.ClusterStore
+	// GatewayID names this gateway in every state it writes (the
+	// cluster's Gateway); "" leaves the stored name.
+	GatewayID string
 	// FlushInterval is how often Run flushes (default 5 s).
 	FlushInterval time.Duration
 	// Logger receives malformed heartbeats and failed writes, rate-limited
@@ -408,7 +411,7 @@ func (r *Recorder) write(ctx context.Context, cluster string, u update) error {
 		}
 		hb = &snapshot{meta: c.Metadata, at: c.LastHeartbeat}
 	}
-	return r.Store.RecordHeartbeat(ctx, cluster, u.status, hb.meta, hb.at)
+	return r.Store.RecordHeartbeat(ctx, cluster, u.status, r.GatewayID, hb.meta, hb.at)
 }
 
 // requeue puts back an update a flush could not write, unless a newer one

@@ -333,7 +333,7 @@ func TestStatusChanges(t *testing.T) {
 	for i, tt := range tests {
 		cluster := e.clusters[i]
 		t.Run(tt.name, func(t *testing.T) {
-			if err := e.db.RecordHeartbeat(e.ctx, cluster, controlplane.ClusterConnected, before, t0); err != nil {
+			if err := e.db.RecordHeartbeat(e.ctx, cluster, controlplane.ClusterConnected, "", before, t0); err != nil {
 				t.Fatal(err)
 			}
 			rec := e.recorder(&Recorder{})
@@ -423,7 +423,7 @@ func waitWrites(t *testing.T, store *countingStore, n int) {
 func TestStatusWrittenPromptly(t *testing.T) {
 	e := newEnv(t, 1)
 	cluster := e.clusters[0]
-	rec := e.recorder(&Recorder{FlushInterval: time.Hour})
+	rec := e.recorder(&Recorder{FlushInterval: time.Hour, GatewayID: "gw-7"})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -441,6 +441,9 @@ func TestStatusWrittenPromptly(t *testing.T) {
 	testenv.Eventually(t, func() bool { return e.row(cluster).Status == controlplane.ClusterConnected },
 		"cluster connected before the hourly flush")
 	connected := e.row(cluster)
+	if connected.Gateway != "gw-7" {
+		t.Errorf("held by gateway %q, want gw-7", connected.Gateway)
+	}
 	if !connected.StatusSince.After(before.StatusSince) {
 		t.Errorf("status since %v, not after %v", connected.StatusSince, before.StatusSince)
 	}
@@ -628,7 +631,7 @@ func TestSessionHooks(t *testing.T) {
 	cluster := e.clusters[0]
 	t0 := time.Date(2020, 6, 1, 0, 0, 0, 0, time.UTC)
 	before := map[string]any{"k8s_pods": float64(1)}
-	if err := e.db.RecordHeartbeat(e.ctx, cluster, controlplane.ClusterDisconnected, before, t0); err != nil {
+	if err := e.db.RecordHeartbeat(e.ctx, cluster, controlplane.ClusterDisconnected, "", before, t0); err != nil {
 		t.Fatal(err)
 	}
 	rec := e.recorder(&Recorder{})

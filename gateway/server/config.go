@@ -3,6 +3,7 @@ package server
 import (
 	"log/slog"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,7 @@ type Config struct {
 	HTTPSAddr       string   // HTTPS_ADDR, empty: no HTTPS listener
 	AdminAddr       string   // ADMIN_ADDR, default 127.0.0.1:9090 (healthz, readyz, metrics)
 	GatewayHosts    []string // GATEWAY_HOSTS: hosts that serve /ws and /k8s/
+	GatewayID       string   // GATEWAY_ID, default the host name: names this gateway in the clusters it holds
 	TLSCertDir      string   // TLS_CERT_DIR: HOST.crt + HOST.key per hostname
 	TLSCertFile     string   // TLS_CERT_FILE + TLS_KEY_FILE: the default certificate
 	TLSKeyFile      string
@@ -120,6 +122,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		AuditMaxRows:    audit.DefaultMaxRows,
 		AuditQueue:      audit.DefaultQueue,
 		TrafficMaxAge:   r.Duration("TRAFFIC_RETENTION", traffic.DefaultRetention),
+		GatewayID:       r.String("GATEWAY_ID", defaultGatewayID()),
 		LogLevel:        r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 		LogFormat:       r.OneOf("LOG_FORMAT", "text", "text", "json"),
 	}
@@ -218,4 +221,13 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		r.Failf("HTTP_REDIRECT_HTTPS needs HTTPS_ADDR")
 	}
 	return c, r.Err()
+}
+
+// defaultGatewayID is the machine's (or pod's) host name, which tells
+// gateways apart without configuration; "gateway" when it has none.
+func defaultGatewayID() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "gateway"
 }

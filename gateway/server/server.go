@@ -115,7 +115,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 		return nil, err
 	}
 	g.routes = routetable.NewStore(db, routetable.Options{ReloadInterval: cfg.ReloadInterval, Logger: log, Metrics: reg})
-	g.recorder = &heartbeat.Recorder{Store: db, Logger: log, Metrics: heartbeat.NewMetrics(reg)}
+	g.recorder = &heartbeat.Recorder{Store: db, GatewayID: cfg.GatewayID, Logger: log, Metrics: heartbeat.NewMetrics(reg)}
 	g.sessions, err = session.NewRegistry(session.Config{
 		Auth:                 session.JWTAuthenticator{Verifier: verifier},
 		Control:              g.recorder,

@@ -11,6 +11,7 @@ var gatewaySettings = settings.Table{
 	{Env: "HTTP_ADDR", Default: ":8080", Help: "plain HTTP listener"},
 	{Env: "HTTPS_ADDR", Help: "HTTPS listener (needs a certificate source: TLS_CERT_DIR, TLS_CERT_FILE, ACME or TLS_SELF_SIGNED)"},
 	{Env: "ADMIN_ADDR", Default: "127.0.0.1:9090", Help: "/healthz, /readyz, /metrics and /debug/pprof/ (keep it private)"},
+	{Env: "GATEWAY_ID", Note: "(the host name)", Help: "this gateway's name in the clusters it holds (cluster show, the console)"},
 	{Env: "GATEWAY_HOSTS", Help: "comma-separated hosts that serve /ws and /k8s/; empty: any host without a route"},
 	{Env: "TLS_CERT_DIR", Help: "a directory of HOST.crt and HOST.key per hostname, chosen by SNI"},
 	{Env: "TLS_CERT_FILE", Help: "the default certificate (PEM), with TLS_KEY_FILE"},
