@@ -1,8 +1,10 @@
 package console
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,7 +45,13 @@ type trafficView struct {
 type hostRow struct {
 	controlplane.TrafficHost
 	ErrorRate string
+	// Requests and Latency are the host's own small charts (requests/s;
+	// p50 and p99), drawn for the busiest maxHostCharts hosts only.
+	Requests, Latency []series
 }
+
+// maxHostCharts bounds the per-host queries one page view makes.
+const maxHostCharts = 12
 
 // line turns values into polyline points over the chart's width, scaled to
 // top (the largest value of the chart, so two lines share a scale).
@@ -117,10 +125,26 @@ func (c *Console) traffic(ctx context.Context, cluster string) (*trafficView, er
 		{ID: "chart-latency", Title: "Latency p50 and p99 (ms)", Value: fmt.Sprintf("worst minute: p50 %.0f ms, p99 %.0f ms", worst50, worst99),
 			Lines: []series{line(p50, maxOf(p50, p99), ""), line(p99, maxOf(p50, p99), "second")}},
 	}}
-	for _, h := range hosts {
+	// The busiest hosts first, so the charted ones are those that matter.
+	slices.SortStableFunc(hosts, func(a, b controlplane.TrafficHost) int { return cmp.Compare(b.Requests, a.Requests) })
+	for i, h := range hosts {
 		r := hostRow{TrafficHost: h, ErrorRate: "0 %"}
 		if h.Requests > 0 {
 			r.ErrorRate = fmt.Sprintf("%.2g %%", float64(h.Errors)/float64(h.Requests)*100)
+		}
+		if i < maxHostCharts {
+			hq := q
+			hq.Host = h.Hostname
+			hp, err := c.d.Traffic.Traffic(ctx, hq)
+			if err != nil {
+				return nil, err
+			}
+			hr, h50, h99 := make([]float64, len(hp)), make([]float64, len(hp)), make([]float64, len(hp))
+			for j, p := range hp {
+				hr[j], h50[j], h99[j] = float64(p.Requests)/60, p.P50Ms, p.P99Ms
+			}
+			r.Requests = []series{line(hr, maxOf(hr), "")}
+			r.Latency = []series{line(h50, maxOf(h50, h99), ""), line(h99, maxOf(h50, h99), "second")}
 		}
 		v.Hosts = append(v.Hosts, r)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/controlplane/api"
 	"github.com/pipeops/tunnel/controlplane/console"
 	"github.com/pipeops/tunnel/controlplane/cptest"
@@ -390,5 +391,55 @@ func TestActions(t *testing.T) {
 	}
 	if a := s.send("GET", "/console/clusters?deleted=edge", nil, nil); !strings.Contains(a.body, "Cluster edge was deleted.") {
 		t.Error("no word of the deletion")
+	}
+}
+
+// TestTrafficCharts: the gateways' figures, as the store holds them, are
+// drawn per cluster and per host, busiest host first.
+func TestTrafficCharts(t *testing.T) {
+	s := newSite(t, console.Config{})
+	ctx := context.Background()
+	c, err := s.cp.DB.CreateCluster(ctx, "edge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	minute := time.Now().UTC().Truncate(time.Minute)
+	var slow controlplane.TrafficHistogram
+	slow[len(slow)-2] = 3 // three slow requests
+	deltas := []controlplane.TrafficDelta{
+		{Minute: minute.Add(-10 * time.Minute), ClusterUUID: c.UUID, Hostname: "quiet.example.test",
+			TrafficCounts: controlplane.TrafficCounts{Requests: 3, Errors: 3, BytesOut: 300, Latency: slow}},
+		{Minute: minute, ClusterUUID: c.UUID, Hostname: "busy.example.test",
+			TrafficCounts: controlplane.TrafficCounts{Requests: 120, BytesIn: 1000, BytesOut: 64 << 10}},
+	}
+	if err := s.cp.DB.AddTraffic(ctx, deltas); err != nil {
+		t.Fatal(err)
+	}
+	if a := s.signIn(s.admin); a.status != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d", a.status)
+	}
+	a := s.send("GET", "/console/clusters/edge/live", nil, nil)
+	if a.status != http.StatusOK {
+		t.Fatalf("live part: %d", a.status)
+	}
+	for _, want := range []string{`data-requests="123"`, "123 in the last hour", "3, 2.4 % of requests", `id="chart-latency"`} {
+		if !strings.Contains(a.body, want) {
+			t.Errorf("the traffic section lacks %q", want)
+		}
+	}
+	busy, quiet := strings.Index(a.body, `data-traffic-host="busy.example.test"`), strings.Index(a.body, `data-traffic-host="quiet.example.test"`)
+	if busy < 0 || quiet < 0 || busy > quiet {
+		t.Errorf("host rows at %d (busy) and %d (quiet): want both, busiest first", busy, quiet)
+	}
+	// Every host row has its own two charts: one line, then two.
+	if n := strings.Count(a.body, `<td class="spark"><svg`); n != 4 {
+		t.Errorf("%d host charts, want 4", n)
+	}
+	// Another cluster's page shows none of it.
+	if _, err := s.cp.DB.CreateCluster(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	if a := s.send("GET", "/console/clusters/other/live", nil, nil); !strings.Contains(a.body, `data-requests="0"`) || strings.Contains(a.body, "busy.example.test") {
+		t.Error("another cluster's page shows edge's traffic")
 	}
 }
