@@ -44,9 +44,12 @@ func TestConsole(t *testing.T) {
 			t.Fatalf("%s: %v (page: %s)", what, err, pageText(b))
 		}
 	}
-	text := func(what string, sel chromedp.ID) string {
+	// text reads an element's text in one script step: the live parts of
+	// a page are replaced every second, and a node looked up first and
+	// read after may be gone in between.
+	text := func(what string, id chromedp.ID) string {
 		t.Helper()
-		return strings.TrimSpace(read(t, b, what, chromedp.Text(sel)))
+		return strings.TrimSpace(read(t, b, what, chromedp.Evaluate[string](fmt.Sprintf(`(document.getElementById(%q)||{}).textContent||""`, string(id)))))
 	}
 
 	// A wrong admin token is refused, on the sign-in page, with the reason.

@@ -213,7 +213,10 @@ func (s *Server) Handler() http.Handler {
 			r.Get("/clusters", s.listClusters)
 			r.Get("/clusters/{cluster}", s.getCluster)
 			r.Delete("/clusters/{cluster}", s.deleteCluster)
-			r.Get("/clusters/{cluster}/kubeconfig", s.kubeconfig)
+			// It mints a token on a GET: Bearer only, never the console's
+			// cookie, which another page of the same site could make a
+			// browser send.
+			r.With(bearerOnly).Get("/clusters/{cluster}/kubeconfig", s.kubeconfig)
 			r.Get("/clusters/{cluster}/traffic", s.clusterTraffic)
 			r.Get("/routes", s.listRoutes)
 			r.Post("/tokens", s.createToken)

@@ -60,3 +60,17 @@ func CheckSameOrigin(r *http.Request, session, got string) error {
 	}
 	return nil
 }
+
+// bearerOnly refuses a request that was authenticated by the console's
+// session cookie rather than an Authorization header: for GETs that create
+// something, which the cookie's anti-forgery check does not cover.
+func bearerOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "" {
+			writeError(w, r, controlplane.Errorf(controlplane.EFORBIDDEN,
+				"this endpoint takes a Bearer token only (in the console, use the kubeconfig form of the cluster's page)"), nil)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}

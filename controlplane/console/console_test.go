@@ -329,6 +329,11 @@ func TestActions(t *testing.T) {
 			t.Errorf("JSON twin %s: %d %s", twin, a.status, a.body)
 		}
 	}
+	// A GET that mints a token does not take the cookie: another page of
+	// the same site could make the browser send it.
+	if a := s.send("GET", "/api/v1/admin/clusters/edge/kubeconfig", nil, nil); a.status != http.StatusForbidden {
+		t.Errorf("kubeconfig GET with the session cookie: %d, want 403", a.status)
+	}
 
 	// Rotating asks first, then makes a new agent token and revokes the old.
 	if a := s.send("GET", "/console/clusters/edge/rotate", nil, nil); a.status != http.StatusOK || !strings.Contains(a.body, `id="confirm"`) {
