@@ -32,6 +32,7 @@ import (
 	"github.com/pipeops/tunnel/controlplane/api"
 	"github.com/pipeops/tunnel/controlplane/tokens"
 	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/ratelog"
 )
 
 // Defaults.
@@ -101,6 +102,9 @@ type Console struct {
 	d        Deps
 	verifier *auth.Verifier
 	log      *slog.Logger
+	// refusals keeps the lines anyone can cause at will (wrong tokens at
+	// the sign-in) to one per interval, with a count.
+	refusals *ratelog.Limiter
 	pages    map[string]*template.Template
 	secure   bool
 }
@@ -125,7 +129,8 @@ func New(cfg Config, d Deps) (*Console, error) {
 		return nil, err
 	}
 	return &Console{cfg: cfg, d: d, verifier: d.Issuer.Verifier(), log: log, pages: pages,
-		secure: strings.HasPrefix(cfg.APIURL, "https://")}, nil
+		refusals: ratelog.New(log, ratelog.Config{MaxKeys: 1024}),
+		secure:   strings.HasPrefix(cfg.APIURL, "https://")}, nil
 }
 
 func parsePages() (map[string]*template.Template, error) {
@@ -316,7 +321,7 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 			c.fail(w, r, fmt.Errorf("verify admin token: %w", err))
 			return
 		}
-		c.log.Info("console sign-in refused", "remote", r.RemoteAddr, "err", err)
+		c.refusals.Log(r.Context(), slog.LevelInfo, "signin_refused", "console sign-in refused", "remote", r.RemoteAddr, "err", err)
 		c.renderSignin(w, r, http.StatusUnauthorized, signinView{Next: next, Failed: true,
 			Message: "That is not a valid admin token. Use one from `pipeops-controlplane token create --admin`."})
 		return

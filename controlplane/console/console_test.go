@@ -448,3 +448,25 @@ func TestTrafficCharts(t *testing.T) {
 		t.Error("another cluster's page shows edge's traffic")
 	}
 }
+
+// TestRefusedSignInsLoggedOnce: anyone can send wrong tokens at will; the
+// log gets one line for them per interval, not one each.
+func TestRefusedSignInsLoggedOnce(t *testing.T) {
+	var logs testenv.LogBuffer
+	cp := cptest.Store(t)
+	ui, err := console.New(console.Config{}, console.Deps{Clusters: cp.DB, Routes: cp.DB, Tokens: cp.DB, Issuer: cp.Issuer, Logger: logs.Logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(http.StripPrefix("/console", ui.Handler()))
+	t.Cleanup(hs.Close)
+	s := &site{t: t, cp: cp, url: hs.URL, cookies: map[string]string{}}
+	for range 20 {
+		if a := s.signIn("not-a-token"); a.status != http.StatusUnauthorized {
+			t.Fatalf("wrong token: %d", a.status)
+		}
+	}
+	if n := strings.Count(logs.String(), "console sign-in refused"); n != 1 {
+		t.Errorf("%d log lines for 20 refused sign-ins, want 1:\n%s", n, logs.String())
+	}
+}
