@@ -13,6 +13,11 @@ import (
 	"github.com/pipeops/tunnel/shared/auth"
 )
 
+// ClusterNamePattern is what a cluster's name must match, whole: a
+// DNS-1123 label, because names end up in hostnames and Kubernetes object
+// names.
+const ClusterNamePattern = `[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?`
+
 // Error codes. The HTTP layer maps each to one status, in one place.
 const (
 	EINVALID      = "invalid"      // 400

@@ -66,6 +66,7 @@ func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err, s.log)
 		return
 	}
+	s.logAction(r, "cluster created", "cluster", out.Cluster.UUID, "name", out.Cluster.Name)
 	writeJSON(w, http.StatusCreated, out)
 }
 
@@ -180,7 +181,7 @@ func (s *Server) deleteCluster(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err, s.log)
 		return
 	}
-	s.log.Info("cluster deleted", "cluster", d.UUID, "name", d.Name, "routes", d.Routes,
+	s.logAction(r, "cluster deleted", "cluster", d.UUID, "name", d.Name, "routes", d.Routes,
 		"hostnames", len(d.Hostnames), "grants", len(d.Grants), "tokens_revoked", d.TokensRevoked)
 	writeJSON(w, http.StatusOK, ClusterDeletedOf(d))
 }
@@ -284,11 +285,26 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err, s.log)
 		return
 	}
+	s.logAction(r, "token issued", "token", rec.ID, "kind", rec.Kind, "subject", rec.Subject)
 	writeJSON(w, http.StatusCreated, map[string]any{"token": tok, "record": tokenViewOf(rec)})
 }
 
 func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
-	ts, err := s.tokens.Tokens(r.Context(), r.URL.Query().Get("cluster"))
+	cluster, err := s.clusterQuery(r)
+	gone := controlplane.ErrorCode(err) == controlplane.ENOTFOUND
+	if gone {
+		// The records of a deleted cluster's tokens outlive it, for
+		// audit: its id still lists them. A name or id that never held
+		// a token is unknown.
+		cluster = r.URL.Query().Get("cluster")
+	} else if err != nil {
+		writeError(w, r, err, s.log)
+		return
+	}
+	ts, err := s.tokens.Tokens(r.Context(), cluster)
+	if err == nil && gone && len(ts) == 0 {
+		err = controlplane.Errorf(controlplane.ENOTFOUND, "no cluster named or with id %q, and no token records of one", cluster)
+	}
 	if err != nil {
 		writeError(w, r, err, s.log)
 		return
@@ -306,6 +322,7 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err, s.log)
 		return
 	}
+	s.logAction(r, "token revoked", "token", id)
 	writeJSON(w, http.StatusOK, map[string]any{"status": "revoked", "id": id})
 }
 
@@ -321,11 +338,12 @@ func (s *Server) kubeconfig(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, controlplane.Errorf(controlplane.EUNAVAILABLE, "the control plane has no public gateway URL configured (GATEWAY_URL)"), nil)
 		return
 	}
-	tok, _, err := s.issuer.Issue(r.Context(), tokens.Request{Kind: auth.KindUser, Clusters: []string{c.UUID}, Subject: "kubeconfig:" + c.Name})
+	tok, rec, err := s.issuer.Issue(r.Context(), tokens.Request{Kind: auth.KindUser, Clusters: []string{c.UUID}, Subject: "kubeconfig:" + c.Name})
 	if err != nil {
 		writeError(w, r, err, s.log)
 		return
 	}
+	s.logAction(r, "kubeconfig issued", "cluster", c.UUID, "token", rec.ID)
 	b, err := Kubeconfig(s.cfg.GatewayURL, s.cfg.K8sAPIDomain, s.cfg.GatewayCA, c, tok)
 	if err != nil {
 		writeError(w, r, err, s.log)
@@ -415,4 +433,17 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) {
 			DurationMS: float64(e.Duration) / float64(time.Millisecond)})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"entries": out})
+}
+
+// logAction logs an administrator's change with who made it: the id of
+// the token (or console session) that authenticated the request and its
+// subject. Never the token itself.
+func (s *Server) logAction(r *http.Request, msg string, args ...any) {
+	if c := claimsFrom(r.Context()); c != nil {
+		args = append(args, "by_token", c.ID)
+		if c.Subject != "" {
+			args = append(args, "by", c.Subject)
+		}
+	}
+	s.log.Info(msg, args...)
 }

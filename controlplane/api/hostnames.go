@@ -169,7 +169,7 @@ func (s *Server) grantDomain(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err, s.log)
 		return
 	}
-	s.log.Info("domain granted", "domain", req.Domain, "cluster", c.UUID, "name", c.Name)
+	s.logAction(r, "domain granted", "domain", req.Domain, "cluster", c.UUID, "name", c.Name)
 	writeJSON(w, http.StatusOK, map[string]any{"status": "granted", "domain": req.Domain, "cluster_uuid": c.UUID})
 }
 
@@ -191,6 +191,6 @@ func (s *Server) revokeGrant(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err, s.log)
 		return
 	}
-	s.log.Info("domain grant revoked", "domain", d)
+	s.logAction(r, "domain grant revoked", "domain", d)
 	writeJSON(w, http.StatusOK, map[string]any{"status": "revoked", "domain": d})
 }

@@ -279,12 +279,12 @@ func (s *Server) requireToken(kinds ...auth.Kind) func(http.Handler) http.Handle
 			if r.Header.Get("Authorization") == "" && slices.Contains(kinds, auth.KindAdmin) {
 				// A console session: only for the admin API, and only
 				// with proof that the console itself sent the request.
-				if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
-					if err := CheckSameOrigin(r, c.Value, r.Header.Get(CSRFHeader)); err != nil {
+				if session := SessionFrom(r); session != "" {
+					if err := CheckSameOrigin(r, session, r.Header.Get(CSRFHeader)); err != nil {
 						writeError(w, r, err, nil)
 						return
 					}
-					scheme, raw, ok = "Bearer", c.Value, true
+					scheme, raw, ok = "Bearer", session, true
 				}
 			}
 			if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(raw) == "" {

@@ -17,14 +17,30 @@ const (
 	// SessionCookie holds a signed-in browser's session: an admin token
 	// the console issued at sign-in (short-lived, revoked at sign-out),
 	// verified like any Bearer token. It is HttpOnly, so no script reads
-	// it.
+	// it. Over TLS it is SecureSessionCookie instead.
 	SessionCookie = "pipeops_session"
+	// SecureSessionCookie is SessionCookie's name over TLS: browsers
+	// accept a "__Host-" cookie only when it is Secure, for the whole
+	// host and set by it, so a page of a sibling subdomain or one served
+	// over plain HTTP cannot plant a session of its own choosing.
+	SecureSessionCookie = "__Host-" + SessionCookie
 	// CSRFHeader carries CSRFToken(session) on every request that changes
 	// something and is authenticated by the cookie; the console's forms
 	// carry it as the field CSRFField.
 	CSRFHeader = "X-CSRF-Token"
 	CSRFField  = "csrf_token"
 )
+
+// SessionFrom returns the console session a request carries, "" when
+// none: the secure cookie's when both are sent.
+func SessionFrom(r *http.Request) string {
+	for _, name := range []string{SecureSessionCookie, SessionCookie} {
+		if c, err := r.Cookie(name); err == nil && c.Value != "" {
+			return c.Value
+		}
+	}
+	return ""
+}
 
 // CSRFToken is the anti-forgery token of a session: a hash of the session
 // cookie's value. Only a page of the console itself can know it (the

@@ -208,7 +208,8 @@ func serve(ctx context.Context, s *session) error {
 	var ui http.Handler
 	if cfg.Console {
 		c, err := console.New(console.Config{APIURL: cfg.APIURL, GatewayURL: cfg.GatewayURL, GatewayCA: cfg.GatewayCA, K8sAPIDomain: cfg.K8sAPIDomain,
-			GrafanaURL: cfg.GrafanaURL, SessionTTL: cfg.ConsoleSessionTTL},
+			GrafanaURL: cfg.GrafanaURL, SessionTTL: cfg.ConsoleSessionTTL,
+			TrafficRefresh: cfg.ConsoleTrafficRefresh},
 			console.Deps{Clusters: db, Routes: db, Tokens: db, Issuer: s.issuer, Audit: db, Traffic: db, Logger: log.With("part", "console")})
 		if err != nil {
 			return err

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pipeops/tunnel/controlplane/console"
 	"github.com/pipeops/tunnel/controlplane/hostnames"
 	"github.com/pipeops/tunnel/controlplane/keyseal"
 	"github.com/pipeops/tunnel/controlplane/tokens"
@@ -56,10 +57,12 @@ type Config struct {
 	AdminGroups []string
 	// Console is CONSOLE (default true): serve the web console at
 	// /console/. ConsoleSessionTTL is CONSOLE_SESSION_TTL (default 8h),
+	// ConsoleTrafficRefresh is CONSOLE_TRAFFIC_REFRESH (default 10s),
 	// GrafanaURL is GRAFANA_URL (linked from the console; empty: no link).
-	Console           bool
-	ConsoleSessionTTL time.Duration
-	GrafanaURL        string
+	Console               bool
+	ConsoleSessionTTL     time.Duration
+	ConsoleTrafficRefresh time.Duration
+	GrafanaURL            string
 	// KEK is KEY_ENCRYPTION_KEY_FILE or KEY_ENCRYPTION_KEY, the
 	// key-encryption key that seals the signing keys, with the previous
 	// ones of KEY_ENCRYPTION_KEY_PREVIOUS_FILE and KEY_ENCRYPTION_KEY_PREVIOUS
@@ -92,6 +95,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	c.RevocationCheckInterval = r.Duration("REVOCATION_CHECK_INTERVAL", 15*time.Second)
 	c.Console = r.Bool("CONSOLE", true)
 	c.ConsoleSessionTTL = r.Duration("CONSOLE_SESSION_TTL", 8*time.Hour)
+	c.ConsoleTrafficRefresh = r.Duration("CONSOLE_TRAFFIC_REFRESH", console.DefaultTrafficRefresh)
 	c.GrafanaURL = r.String("GRAFANA_URL", "")
 	c.Ownership.TrustUnverified = r.OneOf("HOSTNAME_VERIFICATION", "dns", "dns", "off") == "off"
 	for _, b := range strings.Split(r.String("ROUTE_BASE_DOMAINS", ""), ",") {

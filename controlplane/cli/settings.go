@@ -32,6 +32,7 @@ var Settings = settings.Table{
 	{Env: "REVOCATION_CHECK_INTERVAL", Kind: settings.Duration, Default: "15s", Help: "how often the tokens of open agent registration sockets are checked for revocation"},
 	{Env: "CONSOLE", Kind: settings.Bool, Default: "true", Help: "serve the web console at /console/ (sign in with an admin token)"},
 	{Env: "CONSOLE_SESSION_TTL", Kind: settings.Duration, Default: "8h", Help: "how long a console sign-in lasts; signing out ends it sooner"},
+	{Env: "CONSOLE_TRAFFIC_REFRESH", Kind: settings.Duration, Default: "10s", Help: "how often a console cluster page reloads its traffic charts"},
 	{Env: "GRAFANA_URL", Help: "the Grafana dashboard's URL, linked from the console (the compose monitoring profile's)"},
 	{Env: "LOG_LEVEL", Default: "info", Help: "debug, info, warn or error"},
 	{Env: "LOG_FORMAT", Default: "text", Help: "text or json"},

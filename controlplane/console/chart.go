@@ -89,7 +89,9 @@ func maxOf(vs ...[]float64) float64 {
 // traffic reads a cluster's last hour and draws it.
 func (c *Console) traffic(ctx context.Context, cluster string) (*trafficView, error) {
 	now := time.Now()
-	q := controlplane.TrafficQuery{Cluster: cluster, Since: now.Add(-trafficWindow), Until: now}
+	// Since and Until are both counted in: the last 60 minutes, the
+	// current one among them.
+	q := controlplane.TrafficQuery{Cluster: cluster, Since: now.Add(-trafficWindow + time.Minute), Until: now}
 	points, err := c.d.Traffic.Traffic(ctx, q)
 	if err != nil {
 		return nil, err

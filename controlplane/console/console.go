@@ -2,7 +2,7 @@
 // pages (html/template, assets embedded, no script from anywhere else) on
 // the same stores and functions as the admin API, for people who sign in
 // with an admin token. Every page has a JSON twin in the admin API, which
-// takes the console's session cookie too (see api.SessionCookie).
+// takes the console's session cookie too (see api.SessionFrom).
 //
 // A sign-in exchanges the admin token for a session: a new admin token of
 // Config.SessionTTL, recorded like any other, kept in an HttpOnly,
@@ -48,6 +48,15 @@ const (
 	signinCookie = "pipeops_signin"
 	// maxFormBytes bounds every form body.
 	maxFormBytes = 64 << 10
+	// cookieGrace keeps the session cookie a little longer than its
+	// token lives (verifiers allow 30 s of clock skew), so that a browser
+	// coming back after the end is told its session ended rather than
+	// shown a bare sign-in form.
+	cookieGrace = time.Minute
+	// DefaultTrafficRefresh is how often the traffic charts reload: the
+	// gateways add their figures every 10 s, so more often shows nothing
+	// new and costs a dozen queries each time.
+	DefaultTrafficRefresh = 10 * time.Second
 )
 
 //go:embed templates/*.html
@@ -75,6 +84,9 @@ type Config struct {
 	// Refresh is how often live parts of pages reload (DefaultRefresh
 	// when 0).
 	Refresh time.Duration
+	// TrafficRefresh is how often the traffic charts reload
+	// (DefaultTrafficRefresh when 0).
+	TrafficRefresh time.Duration
 }
 
 // AuditReader reads the Kubernetes API audit (controlplane/postgres.DB).
@@ -119,6 +131,9 @@ func New(cfg Config, d Deps) (*Console, error) {
 	}
 	if cfg.Refresh <= 0 {
 		cfg.Refresh = DefaultRefresh
+	}
+	if cfg.TrafficRefresh <= 0 {
+		cfg.TrafficRefresh = DefaultTrafficRefresh
 	}
 	log := d.Logger
 	if log == nil {
@@ -172,6 +187,7 @@ func (c *Console) Handler() http.Handler {
 		r.Post("/clusters", c.createCluster)
 		r.Get("/clusters/{cluster}", c.clusterPage)
 		r.Get("/clusters/{cluster}/live", c.clusterLive)
+		r.Get("/clusters/{cluster}/traffic/live", c.trafficLive)
 		r.Get("/clusters/{cluster}/rotate", c.confirmRotate)
 		r.Post("/clusters/{cluster}/rotate", c.rotate)
 		r.Post("/clusters/{cluster}/kubeconfig", c.kubeconfig)
@@ -222,23 +238,18 @@ func sessionOf(r *http.Request) *session {
 
 // requireSession admits requests with a valid session; a page asked for
 // without one goes to the sign-in page (and back after it), anything else
-// is 401. Forms are checked for their anti-forgery token and origin.
+// is 401. Forms are checked for their size, anti-forgery token and origin.
 func (c *Console) requireSession(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var s *session
-		if ck, err := r.Cookie(api.SessionCookie); err == nil && ck.Value != "" {
-			claims, err := c.verifier.Verify(r.Context(), ck.Value, auth.KindAdmin)
-			if err == nil {
-				s = &session{raw: ck.Value, claims: claims}
-			} else if !isRefusal(err) {
-				c.fail(w, r, fmt.Errorf("verify session: %w", err))
-				return
-			}
+		s, err := c.session(r)
+		if err != nil {
+			c.fail(w, r, err)
+			return
 		}
 		if s == nil {
 			if r.Method == http.MethodGet && !strings.HasSuffix(r.URL.Path, "/live") {
 				q := url.Values{"next": {r.URL.RequestURI()}}
-				if _, err := r.Cookie(api.SessionCookie); err == nil {
+				if api.SessionFrom(r) != "" {
 					q.Set("ended", "1")
 				}
 				http.Redirect(w, r, Prefix+"/signin?"+q.Encode(), http.StatusSeeOther)
@@ -248,7 +259,10 @@ func (c *Console) requireSession(next http.Handler) http.Handler {
 			return
 		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+			if err := parseForm(w, r); err != nil {
+				c.fail(w, r, err)
+				return
+			}
 			if err := api.CheckSameOrigin(r, s.raw, r.PostFormValue(api.CSRFField)); err != nil {
 				c.fail(w, r, err)
 				return
@@ -258,6 +272,40 @@ func (c *Console) requireSession(next http.Handler) http.Handler {
 	})
 }
 
+// session returns the valid session r carries; nil when it carries none,
+// or one that has ended. The error is the verifier's own failure.
+func (c *Console) session(r *http.Request) (*session, error) {
+	raw := api.SessionFrom(r)
+	if raw == "" {
+		return nil, nil
+	}
+	claims, err := c.verifier.Verify(r.Context(), raw, auth.KindAdmin)
+	switch {
+	case err == nil:
+		return &session{raw: raw, claims: claims}, nil
+	case isRefusal(err):
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("verify session: %w", err)
+	}
+}
+
+// parseForm reads a form of at most maxFormBytes; a larger one is
+// ETOOLARGE (413), an unreadable one EINVALID.
+func parseForm(w http.ResponseWriter, r *http.Request) error {
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	err := r.ParseForm()
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &tooLarge):
+		return controlplane.Errorf(controlplane.ETOOLARGE, "the form is larger than %d KiB", maxFormBytes>>10)
+	default:
+		return controlplane.Errorf(controlplane.EINVALID, "unreadable form: %v", err)
+	}
+}
+
 // isRefusal reports whether a verification error is the token's fault
 // (401) rather than the verifier's (a failed revocation lookup).
 func isRefusal(err error) bool {
@@ -265,11 +313,23 @@ func isRefusal(err error) bool {
 		errors.Is(err, auth.ErrWrongKind) || errors.Is(err, auth.ErrNotAsRecorded)
 }
 
-// setCookie sets a console cookie: HttpOnly, SameSite=Strict, on the
-// console's path only, Secure over TLS. maxAge < 0 deletes it.
+// setCookie sets a console cookie: HttpOnly, SameSite=Strict, Secure over
+// TLS. Its path is the whole host, because the admin API takes the session
+// too (and a "__Host-" cookie must have Path=/). maxAge < 0 deletes it.
 func (c *Console) setCookie(w http.ResponseWriter, r *http.Request, name, value string, maxAge int) {
 	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: maxAge, HttpOnly: true,
-		SameSite: http.SameSiteStrictMode, Secure: c.secure || r.TLS != nil})
+		SameSite: http.SameSiteStrictMode, Secure: c.tls(r)})
+}
+
+func (c *Console) tls(r *http.Request) bool { return c.secure || r.TLS != nil }
+
+// sessionCookie is the session cookie's name for r: the "__Host-" one
+// over TLS.
+func (c *Console) sessionCookie(r *http.Request) string {
+	if c.tls(r) {
+		return api.SecureSessionCookie
+	}
+	return api.SessionCookie
 }
 
 type signinView struct {
@@ -298,9 +358,8 @@ func (c *Console) renderSignin(w http.ResponseWriter, r *http.Request, status in
 }
 
 func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	if err := r.ParseForm(); err != nil {
-		c.fail(w, r, controlplane.Errorf(controlplane.EINVALID, "unreadable form: %v", err))
+	if err := parseForm(w, r); err != nil {
+		c.fail(w, r, err)
 		return
 	}
 	next := safeNext(r.PostFormValue("next"))
@@ -331,9 +390,18 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, fmt.Errorf("issue session: %w", err))
 		return
 	}
+	// Signing in again over a session ends that one: a browser holds one
+	// session, and one left behind would stay valid for hours unseen.
+	if prev, err := c.session(r); err == nil && prev != nil {
+		if err := c.d.Tokens.RevokeToken(r.Context(), prev.claims.ID, time.Now()); err != nil {
+			c.fail(w, r, fmt.Errorf("end the previous session: %w", err))
+			return
+		}
+		c.log.Info("console session replaced", "session", prev.claims.ID)
+	}
 	c.log.Info("console sign-in", "remote", r.RemoteAddr, "with_token", claims.ID, "session", rec.ID)
 	c.setCookie(w, r, signinCookie, "", -1)
-	c.setCookie(w, r, api.SessionCookie, tok, int(c.cfg.SessionTTL.Seconds()))
+	c.setCookie(w, r, c.sessionCookie(r), tok, int((c.cfg.SessionTTL + cookieGrace).Seconds()))
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
@@ -343,7 +411,7 @@ func (c *Console) signout(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, fmt.Errorf("end session: %w", err))
 		return
 	}
-	c.setCookie(w, r, api.SessionCookie, "", -1)
+	c.setCookie(w, r, c.sessionCookie(r), "", -1)
 	http.Redirect(w, r, Prefix+"/signin?signedout=1", http.StatusSeeOther)
 }
 

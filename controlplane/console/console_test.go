@@ -33,6 +33,7 @@ type site struct {
 	url     string
 	admin   string
 	cookies map[string]string
+	logs    *testenv.LogBuffer // the console's and the API's
 }
 
 func newSite(t *testing.T, cfg console.Config) *site {
@@ -40,13 +41,15 @@ func newSite(t *testing.T, cfg console.Config) *site {
 	cp := cptest.Store(t)
 	cp.DNS = &hostnames.DNSVerifier{Store: cp.DB, Resolver: hostnames.NewResolver("127.0.0.1:9")} // no query leaves the machine
 	cfg.GatewayURL = "https://gateway.example.com"
-	ui, err := console.New(cfg, console.Deps{Clusters: cp.DB, Routes: cp.DB, Tokens: cp.DB, Issuer: cp.Issuer, Audit: cp.DB, Traffic: cp.DB})
+	logs := &testenv.LogBuffer{}
+	ui, err := console.New(cfg, console.Deps{Clusters: cp.DB, Routes: cp.DB, Tokens: cp.DB, Issuer: cp.Issuer, Audit: cp.DB, Traffic: cp.DB,
+		Logger: logs.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv, err := api.New(api.Config{GatewayWSURL: "wss://gateway.example.com/ws", GatewayURL: cfg.GatewayURL},
 		api.Deps{Clusters: cp.DB, Routes: cp.DB, Tokens: cp.DB, Hostnames: cp.DB, DNS: cp.DNS, Issuer: cp.Issuer, DB: cp.DB,
-			Audit: cp.DB, Console: ui.Handler()})
+			Audit: cp.DB, Console: ui.Handler(), Logger: logs.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +59,7 @@ func newSite(t *testing.T, cfg console.Config) *site {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &site{t: t, cp: cp, url: hs.URL, admin: admin, cookies: map[string]string{}}
+	return &site{t: t, cp: cp, url: hs.URL, admin: admin, cookies: map[string]string{}, logs: logs}
 }
 
 type answer struct {
@@ -167,8 +170,11 @@ func TestSignIn(t *testing.T) {
 			session = c
 		}
 	}
-	if session == nil || !session.HttpOnly || session.SameSite != http.SameSiteStrictMode || session.MaxAge != int(console.DefaultSessionTTL.Seconds()) {
-		t.Fatalf("session cookie %+v: want HttpOnly, SameSite=Strict, Max-Age of the session", session)
+	// The cookie outlives its token by a minute (verifiers allow 30 s of
+	// skew), so a browser coming back late is told the session ended.
+	if session == nil || !session.HttpOnly || session.SameSite != http.SameSiteStrictMode || session.Path != "/" ||
+		session.MaxAge != int((console.DefaultSessionTTL+time.Minute).Seconds()) {
+		t.Fatalf("session cookie %+v: want HttpOnly, SameSite=Strict, Path=/, Max-Age of the session and a minute", session)
 	}
 	if session.Value == s.admin {
 		t.Fatal("the admin token itself is the session: it must be a session of its own")
@@ -211,7 +217,8 @@ func TestSessionExpires(t *testing.T) {
 	if a := s.send("GET", "/console/clusters", nil, nil); a.status != http.StatusOK {
 		t.Fatalf("fresh session: %d", a.status)
 	}
-	// Tokens expire on whole seconds, and verifiers allow no leeway.
+	// Tokens expire on whole seconds, and verifiers allow 30 s of clock
+	// skew past that.
 	testenv.Eventually(t, func() bool {
 		a := s.send("GET", "/console/clusters", nil, nil)
 		return a.status == http.StatusSeeOther && strings.Contains(a.header.Get("Location"), "ended=1")
@@ -329,6 +336,13 @@ func TestActions(t *testing.T) {
 			t.Errorf("JSON twin %s: %d %s", twin, a.status, a.body)
 		}
 	}
+	// Listings take a cluster's name as well as its id.
+	if a := s.send("GET", "/api/v1/admin/tokens?cluster=edge", nil, nil); a.status != http.StatusOK || !strings.Contains(a.body, c.UUID) {
+		t.Errorf("tokens of a cluster by name: %d %s", a.status, a.body)
+	}
+	if a := s.send("GET", "/api/v1/admin/tokens?cluster=no-such", nil, nil); a.status != http.StatusNotFound {
+		t.Errorf("tokens of an unknown cluster: %d, want 404", a.status)
+	}
 	// A GET that mints a token does not take the cookie: another page of
 	// the same site could make the browser send it.
 	if a := s.send("GET", "/api/v1/admin/clusters/edge/kubeconfig", nil, nil); a.status != http.StatusForbidden {
@@ -416,6 +430,10 @@ func TestTrafficCharts(t *testing.T) {
 			TrafficCounts: controlplane.TrafficCounts{Requests: 3, Errors: 3, BytesOut: 300, Latency: slow}},
 		{Minute: minute, ClusterUUID: c.UUID, Hostname: "busy.example.test",
 			TrafficCounts: controlplane.TrafficCounts{Requests: 120, BytesIn: 1000, BytesOut: 64 << 10}},
+		// The hour is sixty minutes, this one among them: the sixty-first
+		// back is not counted.
+		{Minute: minute.Add(-60 * time.Minute), ClusterUUID: c.UUID, Hostname: "busy.example.test",
+			TrafficCounts: controlplane.TrafficCounts{Requests: 1000}},
 	}
 	if err := s.cp.DB.AddTraffic(ctx, deltas); err != nil {
 		t.Fatal(err)
@@ -423,9 +441,18 @@ func TestTrafficCharts(t *testing.T) {
 	if a := s.signIn(s.admin); a.status != http.StatusSeeOther {
 		t.Fatalf("sign-in: %d", a.status)
 	}
-	a := s.send("GET", "/console/clusters/edge/live", nil, nil)
+	// The page draws the charts, the traffic part redraws them; the
+	// part that reloads every second has none (a dozen queries each).
+	if a := s.send("GET", "/console/clusters/edge", nil, nil); !strings.Contains(a.body, `data-requests="123"`) ||
+		!strings.Contains(a.body, `data-live="/console/clusters/`+c.UUID+`/traffic/live" data-refresh="10000"`) {
+		t.Errorf("the page lacks the traffic part, or its refresh: %d\n%s", a.status, a.body)
+	}
+	if a := s.send("GET", "/console/clusters/edge/live", nil, nil); a.status != http.StatusOK || strings.Contains(a.body, "data-requests") {
+		t.Errorf("the fast live part: %d, with traffic = %v", a.status, strings.Contains(a.body, "data-requests"))
+	}
+	a := s.send("GET", "/console/clusters/edge/traffic/live", nil, nil)
 	if a.status != http.StatusOK {
-		t.Fatalf("live part: %d", a.status)
+		t.Fatalf("traffic part: %d", a.status)
 	}
 	for _, want := range []string{`data-requests="123"`, "123 in the last hour", "3, 2.4 % of requests", `id="chart-latency"`} {
 		if !strings.Contains(a.body, want) {
@@ -444,7 +471,7 @@ func TestTrafficCharts(t *testing.T) {
 	if _, err := s.cp.DB.CreateCluster(ctx, "other"); err != nil {
 		t.Fatal(err)
 	}
-	if a := s.send("GET", "/console/clusters/other/live", nil, nil); !strings.Contains(a.body, `data-requests="0"`) || strings.Contains(a.body, "busy.example.test") {
+	if a := s.send("GET", "/console/clusters/other/traffic/live", nil, nil); !strings.Contains(a.body, `data-requests="0"`) || strings.Contains(a.body, "busy.example.test") {
 		t.Error("another cluster's page shows edge's traffic")
 	}
 }
@@ -468,5 +495,197 @@ func TestRefusedSignInsLoggedOnce(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "console sign-in refused"); n != 1 {
 		t.Errorf("%d log lines for 20 refused sign-ins, want 1:\n%s", n, logs.String())
+	}
+}
+
+// TestSignInAgain: signing in over a live session ends that one, so a
+// browser never leaves a valid session behind.
+func TestSignInAgain(t *testing.T) {
+	s := newSite(t, console.Config{})
+	if a := s.signIn(s.admin); a.status != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d", a.status)
+	}
+	first := s.cookies[api.SessionCookie]
+	if a := s.signIn(s.admin); a.status != http.StatusSeeOther {
+		t.Fatalf("second sign-in: %d", a.status)
+	}
+	second := s.cookies[api.SessionCookie]
+	if second == "" || second == first {
+		t.Fatal("the second sign-in made no new session")
+	}
+	for name, session := range map[string]string{"first": first, "second": second} {
+		want := http.StatusOK
+		if name == "first" {
+			want = http.StatusUnauthorized
+		}
+		s.cookies[api.SessionCookie] = session
+		if a := s.send("GET", "/api/v1/admin/clusters", nil, nil); a.status != want {
+			t.Errorf("%s session after the second sign-in: %d, want %d", name, a.status, want)
+		}
+	}
+	if !strings.Contains(s.logs.String(), "console session replaced") {
+		t.Errorf("the replaced session is not logged:\n%s", s.logs.String())
+	}
+}
+
+// TestSecureCookie: served over TLS (here: behind a proxy that terminates
+// it, as APIURL says), the session is a "__Host-" cookie, Secure, for the
+// whole host; the API takes it, and sign-out removes it.
+func TestSecureCookie(t *testing.T) {
+	s := newSite(t, console.Config{APIURL: "https://cp.example.com"})
+	a := s.signIn(s.admin)
+	if a.status != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d", a.status)
+	}
+	var session *http.Cookie
+	for _, c := range a.cookies {
+		if c.Name == api.SecureSessionCookie {
+			session = c
+		}
+		if c.Name == api.SessionCookie {
+			t.Errorf("over TLS, the plain cookie %s was set", c.Name)
+		}
+	}
+	if session == nil || !session.Secure || session.Path != "/" || session.Domain != "" {
+		t.Fatalf("session cookie %+v: want %s, Secure, Path=/ and no Domain", session, api.SecureSessionCookie)
+	}
+	page := s.send("GET", "/console/clusters", nil, nil)
+	if page.status != http.StatusOK {
+		t.Fatalf("page with the secure cookie: %d", page.status)
+	}
+	if a := s.send("GET", "/api/v1/admin/clusters", nil, nil); a.status != http.StatusOK {
+		t.Errorf("JSON API with the secure cookie: %d", a.status)
+	}
+	out := s.send("POST", "/console/signout", url.Values{"csrf_token": {csrf(t, page)}}, map[string]string{"Origin": s.url})
+	if out.status != http.StatusSeeOther {
+		t.Fatalf("sign-out: %d", out.status)
+	}
+	if _, ok := s.cookies[api.SecureSessionCookie]; ok {
+		t.Error("sign-out left the secure cookie")
+	}
+}
+
+// TestOversizedForm: a form past the limit is refused as too large, and
+// nothing is created.
+func TestOversizedForm(t *testing.T) {
+	s := newSite(t, console.Config{})
+	if a := s.signIn(s.admin); a.status != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d", a.status)
+	}
+	token := csrf(t, s.send("GET", "/console/clusters", nil, nil))
+	form := url.Values{"name": {"big"}, "csrf_token": {token}, "pad": {strings.Repeat("x", 100<<10)}}
+	if a := s.send("POST", "/console/clusters", form, map[string]string{"Origin": s.url}); a.status != http.StatusRequestEntityTooLarge {
+		t.Errorf("oversized form: %d, want 413\n%s", a.status, a.body)
+	}
+	if _, err := s.cp.DB.ClusterByName(context.Background(), "big"); err == nil {
+		t.Error("the oversized form created its cluster")
+	}
+	s.cookies = map[string]string{}
+	page := s.send("GET", "/console/signin", nil, nil)
+	big := url.Values{"token": {strings.Repeat("x", 100<<10)}, "csrf_token": {csrf(t, page)}}
+	if a := s.send("POST", "/console/signin", big, nil); a.status != http.StatusRequestEntityTooLarge {
+		t.Errorf("oversized sign-in: %d, want 413", a.status)
+	}
+}
+
+// TestBanners: the word after a deletion or a revocation is shown only
+// for what it can be: anyone can link to a page with any query.
+func TestBanners(t *testing.T) {
+	s := newSite(t, console.Config{})
+	ctx := context.Background()
+	c, err := s.cp.DB.CreateCluster(ctx, "edge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, live, err := s.cp.Issuer.Issue(ctx, tokens.Request{Kind: auth.KindAgent, ClusterUUID: c.UUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := s.signIn(s.admin); a.status != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d", a.status)
+	}
+	for _, tc := range []struct {
+		path, text string
+		shown      bool
+	}{
+		{"/console/clusters?deleted=gone-one", "Cluster gone-one was deleted.", true},
+		{"/console/clusters?deleted=" + url.QueryEscape("Your account is locked: call +1 555"), "account is locked", false},
+		{"/console/clusters/edge?revoked=" + live.ID, "was revoked", false}, // not revoked
+		{"/console/clusters/edge?revoked=" + url.QueryEscape("deadbeef, and call us"), "call us", false},
+	} {
+		a := s.send("GET", tc.path, nil, nil)
+		if a.status != http.StatusOK {
+			t.Fatalf("%s: %d", tc.path, a.status)
+		}
+		if got := strings.Contains(a.body, tc.text); got != tc.shown {
+			t.Errorf("%s: %q shown = %v, want %v", tc.path, tc.text, got, tc.shown)
+		}
+	}
+	if err := s.cp.DB.RevokeToken(ctx, live.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if a := s.send("GET", "/console/clusters/edge?revoked="+live.ID, nil, nil); !strings.Contains(a.body, "Token "+live.ID+" was revoked") {
+		t.Error("no word of a real revocation")
+	}
+}
+
+// TestActionsLogged: every change says who made it, by token or session
+// id, from the console and from the API.
+func TestActionsLogged(t *testing.T) {
+	s := newSite(t, console.Config{})
+	ctx := context.Background()
+	if a := s.signIn(s.admin); a.status != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d", a.status)
+	}
+	session, err := s.cp.Issuer.Verifier().Verify(ctx, s.cookies[api.SessionCookie], auth.KindAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := csrf(t, s.send("GET", "/console/clusters", nil, nil))
+	post := func(path string, form url.Values) {
+		t.Helper()
+		form.Set("csrf_token", token)
+		if a := s.send("POST", path, form, map[string]string{"Origin": s.url}); a.status >= 400 {
+			t.Fatalf("%s: %d", path, a.status)
+		}
+	}
+	post("/console/clusters", url.Values{"name": {"edge"}})
+	post("/console/clusters/edge/rotate", url.Values{})
+	post("/console/clusters/edge/kubeconfig", url.Values{"user": {"alice"}})
+
+	// The API, with a Bearer admin token of its own.
+	admin, err := s.cp.Issuer.Verifier().Verify(ctx, s.admin, auth.KindAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bearer := map[string]string{"Authorization": "Bearer " + s.admin}
+	s.cookies = map[string]string{}
+	if a := s.send("GET", "/api/v1/admin/clusters/edge/kubeconfig", nil, bearer); a.status != http.StatusOK {
+		t.Fatalf("API kubeconfig: %d", a.status)
+	}
+	if a := s.send("DELETE", "/api/v1/admin/clusters/edge", nil, bearer); a.status != http.StatusOK {
+		t.Fatalf("API delete: %d", a.status)
+	}
+
+	lines := strings.Split(s.logs.String(), "\n")
+	for _, tc := range []struct{ msg, by string }{
+		{"console: cluster created", "by_session=" + session.ID},
+		{"console: agent token rotated", "by_session=" + session.ID},
+		{"console: kubeconfig issued", "by_session=" + session.ID},
+		{"kubeconfig issued", "by_token=" + admin.ID},
+		{"cluster deleted", "by_token=" + admin.ID},
+	} {
+		found := false
+		for _, l := range lines {
+			if strings.Contains(l, `msg="`+tc.msg+`"`) && strings.Contains(l, tc.by) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no %q line with %s in:\n%s", tc.msg, tc.by, s.logs.String())
+		}
+	}
+	if strings.Contains(s.logs.String(), s.admin) {
+		t.Error("a token itself reached the log")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -38,12 +39,13 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 	c.execute(w, status, name, "layout", p)
 }
 
-func (c *Console) renderLive(w http.ResponseWriter, r *http.Request, name string, data any) {
+// renderLive writes one live part of page name: the template part.
+func (c *Console) renderLive(w http.ResponseWriter, r *http.Request, name, part string, data any) {
 	p := page{Prefix: Prefix, Data: data, CSRFField: api.CSRFField}
 	if s := sessionOf(r); s != nil {
 		p.SignedIn, p.CSRF = true, api.CSRFToken(s.raw)
 	}
-	c.execute(w, http.StatusOK, name, "live", p)
+	c.execute(w, http.StatusOK, name, part, p)
 }
 
 func (c *Console) execute(w http.ResponseWriter, status int, name, tmpl string, p page) {
@@ -138,11 +140,15 @@ func text(v any) string {
 }
 
 type clustersView struct {
-	Clusters []clusterRow
-	Flash    string
-	Error    string
-	NewName  string
+	Clusters    []clusterRow
+	Flash       string
+	Error       string
+	NewName     string
+	NamePattern string
 }
+
+// clusterName matches a cluster's name, for what a query string claims.
+var clusterName = regexp.MustCompile("^" + controlplane.ClusterNamePattern + "$")
 
 func (c *Console) clusterRows(r *http.Request) ([]clusterRow, error) {
 	cs, err := c.d.Clusters.Clusters(r.Context())
@@ -170,8 +176,9 @@ func (c *Console) clustersPage(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
-	v := clustersView{Clusters: rows}
-	if d := r.URL.Query().Get("deleted"); d != "" {
+	v := clustersView{Clusters: rows, NamePattern: controlplane.ClusterNamePattern}
+	// Anyone can link here with any text: only a cluster's name is shown.
+	if d := r.URL.Query().Get("deleted"); clusterName.MatchString(d) {
 		v.Flash = "Cluster " + d + " was deleted."
 	}
 	c.render(w, r, http.StatusOK, "clusters", "Clusters", v, "")
@@ -183,7 +190,7 @@ func (c *Console) clustersLive(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
-	c.renderLive(w, r, "clusters", clustersView{Clusters: rows})
+	c.renderLive(w, r, "clusters", "live", clustersView{Clusters: rows})
 }
 
 // createdView shows a new agent token, once.
@@ -225,7 +232,7 @@ func (c *Console) createCluster(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			c.render(w, r, api.StatusOf(code), "clusters", "Clusters",
-				clustersView{Clusters: rows, Error: controlplane.ErrorMessage(err), NewName: name}, "")
+				clustersView{Clusters: rows, Error: controlplane.ErrorMessage(err), NewName: name, NamePattern: controlplane.ClusterNamePattern}, "")
 			return
 		}
 		c.fail(w, r, err)
@@ -236,6 +243,7 @@ func (c *Console) createCluster(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
+	c.log.Info("console: cluster created", "cluster", cl.UUID, "name", cl.Name, "by_session", sessionOf(r).claims.ID)
 	v := createdView{Cluster: cl, Token: out.AgentToken}
 	c.installSteps(&v)
 	c.render(w, r, http.StatusCreated, "created", "Cluster "+cl.Name+" created", v, "")
@@ -261,9 +269,13 @@ type clusterView struct {
 	Tokens     []tokenRow
 	Audit      []controlplane.AuditEntry
 	HasAudit   bool
-	Traffic    *trafficView // nil without a traffic store
-	Flash      string
-	GrafanaURL string
+	Traffic    *trafficView // nil without a traffic store, and in the live part
+	HasTraffic bool
+	// TrafficRefresh is how often the traffic part reloads, in
+	// milliseconds.
+	TrafficRefresh int
+	Flash          string
+	GrafanaURL     string
 }
 
 type tokenRow struct {
@@ -271,7 +283,9 @@ type tokenRow struct {
 	Active bool
 }
 
-func (c *Console) clusterData(r *http.Request) (*clusterView, error) {
+// clusterData gathers the cluster page's data; the traffic figures only
+// withTraffic, for they cost a dozen queries and change every 10 s.
+func (c *Console) clusterData(r *http.Request, withTraffic bool) (*clusterView, error) {
 	cl, err := c.findCluster(r)
 	if err != nil {
 		return nil, err
@@ -286,11 +300,12 @@ func (c *Console) clusterData(r *http.Request) (*clusterView, error) {
 		return nil, err
 	}
 	now := time.Now()
-	v := &clusterView{Cluster: clusterRow{Cluster: cl, Routes: len(routes)}, Routes: routes, GrafanaURL: c.cfg.GrafanaURL}
+	v := &clusterView{Cluster: clusterRow{Cluster: cl, Routes: len(routes)}, Routes: routes, GrafanaURL: c.cfg.GrafanaURL,
+		HasTraffic: c.d.Traffic != nil, TrafficRefresh: int(c.cfg.TrafficRefresh / time.Millisecond)}
 	for _, t := range slices.Backward(toks) { // newest first
 		v.Tokens = append(v.Tokens, tokenRow{Token: t, Active: t.RevokedAt.IsZero() && t.ExpiresAt.After(now)})
 	}
-	if c.d.Traffic != nil {
+	if v.HasTraffic && withTraffic {
 		if v.Traffic, err = c.traffic(ctx, cl.UUID); err != nil {
 			return nil, err
 		}
@@ -305,24 +320,50 @@ func (c *Console) clusterData(r *http.Request) (*clusterView, error) {
 }
 
 func (c *Console) clusterPage(w http.ResponseWriter, r *http.Request) {
-	v, err := c.clusterData(r)
+	v, err := c.clusterData(r, true)
 	if err != nil {
 		c.fail(w, r, err)
 		return
 	}
+	// Anyone can link here with any text: the banner is shown only for a
+	// token of this cluster that is revoked.
 	if id := r.URL.Query().Get("revoked"); id != "" {
-		v.Flash = "Token " + id + " was revoked; sessions that used it are being closed."
+		for _, t := range v.Tokens {
+			if t.ID == id && !t.RevokedAt.IsZero() {
+				v.Flash = "Token " + id + " was revoked; sessions that used it are being closed."
+			}
+		}
 	}
 	c.render(w, r, http.StatusOK, "cluster", "Cluster "+v.Cluster.Name, v, "")
 }
 
 func (c *Console) clusterLive(w http.ResponseWriter, r *http.Request) {
-	v, err := c.clusterData(r)
+	v, err := c.clusterData(r, false)
 	if err != nil {
 		c.fail(w, r, err)
 		return
 	}
-	c.renderLive(w, r, "cluster", v)
+	c.renderLive(w, r, "cluster", "live", v)
+}
+
+// trafficLive is the cluster page's traffic part, which reloads apart
+// (every Config.TrafficRefresh).
+func (c *Console) trafficLive(w http.ResponseWriter, r *http.Request) {
+	if c.d.Traffic == nil {
+		c.fail(w, r, controlplane.Errorf(controlplane.ENOTFOUND, "this control plane keeps no traffic figures"))
+		return
+	}
+	cl, err := c.findCluster(r)
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	t, err := c.traffic(r.Context(), cl.UUID)
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	c.renderLive(w, r, "cluster", "traffic", &clusterView{Cluster: clusterRow{Cluster: cl}, Traffic: t, HasTraffic: true, GrafanaURL: c.cfg.GrafanaURL})
 }
 
 // confirmView asks before something that cannot be undone. With TypeName
@@ -414,6 +455,7 @@ func (c *Console) rotate(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	c.log.Info("console: agent token rotated", "cluster", cl.UUID, "name", cl.Name, "token", rec.ID, "by_session", sessionOf(r).claims.ID)
 	v := createdView{Cluster: cl, Token: tok, Rotated: true}
 	c.installSteps(&v)
 	c.render(w, r, http.StatusOK, "created", "New agent token for "+cl.Name, v, "")
@@ -483,11 +525,12 @@ func (c *Console) kubeconfig(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, controlplane.Errorf(controlplane.EUNAVAILABLE, "the control plane has no public gateway URL configured (GATEWAY_URL)"))
 		return
 	}
-	tok, _, err := c.d.Issuer.Issue(r.Context(), tokens.Request{Kind: auth.KindUser, Clusters: []string{cl.UUID}, Subject: user, Groups: groups})
+	tok, rec, err := c.d.Issuer.Issue(r.Context(), tokens.Request{Kind: auth.KindUser, Clusters: []string{cl.UUID}, Subject: user, Groups: groups})
 	if err != nil {
 		c.fail(w, r, err)
 		return
 	}
+	c.log.Info("console: kubeconfig issued", "cluster", cl.UUID, "user", user, "groups", groups, "token", rec.ID, "by_session", sessionOf(r).claims.ID)
 	b, err := api.Kubeconfig(c.cfg.GatewayURL, c.cfg.K8sAPIDomain, c.cfg.GatewayCA, cl, tok)
 	if err != nil {
 		c.fail(w, r, err)

@@ -13,9 +13,7 @@ import (
 	"github.com/pipeops/tunnel/controlplane"
 )
 
-// clusterNameRE is a DNS-1123 label: cluster names end up in hostnames and
-// Kubernetes object names.
-var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+var clusterNameRE = regexp.MustCompile("^" + controlplane.ClusterNamePattern + "$")
 
 const clusterColumns = `uuid::text, name, status, agent_id, agent_version, k8s_version, last_heartbeat,
 	metadata, agent_info, public_endpoint, routing_mode, ingress_controller, created_at, updated_at, status_since, gateway`
