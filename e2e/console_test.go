@@ -91,6 +91,19 @@ func TestConsole(t *testing.T) {
 	}
 	screenshot(t, b, shots, "console-clusters.png")
 
+	// The agent stops: the row says so, again without a reload; it comes
+	// back when the agent does.
+	e.c.Agent.Stop(5 * time.Second)
+	down := waitFor(t, "edge shown disconnected after its agent stopped", 5*time.Second, func() bool { return state() == "disconnected" })
+	t.Logf("edge shown disconnected %s after its agent stopped", down)
+	if err := e.c.Agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "edge shown connected again", 5*time.Second, func() bool { return state() == "connected" })
+	if !read(t, b, "marker", chromedp.Evaluate[bool](`window.__kept === true`)) {
+		t.Fatal("the page was reloaded to show the agent stop")
+	}
+
 	// A managed Ingress: its route shows on the cluster's page.
 	do("open edge", chromedp.Click(chromedp.CSS(`tr[data-cluster="edge"] a`)), chromedp.WaitVisible(chromedp.ID("routes")))
 	if _, err := e.c.CreateIngress(ctx, "default", "web", e.host); err != nil {
