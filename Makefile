@@ -228,7 +228,7 @@ lint: $(LINT_BIN_DIR)/staticcheck $(LINT_BIN_DIR)/deadcode ## gofmt, go vet, sta
 	$(LINT_BIN_DIR)/staticcheck ./...
 	@out=$$($(LINT_BIN_DIR)/deadcode -test ./...); \
 	if [ -n "$$out" ]; then echo "unreachable code (delete it, or call it):"; echo "$$out"; exit 1; fi
-	shellcheck deploy/install.sh deploy/helm/render.sh shared/testenv/install-deps.sh shared/testenv/fuzz.sh .ci/run
+	shellcheck deploy/install.sh deploy/compose/init-secrets.sh deploy/helm/render.sh shared/testenv/install-deps.sh shared/testenv/fuzz.sh .ci/run
 # The tools module is not vetted: vet type-checks all of k8s.io/kubernetes
 # (11 minutes cold) for two ten-line mains that `make testenv` compiles.
 

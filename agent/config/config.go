@@ -19,7 +19,7 @@ import (
 // environment variable and the flag.
 type Config struct {
 	APIURL          string        // PIPEOPS_API_URL, --api-url (required): the control plane
-	Token           string        // PIPEOPS_TOKEN, --token (required): the agent token
+	Token           string        // PIPEOPS_TOKEN, --token or PIPEOPS_TOKEN_FILE (required): the agent token
 	ClusterName     string        // PIPEOPS_CLUSTER_NAME, --cluster-name
 	AgentID         string        // PIPEOPS_AGENT_ID, --agent-id (default: the pod's hostname)
 	EnableIngress   bool          // ENABLE_INGRESS_SYNC, --enable-ingress-sync (default true)
@@ -71,6 +71,12 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		LogLevel:        r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 		LogFormat:       r.OneOf("LOG_FORMAT", "text", "text", "json"),
 	}
+	if tok := r.SecretFile("PIPEOPS_TOKEN_FILE"); tok != "" {
+		if c.Token != "" {
+			r.Failf("PIPEOPS_TOKEN and PIPEOPS_TOKEN_FILE are both set: give the agent token one way")
+		}
+		c.Token = tok
+	}
 	if err := r.Err(); err != nil {
 		return c, err
 	}
@@ -110,7 +116,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Sprintf("PIPEOPS_API_URL=%q is not an http(s) URL", c.APIURL))
 	}
 	if c.Token == "" && !c.Check {
-		errs = append(errs, "PIPEOPS_TOKEN (--token) is required: the agent token from `pipeops-controlplane cluster create`")
+		errs = append(errs, "PIPEOPS_TOKEN (--token, or a file in PIPEOPS_TOKEN_FILE) is required: the agent token from `pipeops-controlplane cluster create`")
 	}
 	if c.IngressService != "" && strings.Count(c.IngressService, "/") != 1 {
 		errs = append(errs, fmt.Sprintf("INGRESS_CONTROLLER_SERVICE=%q must be namespace/name", c.IngressService))

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +39,39 @@ func TestLoad(t *testing.T) {
 	} {
 		if _, err := Load(nil, env(e)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%v: err = %v, want one containing %q", e, err, want)
+		}
+	}
+}
+
+// TestTokenFile: the token can come from a file (a compose secret), which
+// must not be readable by every user, and not together with PIPEOPS_TOKEN.
+func TestTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "token")
+	if err := os.WriteFile(file, []byte("agent-token-from-file\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(nil, env(map[string]string{"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN_FILE": file}))
+	if err != nil || c.Token != "agent-token-from-file" {
+		t.Fatalf("token from the file: %q, %v", c.Token, err)
+	}
+	open := filepath.Join(dir, "open")
+	if err := os.WriteFile(open, []byte("agent-token-from-file\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for want, e := range map[string]map[string]string{
+		"PIPEOPS_TOKEN and PIPEOPS_TOKEN_FILE are both set": {"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN": "t", "PIPEOPS_TOKEN_FILE": file},
+		"PIPEOPS_TOKEN_FILE: " + open + " is readable":      {"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN_FILE": open},
+		"PIPEOPS_TOKEN_FILE: open ":                         {"PIPEOPS_API_URL": "https://cp", "PIPEOPS_TOKEN_FILE": filepath.Join(dir, "missing")},
+	} {
+		_, err := Load(nil, env(e))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: err = %v, want one containing %q", e, err, want)
+		} else if strings.Contains(err.Error(), "agent-token-from-file") {
+			t.Errorf("the error shows the token: %v", err)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import "github.com/pipeops/tunnel/shared/settings"
 var Settings = settings.Table{
 	{Env: "PIPEOPS_API_URL", Flag: "api-url", Note: "(required)", Help: "the control plane's URL, e.g. https://api.pipeops.io"},
 	{Env: "PIPEOPS_TOKEN", Flag: "token", Note: "(required)", Help: "the agent token from `pipeops-controlplane cluster create`; prefer the environment (or a Secret) to the flag, which other users can see"},
+	{Env: "PIPEOPS_TOKEN_FILE", Help: "a file holding the agent token instead (a compose secret or a mounted Secret), mode 0640 or stricter; not with PIPEOPS_TOKEN"},
 	{Env: "PIPEOPS_CLUSTER_NAME", Flag: "cluster-name", Help: "the name the cluster registers with"},
 	{Env: "PIPEOPS_AGENT_ID", Flag: "agent-id", Note: "the pod's hostname", Help: "the agent's id"},
 	{Env: "ENABLE_INGRESS_SYNC", Flag: "enable-ingress-sync", Kind: settings.Bool, Default: "true", Help: "sync PipeOps-managed Ingresses to the gateway; false serves only the Kubernetes API"},

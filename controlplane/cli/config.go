@@ -75,7 +75,7 @@ type Config struct {
 func LoadConfig(getenv func(string) string) (Config, error) {
 	r := envconfig.New(getenv)
 	c := Config{
-		DatabaseURL:     r.String("DATABASE_URL", ""),
+		DatabaseURL:     r.DatabaseURL("DATABASE_URL", "DATABASE_PASSWORD_FILE"),
 		ListenAddr:      r.String("LISTEN_ADDR", ":8080"),
 		AdminAddr:       r.String("ADMIN_ADDR", "127.0.0.1:9091"),
 		GatewayWSURL:    r.String("GATEWAY_WS_URL", ""),

@@ -7,6 +7,7 @@ import "github.com/pipeops/tunnel/shared/settings"
 // and to docs/controlplane.md.
 var Settings = settings.Table{
 	{Env: "DATABASE_URL", Note: "(required)", Help: "PostgreSQL, as a postgres:// URL"},
+	{Env: "DATABASE_PASSWORD_FILE", Help: "a file holding the database password (a compose secret), mode 0640 or stricter; DATABASE_URL then names the user without a password"},
 	{Env: "KEY_ENCRYPTION_KEY_FILE", Note: "(required, or the next)", Help: "a file holding the key-encryption key (KEK) that seals the token signing keys: base64 of 32 random bytes ('openssl rand -base64 32'), mode 0600, 0400, 0640 or 0440; every command but migrate, keys list, keys retire and audit list needs it"},
 	{Env: "KEY_ENCRYPTION_KEY", Help: "the KEK itself, for platforms that inject secrets as environment variables; not with KEY_ENCRYPTION_KEY_FILE"},
 	{Env: "KEY_ENCRYPTION_KEY_PREVIOUS_FILE", Help: "during a KEK rotation: comma-separated files of the previous KEKs, which only open"},

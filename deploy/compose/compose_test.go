@@ -3,10 +3,11 @@ package compose
 import (
 	"bufio"
 	"context"
-	"maps"
+	"fmt"
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -24,13 +25,70 @@ import (
 	"github.com/pipeops/tunnel/shared/testenv"
 )
 
-// secrets stand in for what a user puts into .env; .env.example leaves them
-// empty on purpose.
-var secrets = map[string]string{
-	"POSTGRES_PASSWORD":      "test-password-0123",
-	"KEY_ENCRYPTION_KEY":     "q83vEjRWeJq8qrvM3e7/ABEiM0RVZneImaq7zN3u/wA=", // base64 of 32 bytes
-	"PIPEOPS_AGENT_TOKEN":    "test-agent-token",
-	"GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
+// testAgentToken is what the test puts in the agent_token secret file, as a
+// user does with the token `cluster create` prints.
+const testAgentToken = "test-agent-token"
+
+// user is the setup a user makes before `docker compose up`: .env copied
+// from .env.example, then deploy/compose/init-secrets.sh run with a
+// secrets directory of its own (made once, in TestMain).
+var user struct {
+	envFile    string
+	secretsDir string
+	gid        string
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		dir, err := os.MkdirTemp("", "compose-test-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		if err := setUp(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "compose tests: the user's setup:", err)
+			return 1
+		}
+		return m.Run()
+	}())
+}
+
+func setUp(dir string) error {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		return err
+	}
+	example, err := os.ReadFile(filepath.Join(root, ".env.example"))
+	if err != nil {
+		return err
+	}
+	user.envFile = filepath.Join(dir, "env")
+	user.secretsDir = filepath.Join(dir, "secrets")
+	if err := os.WriteFile(user.envFile, example, 0o600); err != nil {
+		return err
+	}
+	cmd := exec.Command("sh", filepath.Join(root, "deploy", "compose", "init-secrets.sh"), user.secretsDir)
+	cmd.Env = append(os.Environ(), "PIPEOPS_ENV_FILE="+user.envFile)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("init-secrets.sh: %v\n%s", err, out)
+	}
+	gid, err := exec.Command("id", "-g").Output()
+	if err != nil {
+		return err
+	}
+	user.gid = strings.TrimSpace(string(gid))
+	return os.WriteFile(filepath.Join(user.secretsDir, "agent_token"), []byte(testAgentToken+"\n"), 0o640)
+}
+
+// secretValue is the content of one of the user's secret files.
+func secretValue(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(user.secretsDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 var (
@@ -48,9 +106,9 @@ var binaries = map[string]string{
 }
 
 // load reads docker-compose.yml as `docker compose --profile ... up` would,
-// with .env.example as the .env file and extra (which wins over it, as the
+// with envFile as the .env file and extra (which wins over it, as the
 // shell does) and nothing from this process's environment.
-func load(t *testing.T, profiles []string, extra map[string]string) (*types.Project, error) {
+func load(t *testing.T, profiles []string, envFile string, extra map[string]string) (*types.Project, error) {
 	t.Helper()
 	root := testenv.Root(t)
 	var env []string
@@ -60,7 +118,7 @@ func load(t *testing.T, profiles []string, extra map[string]string) (*types.Proj
 	opts, err := composecli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
 		composecli.WithWorkingDirectory(root),
 		composecli.WithEnv(env),
-		composecli.WithEnvFiles(filepath.Join(root, ".env.example")),
+		composecli.WithEnvFiles(envFile),
 		composecli.WithDotEnv,
 		composecli.WithProfiles(profiles),
 	)
@@ -70,10 +128,10 @@ func load(t *testing.T, profiles []string, extra map[string]string) (*types.Proj
 	return opts.LoadProject(context.Background())
 }
 
-// stack is the whole stack, every profile enabled, with the secrets set.
+// stack is the whole stack, every profile enabled, with the user's setup.
 func stack(t *testing.T) *types.Project {
 	t.Helper()
-	p, err := load(t, []string{"*"}, secrets)
+	p, err := load(t, []string{"*"}, user.envFile, nil)
 	if err != nil {
 		t.Fatalf("load docker-compose.yml: %v", err)
 	}
@@ -99,6 +157,37 @@ func getenv(s types.ServiceConfig) func(string) string {
 	}
 }
 
+// secretsAt maps the paths where s sees its secrets to the files on this
+// machine they are mounted from.
+func secretsAt(p *types.Project, s types.ServiceConfig) map[string]string {
+	m := map[string]string{}
+	for _, ref := range s.Secrets {
+		target := ref.Target
+		if target == "" {
+			target = ref.Source
+		}
+		if !path.IsAbs(target) {
+			target = "/run/secrets/" + target
+		}
+		m[target] = p.Secrets[ref.Source].File
+	}
+	return m
+}
+
+// hostenv is getenv with the service's secret paths turned into the files
+// they are mounted from, so that the components' own loaders read the
+// secret files as they would inside the container.
+func hostenv(p *types.Project, s types.ServiceConfig) func(string) string {
+	at := secretsAt(p, s)
+	return func(k string) string {
+		v := getenv(s)(k)
+		if f, ok := at[v]; ok {
+			return f
+		}
+		return v
+	}
+}
+
 func portOf(t *testing.T, addr string) string {
 	t.Helper()
 	_, p, err := net.SplitHostPort(addr)
@@ -121,7 +210,7 @@ func loadConfigs(t *testing.T, p *types.Project) configs {
 	var c configs
 	var err error
 	cpSvc := service(t, p, "controlplane")
-	if c.cp, err = cpcli.LoadConfig(getenv(cpSvc)); err != nil {
+	if c.cp, err = cpcli.LoadConfig(hostenv(p, cpSvc)); err != nil {
 		t.Fatalf("controlplane: LoadConfig with the compose environment: %v", err)
 	}
 	if !slices.Equal(cpSvc.Command, []string{"serve"}) {
@@ -133,40 +222,35 @@ func loadConfigs(t *testing.T, p *types.Project) configs {
 	if c.cp.KEK == nil {
 		t.Error("controlplane: no key-encryption key from the compose environment")
 	}
-	if c.gw, err = server.LoadConfig(getenv(service(t, p, "gateway"))); err != nil {
+	if c.gw, err = server.LoadConfig(hostenv(p, service(t, p, "gateway"))); err != nil {
 		t.Fatalf("gateway: LoadConfig with the compose environment: %v", err)
 	}
 	agentSvc := service(t, p, "agent")
-	if c.agent, err = agentconfig.Load(agentSvc.Command, getenv(agentSvc)); err != nil {
+	if c.agent, err = agentconfig.Load(agentSvc.Command, hostenv(p, agentSvc)); err != nil {
 		t.Fatalf("agent: config.Load with the compose environment: %v", err)
 	}
 	return c
 }
 
 func TestEnvExampleAloneIsRefused(t *testing.T) {
-	_, err := load(t, nil, nil)
-	if err == nil || !strings.Contains(err.Error(), "POSTGRES_PASSWORD") && !strings.Contains(err.Error(), "KEY_ENCRYPTION_KEY") {
-		t.Fatalf("docker compose with .env.example unchanged: err = %v, want a refusal naming a missing secret", err)
-	}
-	// Each required secret alone is enough to refuse.
-	for _, name := range []string{"POSTGRES_PASSWORD", "KEY_ENCRYPTION_KEY"} {
-		partial := maps.Clone(secrets)
-		delete(partial, name)
-		if _, err := load(t, nil, partial); err == nil || !strings.Contains(err.Error(), name) {
-			t.Errorf("docker compose without %s: err = %v, want a refusal naming it", name, err)
-		}
+	root := testenv.Root(t)
+	_, err := load(t, nil, filepath.Join(root, ".env.example"), nil)
+	if err == nil || !strings.Contains(err.Error(), "PIPEOPS_SECRETS_GID") || !strings.Contains(err.Error(), "init-secrets.sh") {
+		t.Fatalf("docker compose with .env.example unchanged: err = %v, want a refusal naming PIPEOPS_SECRETS_GID and init-secrets.sh", err)
 	}
 }
 
 func TestEnvExample(t *testing.T) {
 	root := testenv.Root(t)
 	example := readEnvFile(t, filepath.Join(root, ".env.example"))
-	for name := range secrets {
-		v, ok := example[name]
-		if !ok {
-			t.Errorf(".env.example does not document %s", name)
-		} else if v != "" {
-			t.Errorf(".env.example sets %s: secrets must stay empty there", name)
+	if v, ok := example["PIPEOPS_SECRETS_GID"]; !ok || v != "" {
+		t.Errorf(".env.example: PIPEOPS_SECRETS_GID=%q (documented %v); want it there and empty, for init-secrets.sh to set", v, ok)
+	}
+	// No secret is a variable: a name that sounds like one is a mistake.
+	secretish := regexp.MustCompile(`PASSWORD|TOKEN|_KEY$|SECRET`)
+	for name := range example {
+		if secretish.MatchString(name) && !strings.HasPrefix(name, "PIPEOPS_SECRETS_") {
+			t.Errorf(".env.example has %s: secrets are files (docker-compose.yml secrets:), not variables", name)
 		}
 	}
 
@@ -193,8 +277,13 @@ func TestEnvExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(strings.Split(string(gi), "\n"), ".env") {
-		t.Error(".gitignore does not list .env: the secrets file could be committed")
+	for _, entry := range []string{".env", "/secrets/"} {
+		if !slices.Contains(strings.Split(string(gi), "\n"), entry) {
+			t.Errorf(".gitignore does not list %s: it could be committed", entry)
+		}
+	}
+	if v := example["PIPEOPS_SECRETS_DIR"]; v != "./secrets" {
+		t.Errorf(".env.example: PIPEOPS_SECRETS_DIR=%q, want ./secrets (what .gitignore lists)", v)
 	}
 }
 
@@ -235,7 +324,7 @@ func TestProfiles(t *testing.T) {
 		{[]string{"monitoring"}, append(slices.Clone(core), monitoring...)},
 		{[]string{"*"}, append(append(slices.Clone(core), demo...), monitoring...)},
 	} {
-		p, err := load(t, tc.profiles, secrets)
+		p, err := load(t, tc.profiles, user.envFile, nil)
 		if err != nil {
 			t.Fatalf("profiles %v: %v", tc.profiles, err)
 		}
@@ -356,13 +445,13 @@ func TestComponentConfigs(t *testing.T) {
 		}
 		pw, _ := u.User.Password()
 		if u.Hostname() != "postgres" || u.Port() != "5432" || u.User.Username() != pgEnv("POSTGRES_USER") ||
-			pw != secrets["POSTGRES_PASSWORD"] || strings.TrimPrefix(u.Path, "/") != pgEnv("POSTGRES_DB") {
-			t.Errorf("%s DATABASE_URL %q does not match the postgres service (user %s, db %s, POSTGRES_PASSWORD)",
-				name, dsn, pgEnv("POSTGRES_USER"), pgEnv("POSTGRES_DB"))
+			pw != secretValue(t, "postgres_password") || strings.TrimPrefix(u.Path, "/") != pgEnv("POSTGRES_DB") {
+			t.Errorf("%s database URL (password from DATABASE_PASSWORD_FILE) does not match the postgres service (user %s, db %s, the postgres_password secret)",
+				name, pgEnv("POSTGRES_USER"), pgEnv("POSTGRES_DB"))
 		}
 	}
-	if pgEnv("POSTGRES_PASSWORD") != secrets["POSTGRES_PASSWORD"] {
-		t.Error("the postgres service does not take POSTGRES_PASSWORD from the environment")
+	if f := secretsAt(p, pg)[pgEnv("POSTGRES_PASSWORD_FILE")]; f == "" || f != filepath.Join(user.secretsDir, "postgres_password") {
+		t.Errorf("the postgres service's POSTGRES_PASSWORD_FILE %q is not the postgres_password secret", pgEnv("POSTGRES_PASSWORD_FILE"))
 	}
 
 	// The gateway finds the control plane's JWKS; the agent finds its API.
@@ -430,8 +519,8 @@ func TestComponentConfigs(t *testing.T) {
 	if !k3s.Privileged {
 		t.Error("k3s must run privileged")
 	}
-	if c.agent.Token != secrets["PIPEOPS_AGENT_TOKEN"] {
-		t.Error("the agent does not take its token from PIPEOPS_AGENT_TOKEN")
+	if c.agent.Token != testAgentToken {
+		t.Error("the agent does not take its token from the agent_token secret")
 	}
 }
 

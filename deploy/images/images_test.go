@@ -484,7 +484,7 @@ func buildContext(t *testing.T, root string) string {
 			t.Fatalf(".dockerignore keeps %s out of the build context", must)
 		}
 	}
-	for _, mustNot := range []string{".git", ".env", "bin", "dist", ".testenv"} {
+	for _, mustNot := range []string{".git", ".env", "secrets", "bin", "dist", ".testenv"} {
 		if _, err := os.Stat(filepath.Join(dst, mustNot)); err == nil {
 			t.Errorf(".dockerignore lets %s into the build context", mustNot)
 		}

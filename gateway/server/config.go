@@ -92,7 +92,7 @@ const maxRenewBefore = 30 * 24 * time.Hour
 func LoadConfig(getenv func(string) string) (Config, error) {
 	r := envconfig.New(getenv)
 	c := Config{
-		DatabaseURL:     r.String("DATABASE_URL", ""),
+		DatabaseURL:     r.DatabaseURL("DATABASE_URL", "DATABASE_PASSWORD_FILE"),
 		ControlPlaneURL: strings.TrimRight(r.String("CONTROLPLANE_URL", ""), "/"),
 		HTTPAddr:        r.String("HTTP_ADDR", ":8080"),
 		HTTPSAddr:       r.String("HTTPS_ADDR", ""),

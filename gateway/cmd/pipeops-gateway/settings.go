@@ -7,6 +7,7 @@ import "github.com/pipeops/tunnel/shared/settings"
 // LoadConfig and to docs/gateway.md.
 var gatewaySettings = settings.Table{
 	{Env: "DATABASE_URL", Note: "(required)", Help: "the control plane's PostgreSQL (postgres://...): routes are read from it, heartbeats written to it"},
+	{Env: "DATABASE_PASSWORD_FILE", Help: "a file holding the database password (a compose secret), mode 0640 or stricter; DATABASE_URL then names the user without a password"},
 	{Env: "CONTROLPLANE_URL", Note: "(required)", Help: "the control plane's URL; its /.well-known/jwks.json verifies every token"},
 	{Env: "HTTP_ADDR", Default: ":8080", Help: "plain HTTP listener"},
 	{Env: "HTTPS_ADDR", Help: "HTTPS listener (needs a certificate source: TLS_CERT_DIR, TLS_CERT_FILE, ACME or TLS_SELF_SIGNED)"},
