@@ -61,7 +61,7 @@ func TestCommandLine(t *testing.T) {
 		{"unknown command", agentEnv, []string{"frobnicate"}, 2, nil, []string{`unknown command "frobnicate" for "pipeops-agent"`, "Run 'pipeops-agent --help' for usage."}},
 		{"unknown flag", agentEnv, []string{"--frobnicate"}, 2, nil, []string{"unknown flag: --frobnicate"}},
 		{"bad bool flag", agentEnv, []string{"--enable-ingress-sync=maybe"}, 2, nil, []string{`invalid argument "maybe" for "--enable-ingress-sync"`}},
-		{"no configuration", nil, nil, 2, nil, []string{"PIPEOPS_API_URL (--api-url) is required", "PIPEOPS_TOKEN (--token) is required"}},
+		{"no configuration", nil, nil, 2, nil, []string{"PIPEOPS_API_URL (--api-url) is required", "PIPEOPS_TOKEN (--token, or a file in PIPEOPS_TOKEN_FILE) is required"}},
 		// A flag reaches the configuration, and beats the variable.
 		{"flag beats the environment", agentEnv, []string{"--api-url", "ftp://cp"}, 2, nil, []string{`PIPEOPS_API_URL="ftp://cp" is not an http(s) URL`}},
 		// --check needs no control plane: it gets as far as the
