@@ -98,3 +98,32 @@ func TestDatabaseURL(t *testing.T) {
 		}
 	}
 }
+
+// FuzzReadSecretFile: whatever a secret file holds, the reader returns one
+// trimmed, non-empty line within the size bound, or an error that does not
+// carry the content.
+func FuzzReadSecretFile(f *testing.F) {
+	for _, seed := range []string{"hunter2\n", "", " \n", "a\nb", strings.Repeat("x", MaxSecretFileSize+1), "\x00\xff secret \r\n"} {
+		f.Add([]byte(seed))
+	}
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, content []byte) {
+		p := filepath.Join(dir, "secret")
+		if err := os.WriteFile(p, content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		v, err := ReadSecretFile(p)
+		if err != nil {
+			if s := strings.TrimSpace(string(content)); len(s) >= 8 && strings.Contains(err.Error(), s) {
+				t.Fatalf("the error carries the content: %v", err)
+			}
+			return
+		}
+		if v == "" || v != strings.TrimSpace(v) || strings.ContainsAny(v, "\r\n") || len(v) > MaxSecretFileSize {
+			t.Fatalf("ReadSecretFile(%q) = %q", content, v)
+		}
+		if !strings.Contains(string(content), v) {
+			t.Fatalf("ReadSecretFile(%q) = %q, not the file's content", content, v)
+		}
+	})
+}
