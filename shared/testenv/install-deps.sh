@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests run against: etcd (for the test
 # kube-apiserver), the PostgreSQL server, shellcheck (the installer's lint
-# test) and chromium (the console's browser tests). Does nothing when they are there,
+# test), chromium (the console's browser tests) and iproute2 (the network
+# test bed). Does nothing when they are there,
 # so it needs root (or sudo) only on a machine that lacks them.
 set -euo pipefail
 
@@ -17,9 +18,11 @@ command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 # their screenshots (--no-install-recommends leaves chromium without one).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
+# The network test bed (shared/testenv/netbed): namespaces and TUN devices.
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 
 if ((${#missing[@]} == 0)); then
-	echo "deps: etcd, PostgreSQL, shellcheck and chromium are installed"
+	echo "deps: etcd, PostgreSQL, shellcheck, chromium and iproute2 are installed"
 	exit 0
 fi
 
