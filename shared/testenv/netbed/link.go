@@ -131,7 +131,7 @@ type direction struct {
 	nextFree time.Time // when the line is free to send the next packet
 	lastDue  time.Time // packets are never due before the one in front
 
-	blackhole                                         atomic.Bool
+	blackhole                                    atomic.Bool
 	packets, bytes, lost, queueDrops, blackholed atomic.Int64
 }
 
