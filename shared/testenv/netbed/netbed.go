@@ -11,8 +11,10 @@
 // and New skips the test, or fails it in CI.
 //
 // Addresses come from 198.18.0.0/15, the range set aside for benchmarks
-// (RFC 2544), one /30 per link, and exist only inside the bed's namespaces:
-// nothing a bed does reaches the machine's own network. Namespaces are named
+// (RFC 2544), and exist only inside the bed's namespaces: nothing a bed does
+// reaches the machine's own network. Each host has an address of its own
+// (Host.Addr, from 198.19.0.0/16, on its loopback), which its neighbours
+// reach over the link between them; each link has a /30 from 198.18.0.0/16. Namespaces are named
 // pbed-PID-N-HOST; a bed removes those of processes that have died before it
 // makes its own, so a test killed halfway leaves nothing behind for long.
 package netbed
@@ -48,8 +50,10 @@ const netnsDir = "/run/netns"
 var (
 	beds  atomic.Int64
 	stale = regexp.MustCompile(`^pbed-([0-9]+)-`)
-	// addrBase is the first address of the benchmark range.
-	addrBase = netip.MustParseAddr("198.18.0.0")
+	// linkBase and hostBase split the benchmark range: links' /30s from
+	// the first half, hosts' own addresses from the second.
+	linkBase = netip.MustParseAddr("198.18.0.0")
+	hostBase = netip.MustParseAddr("198.19.0.0")
 )
 
 // Bed owns hosts and links; Close removes them all. Its methods are safe for
@@ -61,6 +65,7 @@ type Bed struct {
 	hosts  []*Host
 	links  []*Link
 	nlinks int
+	nhosts int
 	closed bool
 }
 
@@ -115,11 +120,14 @@ func removeStale() {
 	}
 }
 
-// Host is one machine of the bed: a network namespace with its loopback up
-// and one address per link.
+// Host is one machine of the bed: a network namespace with its loopback up,
+// an address of its own, and one address per link.
 type Host struct {
 	// Name is the name the bed was given; NS the namespace's (for ip netns).
 	Name, NS string
+	// Addr is the host's own address: its neighbours reach it there over
+	// the link between them, and its connections to them come from there.
+	Addr netip.Addr
 }
 
 // AddHost makes a host.
@@ -132,18 +140,29 @@ func (b *Bed) AddHost(name string) (*Host, error) {
 	if b.closed {
 		return nil, errors.New("netbed: the bed is closed")
 	}
-	h := &Host{Name: name, NS: b.prefix + "-" + name}
+	if b.nhosts >= 1<<16-2 {
+		return nil, errors.New("netbed: out of host addresses")
+	}
+	b.nhosts++
+	h := &Host{Name: name, NS: b.prefix + "-" + name,
+		Addr: addrOf(binary.BigEndian.Uint32(hostBase.AsSlice()) + uint32(b.nhosts))}
 	if err := ip("netns", "add", h.NS); err != nil {
 		return nil, fmt.Errorf("netbed: add host %s: %w", name, err)
 	}
 	b.hosts = append(b.hosts, h)
-	if err := ip("-n", h.NS, "link", "set", "lo", "up"); err != nil {
-		return nil, fmt.Errorf("netbed: host %s: loopback up: %w", name, err)
+	for _, args := range [][]string{
+		{"-n", h.NS, "link", "set", "lo", "up"},
+		{"-n", h.NS, "addr", "add", netip.PrefixFrom(h.Addr, 32).String(), "dev", "lo"},
+	} {
+		if err := ip(args...); err != nil {
+			return nil, fmt.Errorf("netbed: host %s: %w", name, err)
+		}
 	}
 	return h, nil
 }
 
-// Connect joins a and b with a link of profile p.
+// Connect joins a and b with a link of profile p: from then on each
+// reaches the other's Addr over it.
 func (b *Bed) Connect(a, c *Host, p Profile) (*Link, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -161,17 +180,17 @@ func (b *Bed) Connect(a, c *Host, p Profile) (*Link, error) {
 		return nil, errors.New("netbed: out of link addresses")
 	}
 	b.nlinks++
-	base := binary.BigEndian.Uint32(addrBase.AsSlice()) + uint32(4*n)
+	base := binary.BigEndian.Uint32(linkBase.AsSlice()) + uint32(4*n)
 	l := &Link{A: a, B: c, AddrA: addrOf(base + 1), AddrB: addrOf(base + 2)}
 
 	var id [4]byte
 	_, _ = rand.Read(id[:])
 	devA, devB := "nb"+hex.EncodeToString(id[:])+"a", "nb"+hex.EncodeToString(id[:])+"b"
-	fa, err := attachTUN(devA, a, l.AddrA)
+	fa, err := attachTUN(devA, a, l.AddrA, c.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("netbed: link %s-%s: %w", a.Name, c.Name, err)
 	}
-	fb, err := attachTUN(devB, c, l.AddrB)
+	fb, err := attachTUN(devB, c, l.AddrB, a.Addr)
 	if err != nil {
 		fa.Close()
 		return nil, fmt.Errorf("netbed: link %s-%s: %w", a.Name, c.Name, err)
@@ -196,14 +215,16 @@ func (b *Bed) Connect(a, c *Host, p Profile) (*Link, error) {
 	return l, nil
 }
 
+// addrOf is the IPv4 address v.
 func addrOf(v uint32) netip.Addr {
 	var a [4]byte
 	binary.BigEndian.PutUint32(a[:], v)
 	return netip.AddrFrom4(a)
 }
 
-// attachTUN makes a TUN device here and moves it into h with addr/30.
-func attachTUN(dev string, h *Host, addr netip.Addr) (*os.File, error) {
+// attachTUN makes a TUN device here and moves it into h with addr/30 and a
+// route to the peer host's own address.
+func attachTUN(dev string, h *Host, addr, peer netip.Addr) (*os.File, error) {
 	f, err := openTUN(dev)
 	if err != nil {
 		return nil, err
@@ -212,6 +233,7 @@ func attachTUN(dev string, h *Host, addr netip.Addr) (*os.File, error) {
 		{"link", "set", "dev", dev, "netns", h.NS},
 		{"-n", h.NS, "addr", "add", netip.PrefixFrom(addr, 30).String(), "dev", dev},
 		{"-n", h.NS, "link", "set", "dev", dev, "mtu", strconv.Itoa(mtu), "up"},
+		{"-n", h.NS, "route", "add", netip.PrefixFrom(peer, 32).String(), "dev", dev, "src", h.Addr.String()},
 	} {
 		if err := ip(args...); err != nil {
 			f.Close()

@@ -396,3 +396,102 @@ func TestProfiles(t *testing.T) {
 		}
 	}
 }
+
+// TestHostAddress dials a host at its own address over the link: the
+// connection comes from the dialler's own address, and it crosses the link.
+func TestHostAddress(t *testing.T) {
+	a, b, l := pair(t, Profile{Name: "5ms", RTT: 5 * time.Millisecond})
+	ln, err := b.Listen("tcp4", addrPort(b.Addr, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	remote := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			remote <- err.Error()
+			return
+		}
+		remote <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+		c.Close()
+	}()
+	before := l.Stats(a).Packets
+	start := time.Now()
+	c, err := a.DialContext(context.Background(), "tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	c.Close()
+	if got := <-remote; got != a.Addr.String() {
+		t.Errorf("b saw the connection come from %s, want a's address %s", got, a.Addr)
+	}
+	if took < 5*time.Millisecond {
+		t.Errorf("connected in %v, less than the link's round trip", took)
+	}
+	if l.Stats(a).Packets == before {
+		t.Error("the connection did not cross the link")
+	}
+}
+
+// TestForward reaches a host's server from outside the bed through a
+// Forwarder, half-closes included, and Close ends what is open.
+func TestForward(t *testing.T) {
+	_, b, _ := pair(t, LAN)
+	ln, err := b.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			data, _ := io.ReadAll(c) // until the client's half close
+			_, _ = c.Write(append([]byte("got "), data...))
+			c.Close()
+		}
+	}()
+	outside, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := ln.Addr().String()
+	f := Forward(outside, func(ctx context.Context) (net.Conn, error) { return b.DialContext(ctx, "tcp4", target) })
+	c, err := net.Dial("tcp4", f.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "got ping" {
+		t.Fatalf("through the forwarder: %q, %v", got, err)
+	}
+	c.Close()
+
+	held, err := net.Dial("tcp4", f.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	_, _ = held.Write([]byte("x"))
+	time.Sleep(50 * time.Millisecond) // let the forwarder dial through
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_ = held.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := held.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("a held connection after Close: %v, want it closed", err)
+	}
+	ln.Close()
+	<-served
+}
