@@ -325,6 +325,21 @@ func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn,
 	return c, err
 }
 
+// Sysctl sets a network sysctl of h's own (name as in sysctl(8), e.g.
+// net.ipv4.tcp_syn_linear_timeouts): a host can run with another kernel's
+// defaults than the machine's.
+func (h *Host) Sysctl(name, value string) error {
+	if !strings.HasPrefix(name, "net.") || strings.Contains(name, "/") {
+		return fmt.Errorf("netbed: %q is not a network sysctl", name)
+	}
+	path := "/proc/sys/" + strings.ReplaceAll(name, ".", "/")
+	err := h.Do(func() error { return os.WriteFile(path, []byte(value), 0o644) })
+	if err != nil {
+		return fmt.Errorf("netbed: host %s: sysctl %s=%s: %w", h.Name, name, value, err)
+	}
+	return nil
+}
+
 // Command returns a command that runs in h's namespace (through ip netns
 // exec), killed when ctx ends.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {

@@ -349,6 +349,32 @@ func TestIsolation(t *testing.T) {
 	}
 }
 
+// TestSysctl sets a sysctl in one host and not in the other.
+func TestSysctl(t *testing.T) {
+	a, b, _ := pair(t, LAN)
+	const name = "net.ipv4.tcp_syn_retries"
+	read := func(h *Host) string {
+		var v []byte
+		if err := h.Do(func() (err error) { v, err = os.ReadFile("/proc/sys/net/ipv4/tcp_syn_retries"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(v))
+	}
+	before := read(b)
+	if err := a.Sysctl(name, "3"); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(a); got != "3" {
+		t.Errorf("%s in a = %s, want 3", name, got)
+	}
+	if got := read(b); got != before {
+		t.Errorf("%s in b = %s, want it untouched (%s)", name, got, before)
+	}
+	if err := a.Sysctl("kernel.hostname", "x"); err == nil {
+		t.Error("Sysctl set a sysctl outside net.")
+	}
+}
+
 // TestClose checks that a closed bed leaves no namespace behind.
 func TestClose(t *testing.T) {
 	bed, err := Open()
