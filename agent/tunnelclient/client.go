@@ -492,7 +492,7 @@ func (c *Client) connect(ctx context.Context) (*websocket.Conn, tunnel.GatewayHe
 		// Buffered reads and batched writes under TLS: one system call per
 		// burst or message instead of one per 16 KiB record.
 		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := nd.DialContext(ctx, network, addr)
+			c, err := staggeredDial(ctx, nd.DialContext, network, addr, dialStagger, dialParallel)
 			if err != nil {
 				return nil, err
 			}
