@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +26,7 @@ import (
 
 	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/kubetest"
+	"github.com/pipeops/tunnel/shared/testenv/netbed"
 )
 
 // Names the stack gives every cluster: the agent's namespace and
@@ -58,6 +61,14 @@ type ClusterOptions struct {
 	AgentToken string
 	// NoAgent leaves the agent stopped; start it with Cluster.Agent.Start.
 	NoAgent bool
+	// Host, when set, is the test bed host the agent runs on (through ip
+	// netns exec), reaching the control plane and the gateway over its
+	// link to the stack's Options.Server (which must be set). The
+	// cluster's API server and ingress controller stand-in are forwarded
+	// to the host's loopback at the ports they have here, with no link in
+	// between, as they would be in the agent's own cluster; so is the
+	// agent's status port back to this process (AgentURL).
+	Host *netbed.Host
 }
 
 // Cluster is a demo Kubernetes cluster joined to the stack: its own etcd and
@@ -92,6 +103,9 @@ type Cluster struct {
 func (s *Stack) AddCluster(ctx context.Context, opts ClusterOptions) (_ *Cluster, err error) {
 	if opts.Name == "" {
 		return nil, errors.New("stack: ClusterOptions.Name is required")
+	}
+	if opts.Host != nil && s.opts.Server == nil {
+		return nil, errors.New("stack: ClusterOptions.Host needs the stack's Options.Server")
 	}
 	c := &Cluster{Name: opts.Name, stack: s}
 	defer func() {
@@ -148,13 +162,20 @@ func (s *Stack) AddCluster(ctx context.Context, opts ClusterOptions) (_ *Cluster
 	if err != nil {
 		return nil, err
 	}
+	apiURL := s.ControlPlaneURL
+	if opts.Host != nil {
+		if listen, err = c.onHost(opts.Host); err != nil {
+			return nil, fmt.Errorf("cluster %s: host %s: %w", opts.Name, opts.Host.Name, err)
+		}
+		apiURL = s.InBed.ControlPlaneURL
+	}
 	c.AgentURL = "http://" + listen
 	token := c.AgentToken
 	if opts.AgentToken != "" {
 		token = opts.AgentToken
 	}
 	agentEnv := map[string]string{
-		"PIPEOPS_API_URL":        s.ControlPlaneURL,
+		"PIPEOPS_API_URL":        apiURL,
 		"PIPEOPS_TOKEN":          token,
 		"PIPEOPS_CLUSTER_NAME":   opts.Name,
 		"PIPEOPS_AGENT_ID":       opts.Name + "-agent",
@@ -168,7 +189,7 @@ func (s *Stack) AddCluster(ctx context.Context, opts ClusterOptions) (_ *Cluster
 		agentEnv[k] = v
 	}
 	c.Agent = &Component{Name: "agent-" + opts.Name, LogPath: filepath.Join(s.opts.Dir, "logs", "agent-"+opts.Name+".log"),
-		bin: filepath.Join(s.opts.BinDir, "pipeops-agent"), env: agentEnv, ready: httpReady(c.AgentURL + "/ready")}
+		bin: filepath.Join(s.opts.BinDir, "pipeops-agent"), env: agentEnv, host: opts.Host, ready: httpReady(c.AgentURL + "/ready")}
 	if opts.AgentToken != "" {
 		c.Agent.ready = httpReady(c.AgentURL + "/health")
 	}
@@ -185,6 +206,33 @@ func (s *Stack) AddCluster(ctx context.Context, opts ClusterOptions) (_ *Cluster
 	s.clusters = append(s.clusters, c)
 	s.mu.Unlock()
 	return c, nil
+}
+
+// onHost forwards the cluster's API server and ingress stand-in into h at
+// the ports they have here, and a loopback port here to the same port in h
+// for the agent's status server, which it returns.
+func (c *Cluster) onHost(h *netbed.Host) (agentListen string, err error) {
+	u, err := url.Parse(c.Kube.Config.Host)
+	if err != nil {
+		return "", fmt.Errorf("API server URL: %w", err)
+	}
+	for _, target := range []string{u.Host, c.Ingress.Addr} {
+		ln, err := h.Listen("tcp", target)
+		if err != nil {
+			return "", fmt.Errorf("forward %s into the host: %w", target, err)
+		}
+		var d net.Dialer
+		f := netbed.Forward(ln, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", target) })
+		c.closers = append(c.closers, func() { _ = f.Close() })
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	agentListen = ln.Addr().String()
+	f := netbed.Forward(ln, func(ctx context.Context) (net.Conn, error) { return h.DialContext(ctx, "tcp", agentListen) })
+	c.closers = append(c.closers, func() { _ = f.Close() })
+	return agentListen, nil
 }
 
 func (c *Cluster) close() {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pipeops/tunnel/shared/testenv"
+	"github.com/pipeops/tunnel/shared/testenv/netbed"
 )
 
 // Component is one of the platform's binaries run as its own process. Its
@@ -25,6 +26,7 @@ type Component struct {
 	bin   string
 	args  []string
 	env   map[string]string
+	host  *netbed.Host // nil: this process's namespace
 	ready func(ctx context.Context) error
 
 	mu   sync.Mutex
@@ -49,6 +51,11 @@ func (c *Component) start(wait bool) error {
 		}
 	}
 	cmd := exec.Command(c.bin, c.args...)
+	if c.host != nil {
+		// ip netns exec executes the binary in place: the process is
+		// still the component's own, as a kill -9 needs.
+		cmd = c.host.Command(context.Background(), c.bin, c.args...)
+	}
 	cmd.Env = c.environ()
 	p, err := testenv.StartCommand(c.Name, cmd, c.LogPath)
 	if err != nil {

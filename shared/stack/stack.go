@@ -29,6 +29,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +39,7 @@ import (
 	"time"
 
 	"github.com/pipeops/tunnel/shared/testenv"
+	"github.com/pipeops/tunnel/shared/testenv/netbed"
 	"github.com/pipeops/tunnel/shared/testenv/pgtest"
 )
 
@@ -60,6 +62,14 @@ type Options struct {
 	// an earlier KEK sealed).
 	ControlPlaneEnv map[string]string
 	GatewayEnv      map[string]string
+	// Server, when set, is the test bed host (shared/testenv/netbed) the
+	// control plane and the gateway run on, each through ip netns exec,
+	// listening on the host's own address. The Stack's URLs stay loopback
+	// URLs of the caller's namespace, forwarded into the host with no link
+	// in between; clusters on other hosts (ClusterOptions.Host) reach them
+	// over their links at InBed's URLs. PostgreSQL must listen on a Unix
+	// socket (as the tests' own does), which every namespace reaches.
+	Server *netbed.Host
 }
 
 // K8sAPIDomain is the stack's K8S_API_DOMAIN: kubeconfigs reach each
@@ -89,6 +99,11 @@ type Stack struct {
 
 	ControlPlane *Component
 	Gateway      *Component
+
+	// InBed are the URLs of the control plane and the gateway at
+	// Options.Server's address, for agents and visitors on other hosts of
+	// the test bed; empty without Options.Server.
+	InBed struct{ ControlPlaneURL, GatewayHTTP, GatewayHTTPS string }
 
 	opts     Options
 	pg       *pgtest.Server
@@ -145,8 +160,15 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		s.progress("postgres     using DATABASE_URL")
 	}
 
+	if opts.Server != nil && opts.DatabaseURL != "" && !unixSocketURL(opts.DatabaseURL) {
+		return nil, errors.New("stack: with Options.Server, PostgreSQL must be reached over a Unix socket (host=/dir), which every namespace shares")
+	}
+	names := []string{"127.0.0.1", "::1", "localhost", "*." + K8sAPIDomain}
+	if opts.Server != nil {
+		names = append(names, opts.Server.Addr.String())
+	}
 	var caFile, certFile, keyFile string
-	if caFile, certFile, keyFile, err = writeCertificates(opts.Dir, []string{"127.0.0.1", "::1", "localhost", "*." + K8sAPIDomain}); err != nil {
+	if caFile, certFile, keyFile, err = writeCertificates(opts.Dir, names); err != nil {
 		return nil, fmt.Errorf("certificates: %w", err)
 	}
 	s.CAFile = caFile
@@ -154,22 +176,40 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		return nil, fmt.Errorf("key-encryption key: %w", err)
 	}
 
-	var cpAddr, gwHTTP, gwHTTPS, gwAdmin string
-	for _, p := range []*string{&cpAddr, &gwHTTP, &gwHTTPS, &gwAdmin} {
-		if *p, err = loopbackAddr(); err != nil {
+	// The addresses the components listen on (listen) and where this
+	// process reaches them (here): the same on loopback; on a bed host, the
+	// host's address, forwarded from a loopback port of the same number.
+	var listen, here [4]string
+	for i := range listen {
+		if opts.Server == nil {
+			if here[i], err = loopbackAddr(); err != nil {
+				return nil, err
+			}
+			listen[i] = here[i]
+			continue
+		}
+		if here[i], listen[i], err = s.forwardInto(opts.Server); err != nil {
 			return nil, err
 		}
 	}
-	s.ControlPlaneURL = "http://" + cpAddr
-	s.GatewayHTTP, s.GatewayHTTPS, s.GatewayAdmin = "http://"+gwHTTP, "https://"+gwHTTPS, "http://"+gwAdmin
+	cpAddr, gwHTTP, gwHTTPS, gwAdmin := listen[0], listen[1], listen[2], listen[3]
+	s.ControlPlaneURL = "http://" + here[0]
+	s.GatewayHTTP, s.GatewayHTTPS, s.GatewayAdmin = "http://"+here[1], "https://"+here[2], "http://"+here[3]
+	gatewayHosts := "127.0.0.1,localhost"
+	wsURL := "wss://" + here[2] + "/ws"
+	if opts.Server != nil {
+		s.InBed.ControlPlaneURL, s.InBed.GatewayHTTP, s.InBed.GatewayHTTPS = "http://"+cpAddr, "http://"+gwHTTP, "https://"+gwHTTPS
+		gatewayHosts += "," + opts.Server.Addr.String()
+		wsURL = "wss://" + gwHTTPS + "/ws"
+	}
 
 	cpEnv := map[string]string{
 		"DATABASE_URL": s.DatabaseURL,
 		"LISTEN_ADDR":  cpAddr,
 		// Any free port: stacks run side by side in the tests.
 		"ADMIN_ADDR":       "127.0.0.1:0",
-		"GATEWAY_WS_URL":   "wss://" + gwHTTPS + "/ws",
-		"GATEWAY_URL":      s.GatewayHTTPS,
+		"GATEWAY_WS_URL":   wsURL,
+		"GATEWAY_URL":      s.GatewayHTTPS, // kubeconfigs, for kubectl run by this process
 		"GATEWAY_CA_FILE":  caFile,
 		"K8S_API_DOMAIN":   K8sAPIDomain,
 		"API_URL":          s.ControlPlaneURL,
@@ -189,7 +229,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	s.ControlPlane = &Component{Name: "controlplane", LogPath: filepath.Join(opts.Dir, "logs", "controlplane.log"),
-		bin: filepath.Join(opts.BinDir, "pipeops-controlplane"), args: []string{"serve"}, env: cpEnv,
+		bin: filepath.Join(opts.BinDir, "pipeops-controlplane"), args: []string{"serve"}, env: cpEnv, host: opts.Server,
 		ready: httpReady(s.ControlPlaneURL + "/readyz")}
 	t0 = time.Now()
 	if err := s.ControlPlane.Start(); err != nil {
@@ -200,13 +240,13 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 
 	gwEnv := map[string]string{
 		"DATABASE_URL":     s.DatabaseURL,
-		"CONTROLPLANE_URL": s.ControlPlaneURL,
+		"CONTROLPLANE_URL": "http://" + cpAddr,
 		"HTTP_ADDR":        gwHTTP,
 		"HTTPS_ADDR":       gwHTTPS,
 		"ADMIN_ADDR":       gwAdmin,
 		"TLS_CERT_FILE":    certFile,
 		"TLS_KEY_FILE":     keyFile,
-		"GATEWAY_HOSTS":    "127.0.0.1,localhost",
+		"GATEWAY_HOSTS":    gatewayHosts,
 		"K8S_API_DOMAIN":   K8sAPIDomain,
 		"SHUTDOWN_TIMEOUT": "5s",
 	}
@@ -214,7 +254,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		gwEnv[k] = v
 	}
 	s.Gateway = &Component{Name: "gateway", LogPath: filepath.Join(opts.Dir, "logs", "gateway.log"),
-		bin: filepath.Join(opts.BinDir, "pipeops-gateway"), env: gwEnv, ready: httpReady(s.GatewayAdmin + "/readyz")}
+		bin: filepath.Join(opts.BinDir, "pipeops-gateway"), env: gwEnv, host: opts.Server, ready: httpReady(s.GatewayAdmin + "/readyz")}
 	t0 = time.Now()
 	if err := s.Gateway.Start(); err != nil {
 		return nil, err
@@ -222,6 +262,29 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s.closers = append(s.closers, func() { s.Gateway.Stop(10 * time.Second) })
 	s.progress("gateway      up in %s at %s and %s", since(t0), s.GatewayHTTP, s.GatewayHTTPS)
 	return s, nil
+}
+
+// unixSocketURL reports whether a postgres:// URL names a Unix socket
+// directory as its host.
+func unixSocketURL(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && u.Hostname() == "" && strings.HasPrefix(u.Query().Get("host"), "/")
+}
+
+// forwardInto reserves a loopback port here and forwards it to the same
+// port at h's address: it returns the address to reach (here) and the one
+// to listen on in h. A fresh namespace has every port free, so the number
+// that was free here is free there.
+func (s *Stack) forwardInto(h *netbed.Host) (here, there string, err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", "", err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	there = net.JoinHostPort(h.Addr.String(), strconv.Itoa(port))
+	f := netbed.Forward(ln, func(ctx context.Context) (net.Conn, error) { return h.DialContext(ctx, "tcp", there) })
+	s.closers = append(s.closers, func() { _ = f.Close() })
+	return ln.Addr().String(), there, nil
 }
 
 // writeKEK writes a fresh key-encryption key into dir, as an operator

@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/pipeops/tunnel/shared/stack"
+	"github.com/pipeops/tunnel/shared/stack/stacktest"
+	"github.com/pipeops/tunnel/shared/testenv/netbed"
+)
+
+// bedEnv is a stack on a test bed: the control plane and the gateway on
+// host "server", the cluster's agent on host "cluster", joined by a link of
+// the given profile. Visitors (the test's own requests) reach the gateway
+// through a forwarder, with no link in between.
+type bedEnv struct {
+	*env
+	bed             *netbed.Bed
+	server, cluster *netbed.Host
+	link            *netbed.Link
+}
+
+func newBedEnv(t *testing.T, p netbed.Profile, copts stack.ClusterOptions) *bedEnv {
+	t.Helper()
+	bed := netbed.New(t)
+	b := &bedEnv{bed: bed}
+	var err error
+	if b.server, err = bed.AddHost("server"); err != nil {
+		t.Fatal(err)
+	}
+	if b.cluster, err = bed.AddHost("cluster"); err != nil {
+		t.Fatal(err)
+	}
+	if b.link, err = bed.Connect(b.cluster, b.server, p); err != nil {
+		t.Fatal(err)
+	}
+	s := stacktest.Start(t, stack.Options{Server: b.server})
+	if copts.Name == "" {
+		copts.Name = "edge"
+	}
+	copts.Host = b.cluster
+	c := stacktest.AddCluster(t, s, copts)
+	b.env = &env{s: s, c: c, host: "app." + copts.Name + ".example.test"}
+	c.Ingress.Handle(b.env.host, stack.App(copts.Name))
+	return b
+}
+
+// agentConnected is what the agent's /status says of its tunnel.
+func agentConnected(c *stack.Cluster) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.AgentURL+"/status", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Connected *bool `json:"tunnel_connected"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return false, err
+	}
+	if st.Connected == nil {
+		return false, fmt.Errorf("the agent's /status has no tunnel_connected")
+	}
+	return *st.Connected, nil
+}
+
+// TestLinkBlackhole cuts the agent's link without a reset (the emulator
+// drops every packet both ways) while traffic flows: the gateway and the
+// agent must each notice within 15 s, the agent must be back within 2 s of
+// the link's return, and the routes must be intact.
+func TestLinkBlackhole(t *testing.T) {
+	b := newBedEnv(t, netbed.Region, stack.ClusterOptions{})
+	// SYN retransmits spaced as on most kernels in the field (1, 2, 4, 8 s),
+	// not this one's: the agent must not depend on the newer timing.
+	if err := b.cluster.Sysctl("net.ipv4.tcp_syn_linear_timeouts", "0"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := b.c.CreateIngress(ctx, "shop", "web", b.host); err != nil {
+		t.Fatal(err)
+	}
+	served(t, b.s, b.host, "hello from edge", 10*time.Second)
+	if up, err := agentConnected(b.c); err != nil || !up {
+		t.Fatalf("before the cut the agent says connected=%v (%v)", up, err)
+	}
+
+	cut := time.Now()
+	b.link.Blackhole(true)
+	var gatewayNoticed, agentNoticed time.Duration
+	for time.Since(cut) < 20*time.Second && (gatewayNoticed == 0 || agentNoticed == 0) {
+		if gatewayNoticed == 0 && agents(t, b.s) == 0 {
+			gatewayNoticed = time.Since(cut)
+		}
+		if up, err := agentConnected(b.c); agentNoticed == 0 && err == nil && !up {
+			agentNoticed = time.Since(cut)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("link blackholed: the gateway dropped the session after %v, the agent noticed after %v",
+		gatewayNoticed.Round(10*time.Millisecond), agentNoticed.Round(10*time.Millisecond))
+	if gatewayNoticed == 0 || gatewayNoticed > 15*time.Second {
+		t.Errorf("the gateway noticed the dead link after %v, want within 15 s (0: not in 20 s)", gatewayNoticed)
+	}
+	if agentNoticed == 0 || agentNoticed > 15*time.Second {
+		t.Errorf("the agent noticed the dead link after %v, want within 15 s (0: not in 20 s)", agentNoticed)
+	}
+	// Stay cut longer, as a real outage would: long enough for a lone
+	// connection attempt's SYN retransmits to be seconds apart.
+	time.Sleep(9 * time.Second)
+	if st := b.link.Stats(b.cluster); st.Blackholed == 0 {
+		t.Errorf("the link dropped nothing while blackholed: %+v", st)
+	}
+
+	back := time.Now()
+	b.link.Blackhole(false)
+	reconnected := eventually(t, "the agent reconnected", 20*time.Second, func() (bool, string) {
+		n := agents(t, b.s)
+		return n == 1, fmt.Sprintf("%d sessions", n)
+	})
+	servedAgain := served(t, b.s, b.host, "hello from edge", 20*time.Second)
+	t.Logf("link back: the agent reconnected after %v, the route served after %v (since the link's return)",
+		reconnected.Round(10*time.Millisecond), time.Since(back).Round(10*time.Millisecond))
+	if reconnected > 2*time.Second {
+		t.Errorf("the agent took %v to reconnect after the link came back, want within 2 s", reconnected)
+	}
+	_ = servedAgain
+}
