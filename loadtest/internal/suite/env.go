@@ -50,6 +50,9 @@ type Env struct {
 	relays [2]*relay.Process
 	// pprofDir, when set, receives profiles of the gateway and the agent.
 	pprofDir string
+	// binDir and workDir are the stack's binaries and directory; the wan
+	// scenario starts a stack of its own from them.
+	binDir, workDir string
 	// dirty is set once traffic has gone through the gateway and agent
 	// since they started: memory scenarios then restart them first.
 	dirty bool
@@ -70,7 +73,7 @@ func setup(ctx context.Context, opts Options, progress func(string, ...any)) (_ 
 	if err != nil {
 		return nil, fmt.Errorf("start the stack: %w", err)
 	}
-	e := &Env{S: s, profile: opts.Profile, progress: progress, pprofDir: opts.PprofDir,
+	e := &Env{S: s, profile: opts.Profile, progress: progress, pprofDir: opts.PprofDir, binDir: opts.BinDir, workDir: opts.WorkDir,
 		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil}}}
 	defer func() {
 		if err != nil {

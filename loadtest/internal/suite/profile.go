@@ -44,6 +44,12 @@ type Profile struct {
 	Agents    int
 	Heartbeat time.Duration
 	CPUWindow time.Duration
+
+	// wan: the link profiles (shared/testenv/netbed) measured one after
+	// the other, each figure over WANWindow, median of WANRounds.
+	WANLinks  []string
+	WANWindow time.Duration
+	WANRounds int
 }
 
 // Profiles: full is the measurement (under 10 minutes on 2 cores), ci the
@@ -60,6 +66,7 @@ var (
 		Streams:     10_000,
 		ConnWorkers: 32, ConnWindow: 8 * time.Second,
 		Agents: 1000, Heartbeat: 5 * time.Second, CPUWindow: 10 * time.Second,
+		WANLinks: []string{"lan", "region", "continent", "bad"}, WANWindow: 5 * time.Second, WANRounds: 3,
 	}
 	CI = Profile{
 		Name:  "ci",
@@ -72,6 +79,7 @@ var (
 		Streams:     2000,
 		ConnWorkers: 32, ConnWindow: 3 * time.Second,
 		Agents: 200, Heartbeat: 5 * time.Second, CPUWindow: 5 * time.Second,
+		WANLinks: []string{"region", "continent"}, WANWindow: 2 * time.Second, WANRounds: 2,
 	}
 )
 

@@ -13,15 +13,16 @@ const (
 	OpenRate     = "open-rate"
 	Agents       = "agents"
 	Reconnect    = "reconnect"
+	WAN          = "wan"
 )
 
 // Names lists every scenario in report order.
-var Names = []string{BulkSingle, BulkParallel, SmallClosed, Unloaded, SmallOpen, Streams, OpenRate, Agents, Reconnect}
+var Names = []string{BulkSingle, BulkParallel, SmallClosed, Unloaded, SmallOpen, Streams, OpenRate, Agents, Reconnect, WAN}
 
 // runOrder is the order scenarios run in: the memory measurements first,
 // on processes that have not carried load yet, then the fleet's restart,
-// then traffic.
-var runOrder = []string{Streams, Agents, Reconnect, BulkSingle, BulkParallel, SmallClosed, Unloaded, SmallOpen, OpenRate}
+// then traffic, then wan (on a stack of its own).
+var runOrder = []string{Streams, Agents, Reconnect, BulkSingle, BulkParallel, SmallClosed, Unloaded, SmallOpen, OpenRate, WAN}
 
 // Floors are what CI enforces, in both profiles: regression guards, set
 // at about half of what the platform measured on the project's shared
@@ -46,6 +47,9 @@ var Floors = []report.Rule{
 	{Scenario: Agents, Kind: report.KindFloor, Metric: "tunnel", Op: "<=", Limit: 192, Note: "gateway KiB per agent"},
 	{Scenario: Reconnect, Kind: report.KindFloor, Metric: "back_fraction", Op: ">=", Limit: 1},
 	{Scenario: Reconnect, Kind: report.KindFloor, Metric: "tunnel", Op: "<=", Limit: 5, Note: "p99 seconds"},
+	{Scenario: WAN, Kind: report.KindFloor, Metric: "region_download_ratio", Op: ">=", Limit: 0.4, Note: "one stream vs plain TCP over a 20 ms link"},
+	{Scenario: WAN, Kind: report.KindFloor, Metric: "region_small_added_p50_rtt", Op: "<=", Limit: 1, Note: "a small request costs no extra round trip"},
+	{Scenario: WAN, Kind: report.KindFloor, Metric: "continent_small_added_p50_rtt", Op: "<=", Limit: 1, Note: "a small request costs no extra round trip"},
 }
 
 // Targets are the goals set for the platform on a 2-core machine. They are
@@ -62,6 +66,18 @@ func Targets(p Profile) []report.Rule {
 		{Scenario: OpenRate, Kind: report.KindTarget, Metric: "tunnel", Op: ">=", Limit: 5000},
 		{Scenario: Agents, Kind: report.KindTarget, Metric: "tunnel", Op: "<=", Limit: 64, Note: "gateway KiB per idle agent"},
 		{Scenario: Reconnect, Kind: report.KindTarget, Metric: "tunnel", Op: "<=", Limit: 2, Note: "p99 seconds"},
+	}
+	// Over emulated links (docs/performance.md#real-links): the tunnel's
+	// one stream keeps up with plain TCP on the same link, a small request
+	// adds well under a round trip, and a bulk stream does not hold up
+	// small ones beyond what the link's own queue does.
+	for _, link := range []string{"region", "continent"} {
+		rules = append(rules,
+			report.Rule{Scenario: WAN, Kind: report.KindTarget, Metric: link + "_download_ratio", Op: ">=", Limit: 0.8},
+			report.Rule{Scenario: WAN, Kind: report.KindTarget, Metric: link + "_upload_ratio", Op: ">=", Limit: 0.8},
+			report.Rule{Scenario: WAN, Kind: report.KindTarget, Metric: link + "_small_added_p50_rtt", Op: "<=", Limit: 1},
+			report.Rule{Scenario: WAN, Kind: report.KindTarget, Metric: link + "_hol_p99_factor", Op: "<=", Limit: 2, Note: "small p99 beside a bulk stream / alone"},
+		)
 	}
 	// The scale targets only mean something at full scale.
 	if p.Streams >= 10_000 {
