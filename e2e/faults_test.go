@@ -24,7 +24,7 @@ type bedEnv struct {
 	link            *netbed.Link
 }
 
-func newBedEnv(t *testing.T, p netbed.Profile, copts stack.ClusterOptions) *bedEnv {
+func newBedEnv(t *testing.T, p netbed.Profile, opts stack.Options, copts stack.ClusterOptions) *bedEnv {
 	t.Helper()
 	bed := netbed.New(t)
 	b := &bedEnv{bed: bed}
@@ -38,7 +38,8 @@ func newBedEnv(t *testing.T, p netbed.Profile, copts stack.ClusterOptions) *bedE
 	if b.link, err = bed.Connect(b.cluster, b.server, p); err != nil {
 		t.Fatal(err)
 	}
-	s := stacktest.Start(t, stack.Options{Server: b.server})
+	opts.Server = b.server
+	s := stacktest.Start(t, opts)
 	if copts.Name == "" {
 		copts.Name = "edge"
 	}
@@ -76,7 +77,7 @@ func agentConnected(c *stack.Cluster) (bool, error) {
 // agent must each notice within 15 s, the agent must be back within 2 s of
 // the link's return, and the routes must be intact.
 func TestLinkBlackhole(t *testing.T) {
-	b := newBedEnv(t, netbed.Region, stack.ClusterOptions{})
+	b := newBedEnv(t, netbed.Region, stack.Options{}, stack.ClusterOptions{})
 	// SYN retransmits spaced as on most kernels in the field (1, 2, 4, 8 s),
 	// not this one's: the agent must not depend on the newer timing.
 	if err := b.cluster.Sysctl("net.ipv4.tcp_syn_linear_timeouts", "0"); err != nil {

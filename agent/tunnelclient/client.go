@@ -496,6 +496,8 @@ func (c *Client) connect(ctx context.Context) (*websocket.Conn, tunnel.GatewayHe
 			if err != nil {
 				return nil, err
 			}
+			// Through a proxy this bounds the hop to the proxy only.
+			_ = wsconn.SetNotSentLowat(c, tunnel.SocketNotSentLowat)
 			return wsconn.Buffered(c), nil
 		},
 		Proxy:            http.ProxyFromEnvironment,

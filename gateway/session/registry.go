@@ -235,6 +235,7 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		return // the upgrader has answered the client
 	}
+	_ = wsconn.SetNotSentLowat(ws.NetConn(), tunnel.SocketNotSentLowat)
 	s, err := newSession(r, cluster, ws, AgentInfo{AgentVersion: q.Get("agent_version"), Remote: req.RemoteAddr, TokenID: id.TokenID,
 		TokenExpires: id.TokenExpires, K8sHTTP: q.Get(tunnel.CapabilityK8sHTTP) == "true",
 		Impersonates: q.Get(tunnel.CapabilityImpersonation) == "true"})

@@ -25,6 +25,15 @@ const (
 	// gateway abandons a response (the visitor went away) the agent would
 	// otherwise push into a dead stream for yamux's default 5 minutes.
 	StreamCloseTimeout = 30 * time.Second
+	// SocketNotSentLowat is how much unsent data a tunnel's TCP socket may
+	// hold in the kernel, on both ends (TCP_NOTSENT_LOWAT, wsconn.
+	// SetNotSentLowat): enough to keep the link busy between writes, little
+	// enough that a small stream's frame is not queued behind megabytes of
+	// a bulk stream's. Without it the kernel's send buffer (up to 4 MiB,
+	// tcp_wmem) fills with the bulk stream and every other stream on the
+	// tunnel waits behind it: on a 20 ms link small requests' p99 went from
+	// 25 ms to 240 ms beside one download (docs/performance.md#real-links).
+	SocketNotSentLowat = 128 << 10
 )
 
 // DefaultYamuxConfig is the yamux_config a gateway announces by default.
