@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,6 +79,7 @@ func agentConnected(c *stack.Cluster) (bool, error) {
 // agent must each notice within 15 s, the agent must be back within 2 s of
 // the link's return, and the routes must be intact.
 func TestLinkBlackhole(t *testing.T) {
+	t.Parallel() // half a minute of waiting, mostly
 	b := newBedEnv(t, netbed.Region, stack.Options{}, stack.ClusterOptions{})
 	// SYN retransmits spaced as on most kernels in the field (1, 2, 4, 8 s),
 	// not this one's: the agent must not depend on the newer timing.
@@ -132,4 +135,133 @@ func TestLinkBlackhole(t *testing.T) {
 		t.Errorf("the agent took %v to reconnect after the link came back, want within 2 s", reconnected)
 	}
 	_ = servedAgain
+}
+
+// faultsFull reports whether the fault suite runs in its full profile
+// (FAULTS=full, `make faults`): the outages and the soak at the lengths
+// the platform promises, rather than CI's short ones.
+func faultsFull() bool { return os.Getenv("FAULTS") == "full" }
+
+// faultLength is short in CI and `make test`, full under FAULTS=full.
+func faultLength(short, full time.Duration) time.Duration {
+	if faultsFull() {
+		return full
+	}
+	return short
+}
+
+// routeListed reports whether the control plane's route list has host.
+func routeListed(t *testing.T, s *stack.Stack, host string) bool {
+	t.Helper()
+	out, err := s.CLI(context.Background(), "route", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(out, host)
+}
+
+// TestControlPlaneDown stops the control plane for a long outage (1 minute
+// here, 10 under FAULTS=full) with traffic flowing: the tunnel, routing and
+// the Kubernetes API path through the gateway keep working, and the agent
+// keeps its tunnel.
+func TestControlPlaneDown(t *testing.T) {
+	t.Parallel() // a minute of waiting, mostly
+	e := newEnv(t, stack.Options{}, stack.ClusterOptions{})
+	ctx := context.Background()
+	if _, err := e.c.CreateIngress(ctx, "shop", "web", e.host); err != nil {
+		t.Fatal(err)
+	}
+	served(t, e.s, e.host, "hello from edge", 10*time.Second)
+	user, _, err := e.s.Token(ctx, "user", time.Hour, e.c.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := k8sStatus(t, e.s, e.c.ID, user); code != http.StatusOK {
+		t.Fatalf("/k8s before the outage: %d", code)
+	}
+	tr := startTraffic(e.s, e.host, "hello from edge", 20*time.Millisecond)
+	defer tr.close()
+
+	outage := faultLength(time.Minute, 10*time.Minute)
+	e.s.ControlPlane.Kill()
+	start := time.Now()
+	k8sChecks, sessionsLost := 0, 0
+	for time.Since(start) < outage {
+		if code := k8sStatus(t, e.s, e.c.ID, user); code != http.StatusOK {
+			t.Errorf("%v into the control plane's outage: /k8s answered %d", time.Since(start).Round(time.Second), code)
+		}
+		k8sChecks++
+		if agents(t, e.s) != 1 {
+			sessionsLost++
+		}
+		time.Sleep(5 * time.Second)
+	}
+	ok, failures := tr.reset()
+	t.Logf("control plane down %v: %d requests ok, %d failed; %d /k8s checks; agent session missing at %d checks",
+		outage, ok, len(failures), k8sChecks, sessionsLost)
+	if len(failures) > 0 {
+		t.Errorf("%d requests failed while the control plane was down, first: %s", len(failures), failures[0])
+	}
+	if sessionsLost > 0 {
+		t.Errorf("the agent's tunnel was down at %d checks while only the control plane was", sessionsLost)
+	}
+	if err := e.s.ControlPlane.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !routeListed(t, e.s, e.host) {
+		t.Errorf("route %s missing from the control plane after its outage", e.host)
+	}
+	if ok, failures := tr.close(); len(failures) > 0 {
+		t.Errorf("after the control plane returned: %d ok, %d failed, first: %s", ok, len(failures), failures[0])
+	}
+}
+
+// TestKill9 kills each component with SIGKILL under traffic and starts it
+// again: no route is lost, and the time until the route is served again
+// is measured (the control plane's death must not cost a request).
+func TestKill9(t *testing.T) {
+	e := newEnv(t, stack.Options{}, stack.ClusterOptions{})
+	ctx := context.Background()
+	if _, err := e.c.CreateIngress(ctx, "shop", "web", e.host); err != nil {
+		t.Fatal(err)
+	}
+	served(t, e.s, e.host, "hello from edge", 10*time.Second)
+	tr := startTraffic(e.s, e.host, "hello from edge", 20*time.Millisecond)
+	defer tr.close()
+
+	for _, tc := range []struct {
+		name       string
+		c          *stack.Component
+		noFailures bool
+	}{
+		{"gateway", e.s.Gateway, false},
+		{"agent", e.c.Agent, false},
+		{"control plane", e.s.ControlPlane, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr.reset()
+			tc.c.Kill()
+			killed := time.Now()
+			if err := tc.c.Start(); err != nil {
+				t.Fatal(err)
+			}
+			up := time.Since(killed)
+			took := served(t, e.s, e.host, "hello from edge", 15*time.Second)
+			// The route is served by whatever table the gateway holds; it
+			// must be in the store too, and stay served.
+			time.Sleep(time.Second)
+			ok, failures := tr.reset()
+			t.Logf("%s killed: ready again after %v, the route served %v after that (%d requests ok, %d failed meanwhile)",
+				tc.name, up.Round(time.Millisecond), took.Round(time.Millisecond), ok, len(failures))
+			if tc.noFailures && len(failures) > 0 {
+				t.Errorf("%d requests failed when the %s died, first: %s", len(failures), tc.name, failures[0])
+			}
+			if !routeListed(t, e.s, e.host) {
+				t.Errorf("route %s lost when the %s died", e.host, tc.name)
+			}
+			if code, body, err := get(ctx, e.s, e.host, "/"); err != nil || code != 200 {
+				t.Errorf("after the %s came back: %d %q %v", tc.name, code, body, err)
+			}
+		})
+	}
 }
