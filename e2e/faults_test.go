@@ -4,9 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -263,5 +268,153 @@ func TestKill9(t *testing.T) {
 				t.Errorf("after the %s came back: %d %q %v", tc.name, code, body, err)
 			}
 		})
+	}
+}
+
+// rssKiB is a process's resident memory.
+func rssKiB(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb
+		}
+	}
+	t.Fatalf("no VmRSS for pid %d", pid)
+	return 0
+}
+
+// downloadRate downloads n bytes from host through the gateway and returns
+// MB/s.
+func downloadRate(t *testing.T, s *stack.Stack, host string, n int64) float64 {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, s.GatewayHTTP+"/bytes?n="+strconv.FormatInt(n, 10), nil)
+	req.Host = host
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, err := io.Copy(io.Discard, resp.Body)
+	if err != nil || got != n {
+		t.Fatalf("download: %d of %d bytes, %v", got, n, err)
+	}
+	return float64(n) / time.Since(start).Seconds() / 1e6
+}
+
+// smallP99 sends small requests from 8 connections for d and returns their
+// p99.
+func smallP99(t *testing.T, s *stack.Stack, host string, d time.Duration) time.Duration {
+	t.Helper()
+	var mu sync.Mutex
+	var lat []time.Duration
+	var failed []string
+	var wg sync.WaitGroup
+	end := time.Now().Add(d)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) {
+				start := time.Now()
+				code, body, err := get(context.Background(), s, host, "/")
+				mu.Lock()
+				if err != nil || code != 200 {
+					failed = append(failed, fmt.Sprintf("%d %q %v", code, body, err))
+				} else {
+					lat = append(lat, time.Since(start))
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(failed) > 0 {
+		t.Fatalf("%d small requests failed, first: %s", len(failed), failed[0])
+	}
+	slices.Sort(lat)
+	return lat[len(lat)*99/100]
+}
+
+// TestSlowVisitor has a visitor read a large download at one byte a second:
+// its stream alone waits (yamux's per-stream window), other downloads and
+// small requests through the same agent go on as before, and the gateway's
+// and the agent's memory stay bounded by the window.
+func TestSlowVisitor(t *testing.T) {
+	e := newEnv(t, stack.Options{}, stack.ClusterOptions{})
+	ctx := context.Background()
+	if _, err := e.c.CreateIngress(ctx, "shop", "web", e.host); err != nil {
+		t.Fatal(err)
+	}
+	served(t, e.s, e.host, "hello from edge", 10*time.Second)
+	const bulk = 128 << 20
+	downloadRate(t, e.s, e.host, bulk) // warm up
+	rateBefore := downloadRate(t, e.s, e.host, bulk)
+	p99Before := smallP99(t, e.s, e.host, 2*time.Second)
+	rss := func() int64 { return rssKiB(t, e.s.Gateway.Pid()) + rssKiB(t, e.c.Agent.Pid()) }
+	rssBefore := rss()
+
+	// The slow visitor: a receive buffer of a few KiB, one byte a second.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.s.GatewayHTTP, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
+	fmt.Fprintf(conn, "GET /bytes?n=%d HTTP/1.1\r\nHost: %s\r\n\r\n", int64(1)<<33, e.host)
+	slow := make(chan int, 1)
+	stopSlow := make(chan struct{})
+	go func() {
+		n := 0
+		b := make([]byte, 1)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopSlow:
+				slow <- n
+				return
+			case <-tick.C:
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := conn.Read(b); err != nil {
+				slow <- -n - 1
+				return
+			}
+			n++
+		}
+	}()
+	time.Sleep(3 * time.Second) // every buffer on the slow stream's way fills
+
+	rateBeside := downloadRate(t, e.s, e.host, bulk)
+	p99Beside := smallP99(t, e.s, e.host, 2*time.Second)
+	rssBeside := rss()
+	close(stopSlow)
+	readSlow := <-slow
+	t.Logf("beside a visitor reading 1 byte/s (%d bytes read): download %.0f MB/s (before %.0f), small p99 %v (before %v), gateway+agent RSS %d MiB (before %d)",
+		readSlow, rateBeside, rateBefore, p99Beside.Round(10*time.Microsecond), p99Before.Round(10*time.Microsecond), rssBeside>>10, rssBefore>>10)
+	if readSlow < 3 {
+		t.Errorf("the slow visitor read %d bytes; its stream should have stayed open, trickling", readSlow)
+	}
+	// A busy shared machine moves figures by tens of per cent; a stream
+	// held up behind the slow one would move them by orders of magnitude.
+	if rateBeside < rateBefore/2 {
+		t.Errorf("a download beside the slow visitor ran at %.0f MB/s, %.0f before", rateBeside, rateBefore)
+	}
+	if p99Beside > 2*p99Before+10*time.Millisecond {
+		t.Errorf("small requests' p99 beside the slow visitor %v, %v before", p99Beside, p99Before)
+	}
+	// The slow stream holds at most a window on each side plus socket
+	// buffers: a few MiB, not the download.
+	if grew := (rssBeside - rssBefore) >> 10; grew > 48 {
+		t.Errorf("gateway+agent RSS grew by %d MiB with one slow visitor", grew)
 	}
 }
