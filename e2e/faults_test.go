@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/pipeops/tunnel/shared/stack"
 	"github.com/pipeops/tunnel/shared/stack/stacktest"
 	"github.com/pipeops/tunnel/shared/testenv/netbed"
@@ -416,5 +418,93 @@ func TestSlowVisitor(t *testing.T) {
 	// buffers: a few MiB, not the download.
 	if grew := (rssBeside - rssBefore) >> 10; grew > 48 {
 		t.Errorf("gateway+agent RSS grew by %d MiB with one slow visitor", grew)
+	}
+}
+
+// TestPostgresDown stops PostgreSQL for a minute under traffic: requests on
+// existing routes all succeed, the agent keeps its tunnel, a route made
+// during the outage lands once the database is back, and nothing written
+// before it is lost.
+func TestPostgresDown(t *testing.T) {
+	t.Parallel() // a minute of waiting, mostly
+	e := newEnv(t, stack.Options{PrivatePostgres: true}, stack.ClusterOptions{})
+	ctx := context.Background()
+	if _, err := e.c.CreateIngress(ctx, "shop", "web", e.host); err != nil {
+		t.Fatal(err)
+	}
+	served(t, e.s, e.host, "hello from edge", 10*time.Second)
+	user, _, err := e.s.Token(ctx, "user", time.Hour, e.c.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A kubectl user active before the outage: the gateway knows the token
+	// (a token it has never seen is refused while it cannot ask the
+	// database whether it was revoked: gateway/authn.Revocations).
+	if code := k8sStatus(t, e.s, e.c.ID, user); code != http.StatusOK {
+		t.Fatalf("/k8s before the outage: %d", code)
+	}
+	tr := startTraffic(e.s, e.host, "hello from edge", 20*time.Millisecond)
+	defer tr.close()
+
+	// The operator grants the hostname beforehand (that is a database
+	// write); the Ingress comes during the outage.
+	later := "later." + e.c.Name + ".example.test"
+	if err := e.c.GrantDomain(ctx, later); err != nil {
+		t.Fatal(err)
+	}
+	e.c.Ingress.Handle(later, stack.App("later"))
+
+	pg := e.s.Postgres()
+	if pg == nil {
+		t.Fatal("the stack has no PostgreSQL of its own")
+	}
+	outage := time.Minute
+	if err := pg.Halt(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// A route made while the database is down.
+	time.Sleep(5 * time.Second)
+	if _, err := e.c.Kube.Client.NetworkingV1().Ingresses("shop").Create(ctx, stack.ManagedIngress("shop", "later", later), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sessionsLost, k8sFailed := 0, 0
+	for time.Since(start) < outage {
+		if agents(t, e.s) != 1 {
+			sessionsLost++
+		}
+		if code := k8sStatus(t, e.s, e.c.ID, user); code != http.StatusOK {
+			k8sFailed++
+		}
+		time.Sleep(5 * time.Second)
+	}
+	ok, failures := tr.reset()
+	if err := pg.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	landed := served(t, e.s, later, "hello from later", 90*time.Second)
+	t.Logf("PostgreSQL down %v: %d requests ok, %d failed; the agent's session missing at %d checks, /k8s failed at %d; the route made during the outage served %v after the database returned",
+		outage, ok, len(failures), sessionsLost, k8sFailed, landed.Round(10*time.Millisecond))
+	if len(failures) > 0 {
+		t.Errorf("%d requests on an existing route failed while PostgreSQL was down, first: %s", len(failures), failures[0])
+	}
+	if sessionsLost > 0 {
+		t.Errorf("the agent's tunnel was down at %d checks while only PostgreSQL was", sessionsLost)
+	}
+	if k8sFailed > 0 {
+		t.Errorf("/k8s failed at %d checks while only PostgreSQL was down", k8sFailed)
+	}
+	for _, host := range []string{e.host, later} {
+		if !routeListed(t, e.s, host) {
+			t.Errorf("route %s missing from the store after the outage", host)
+		}
+	}
+	// The user token issued before the outage is still known (not lost
+	// with the restart), and the cluster too.
+	if code := k8sStatus(t, e.s, e.c.ID, user); code != http.StatusOK {
+		t.Errorf("/k8s with a token issued before the outage: %d", code)
+	}
+	if ok, failures := tr.close(); len(failures) > 0 {
+		t.Errorf("after PostgreSQL returned: %d ok, %d failed, first: %s", ok, len(failures), failures[0])
 	}
 }

@@ -54,6 +54,10 @@ type Options struct {
 	// DatabaseURL is an existing, empty database to use. Empty: a local
 	// PostgreSQL is found or started the way the tests do it (pgtest).
 	DatabaseURL string
+	// PrivatePostgres asks stacktest for a PostgreSQL of the stack's own
+	// (DatabaseURL empty) rather than a database on the server tests
+	// share: for tests that stop it (Stack.Postgres).
+	PrivatePostgres bool
 	// Progress receives one line per step; nil discards them.
 	Progress io.Writer
 	// ControlPlaneEnv and GatewayEnv add or override component variables
@@ -263,6 +267,10 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s.progress("gateway      up in %s at %s and %s", since(t0), s.GatewayHTTP, s.GatewayHTTPS)
 	return s, nil
 }
+
+// Postgres is the PostgreSQL server the stack started, or nil when it was
+// given DatabaseURL. Its Halt and Resume make a database outage.
+func (s *Stack) Postgres() *pgtest.Server { return s.pg }
 
 // unixSocketURL reports whether a postgres:// URL names a Unix socket
 // directory as its host.

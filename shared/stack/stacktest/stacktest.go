@@ -68,14 +68,14 @@ func (w logWriter) Write(p []byte) (int, error) {
 }
 
 // Start starts the control plane and the gateway for t. Zero Options fields
-// get: Dir t.TempDir(), BinDir from Binaries, DatabaseURL a fresh database,
-// Progress the test log.
+// get: Dir t.TempDir(), BinDir from Binaries, DatabaseURL a fresh database
+// (unless PrivatePostgres), Progress the test log.
 func Start(t testing.TB, opts stack.Options) *stack.Stack {
 	t.Helper()
 	if opts.BinDir == "" {
 		opts.BinDir = Binaries(t)
 	}
-	if opts.DatabaseURL == "" {
+	if opts.DatabaseURL == "" && !opts.PrivatePostgres {
 		opts.DatabaseURL = pgtest.URL(t)
 	}
 	if opts.Dir == "" {

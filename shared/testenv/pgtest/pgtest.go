@@ -55,6 +55,9 @@ type server struct {
 	adminURL *url.URL // the maintenance database, for CREATE/DROP DATABASE
 	source   string   // where the server came from, for messages
 	stop     func()
+	// halt and resume stop the server process and start it again on the
+	// same data; nil where the server is not this package's own process.
+	halt, resume func() error
 }
 
 var (
@@ -128,6 +131,30 @@ func (s *Server) CreateDatabase(ctx context.Context, name string) (string, error
 	u := *s.s.adminURL
 	u.Path = "/" + name
 	return u.String(), nil
+}
+
+// ErrNotOwned is returned by Halt and Resume for a server that this package
+// did not start as a process of its own (TEST_DATABASE_URL, a container).
+var ErrNotOwned = errors.New("pgtest: the server is not a local process of this package's")
+
+// Halt stops the server process (a fast shutdown: clients are cut off)
+// and keeps its data, as an outage would; Resume starts it again. For
+// fault tests: a stack's own server (stack.Options.PrivatePostgres), never
+// the one tests share.
+func (s *Server) Halt() error {
+	if s.s.halt == nil {
+		return ErrNotOwned
+	}
+	return s.s.halt()
+}
+
+// Resume starts a halted server again on the same data and waits until it
+// answers.
+func (s *Server) Resume() error {
+	if s.s.resume == nil {
+		return ErrNotOwned
+	}
+	return s.s.resume()
 }
 
 // Stop shuts the server down if it was started here; safe to call twice.
@@ -319,25 +346,54 @@ func fromLocalBinaries() (*server, error) {
 	// socket in dir. The port only names the socket file, so any will do
 	// and none can be taken by another process.
 	const port = "5432"
-	proc, err := testenv.StartProcess("postgres", filepath.Join(bin, "postgres"), []string{
+	args := []string{
 		"-D", data, "-k", dir, "-p", port,
 		"-c", "listen_addresses=",
 		"-c", "unix_socket_permissions=0700",
 		"-c", "max_connections=300",
 		// Test data is disposable: trade durability for speed.
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-	}, filepath.Join(dir, "postgres.log"), cred)
-	if err != nil {
-		return fail(err)
 	}
 	u := &url.URL{Scheme: "postgres", User: url.UserPassword("postgres", password), Path: "/postgres",
 		RawQuery: url.Values{"host": {dir}, "port": {port}, "sslmode": {"disable"}}.Encode()}
-	if err := proc.WaitReady(30*time.Second, func(ctx context.Context) error { return exec1(ctx, u.String(), "SELECT 1") }); err != nil {
-		proc.Stop(syscall.SIGINT, 5*time.Second)
-		return fail(fmt.Errorf("start local PostgreSQL from %s: %w", bin, err))
+	var (
+		pmu  sync.Mutex
+		proc *testenv.Process // nil while halted
+	)
+	run := func() error {
+		p, err := testenv.StartProcess("postgres", filepath.Join(bin, "postgres"), args, filepath.Join(dir, "postgres.log"), cred)
+		if err != nil {
+			return err
+		}
+		if err := p.WaitReady(30*time.Second, func(ctx context.Context) error { return exec1(ctx, u.String(), "SELECT 1") }); err != nil {
+			p.Stop(syscall.SIGINT, 5*time.Second)
+			return fmt.Errorf("start local PostgreSQL from %s: %w", bin, err)
+		}
+		proc = p
+		return nil
 	}
-	return &server{adminURL: u, source: "local PostgreSQL in " + dir, stop: func() {
-		proc.Stop(syscall.SIGINT, 10*time.Second) // SIGINT: fast shutdown
+	if err := run(); err != nil {
+		return fail(err)
+	}
+	halt := func() error {
+		pmu.Lock()
+		defer pmu.Unlock()
+		if proc != nil {
+			proc.Stop(syscall.SIGINT, 10*time.Second) // SIGINT: fast shutdown
+			proc = nil
+		}
+		return nil
+	}
+	resume := func() error {
+		pmu.Lock()
+		defer pmu.Unlock()
+		if proc != nil {
+			return nil
+		}
+		return run()
+	}
+	return &server{adminURL: u, source: "local PostgreSQL in " + dir, halt: halt, resume: resume, stop: func() {
+		_ = halt()
 		os.RemoveAll(dir)
 	}}, nil
 }

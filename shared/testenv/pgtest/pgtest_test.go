@@ -3,6 +3,8 @@ package pgtest_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -130,5 +132,51 @@ func TestPasswordAuth(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(sockDir, "pwfile")); !os.IsNotExist(err) {
 		t.Fatalf("initdb's password file is left behind: %v", err)
+	}
+}
+
+// TestHaltResume stops a server of the test's own and starts it again:
+// clients are refused meanwhile, and what was written is there after.
+func TestHaltResume(t *testing.T) {
+	srv, err := pgtest.StartServer()
+	testenv.Require(t, "PostgreSQL", err)
+	defer srv.Stop()
+	ctx := context.Background()
+	dbURL, err := srv.CreateDatabase(ctx, "halt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec := func(sql string) error {
+		conn, err := pgx.Connect(ctx, dbURL)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		_, err = conn.Exec(ctx, sql)
+		return err
+	}
+	if err := exec(`CREATE TABLE kept (v int); INSERT INTO kept VALUES (7)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Halt(); err != nil {
+		if errors.Is(err, pgtest.ErrNotOwned) {
+			err = fmt.Errorf("%w: %v (%s)", testenv.ErrUnavailable, err, srv.Source())
+		}
+		testenv.Require(t, "a PostgreSQL process of the test's own", err)
+	}
+	if err := exec(`SELECT 1`); err == nil {
+		t.Fatal("a halted server answered")
+	}
+	if err := srv.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var v int
+	if err := conn.QueryRow(ctx, `SELECT v FROM kept`).Scan(&v); err != nil || v != 7 {
+		t.Fatalf("after Resume: %d, %v; want the 7 written before Halt", v, err)
 	}
 }
