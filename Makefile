@@ -250,6 +250,11 @@ demo-check: deps testenv build ## the demo's three checks, then exit (0 only if 
 loadtest: deps testenv ## run the load test suite, full profile (about 5 minutes)
 	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" $(GO) run ./loadtest -profile full $(LOADTEST_FLAGS)
 
+.PHONY: faults
+faults: deps testenv ## the fault suite at full length: control plane down 10 min, a 30-minute soak (about 45 minutes; root, for the network test bed)
+	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" FAULTS=full $(GO) test -race -count=1 -timeout 90m -v \
+		-run 'TestLinkBlackhole|TestControlPlaneDown|TestKill9|TestSlowVisitor|TestPostgresDown|TestSoak' ./e2e/
+
 .PHONY: loadtest-ci
 loadtest-ci: deps testenv ## the load test suite's short profile for CI (under 3 minutes); fails on a floor, an error or a leak
 	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" $(GO) run ./loadtest -profile ci $(LOADTEST_FLAGS)
