@@ -138,6 +138,7 @@ type processLevels struct {
 // they were after a minute of warming up (+10 %, or +8 MiB for a process
 // with a heap of a few MiB).
 func TestSoak(t *testing.T) {
+	t.Parallel() // its own stack; its checks are of its own processes
 	cpAdminPort, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
