@@ -37,26 +37,6 @@ type Link struct {
 	once   sync.Once
 }
 
-// Addr returns h's address on the link.
-func (l *Link) Addr(h *Host) netip.Addr {
-	switch h {
-	case l.A:
-		return l.AddrA
-	case l.B:
-		return l.AddrB
-	}
-	panic(fmt.Sprintf("netbed: host %s is not on link %s-%s", h.Name, l.A.Name, l.B.Name))
-}
-
-// Peer returns the address of h's peer on the link: what h dials.
-func (l *Link) Peer(h *Host) netip.Addr {
-	if h == l.A {
-		return l.AddrB
-	}
-	l.Addr(h) // panics when h is not on the link
-	return l.AddrA
-}
-
 // SetProfile changes the profile of both directions; packets already on the
 // way keep the delay they were given.
 func (l *Link) SetProfile(p Profile) error {
@@ -66,13 +46,6 @@ func (l *Link) SetProfile(p Profile) error {
 	l.ab.setProfile(p)
 	l.ba.setProfile(p)
 	return nil
-}
-
-// Profile returns the link's profile.
-func (l *Link) Profile() Profile {
-	l.ab.mu.Lock()
-	defer l.ab.mu.Unlock()
-	return l.ab.prof
 }
 
 // Blackhole makes the link drop every packet in both directions (on) or
