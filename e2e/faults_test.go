@@ -274,14 +274,17 @@ func TestKill9(t *testing.T) {
 }
 
 // rssKiB is a process's resident memory.
-func rssKiB(t *testing.T, pid int) int64 {
+func rssKiB(t *testing.T, pid int) int64 { return procStatusKiB(t, pid, "VmRSS") }
+
+// procStatusKiB reads a size in kB from /proc/PID/status.
+func procStatusKiB(t *testing.T, pid int, field string) int64 {
 	t.Helper()
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			if err != nil {
 				t.Fatal(err)
@@ -289,7 +292,7 @@ func rssKiB(t *testing.T, pid int) int64 {
 			return kb
 		}
 	}
-	t.Fatalf("no VmRSS for pid %d", pid)
+	t.Fatalf("no %s for pid %d", field, pid)
 	return 0
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -105,24 +104,7 @@ type watchInterface = watch.Interface
 // anonKiB is a process's anonymous resident memory: its RSS without the
 // pages of its binary, which grow as more of its code runs for the first
 // time and are no leak.
-func anonKiB(t *testing.T, pid int) int64 {
-	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "RssAnon:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb
-		}
-	}
-	t.Fatalf("no RssAnon for pid %d", pid)
-	return 0
-}
+func anonKiB(t *testing.T, pid int) int64 { return procStatusKiB(t, pid, "RssAnon") }
 
 // processLevels are a process's goroutines and anonymous memory.
 type processLevels struct {
