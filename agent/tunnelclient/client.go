@@ -124,6 +124,32 @@ type Client struct {
 	conn *wsconn.Conn // current connection, nil when down
 
 	connects, streamsTotal, streamsActive, refused, malformed, failed atomic.Int64
+	refusals                                                          repeatCounter
+}
+
+// repeatCounter counts repeats of an event by key and says which to log:
+// those whose count is a power of two, so a repeated event is in the log a
+// few times with its count rather than once per occurrence. It keeps at
+// most repeatKeys keys (the keys come from the gateway) and starts afresh
+// beyond that. The zero value is ready; safe for concurrent use.
+type repeatCounter struct {
+	mu     sync.Mutex
+	counts map[string]int64
+}
+
+const repeatKeys = 1024
+
+// hit counts one occurrence of key and returns its count and whether to log
+// it.
+func (r *repeatCounter) hit(key string) (int64, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.counts == nil || (len(r.counts) >= repeatKeys && r.counts[key] == 0) {
+		r.counts = make(map[string]int64)
+	}
+	r.counts[key]++
+	n := r.counts[key]
+	return n, n&(n-1) == 0
 }
 
 // New validates cfg and returns a Client.
@@ -571,7 +597,11 @@ func (c *Client) serveStream(ctx, ended context.Context, st *yamux.Stream) {
 	if err != nil {
 		if errors.Is(err, ErrTargetRefused) {
 			c.refused.Add(1)
-			c.log.Warn("refused stream target", "target", h.String(), "err", err)
+			// A gateway that keeps asking for a refused target is logged
+			// at the 1st, 2nd, 4th, 8th... refusal, with the count.
+			if n, log := c.refusals.hit(h.String()); log {
+				c.log.Warn("refused stream target", "target", h.String(), "err", err, "refusals", n)
+			}
 		} else {
 			c.failed.Add(1)
 			c.log.Info("stream target unreachable", "target", h.String(), "err", err)

@@ -119,3 +119,4 @@ func TestStaggeredDialCancel(t *testing.T) {
 		t.Fatalf("staggeredDial after its context ended: %v", err)
 	}
 }
+
