@@ -119,4 +119,3 @@ func TestStaggeredDialCancel(t *testing.T) {
 		t.Fatalf("staggeredDial after its context ended: %v", err)
 	}
 }
-
