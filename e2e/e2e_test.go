@@ -44,6 +44,16 @@ func newEnv(t *testing.T, opts stack.Options, copts stack.ClusterOptions) *env {
 	return e
 }
 
+// route creates the Ingress that routes e.host to the cluster's app and
+// waits until the gateway serves it.
+func (e *env) route(t *testing.T) {
+	t.Helper()
+	if _, err := e.c.CreateIngress(context.Background(), "shop", "web", e.host); err != nil {
+		t.Fatal(err)
+	}
+	served(t, e.s, e.host, "hello from "+e.c.Name, 10*time.Second)
+}
+
 // client is a plain HTTP client with no pooling surprises between tests.
 var client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 

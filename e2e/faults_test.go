@@ -28,25 +28,14 @@ import (
 // through a forwarder, with no link in between.
 type bedEnv struct {
 	*env
-	bed             *netbed.Bed
 	server, cluster *netbed.Host
 	link            *netbed.Link
 }
 
 func newBedEnv(t *testing.T, p netbed.Profile, opts stack.Options, copts stack.ClusterOptions) *bedEnv {
 	t.Helper()
-	bed := netbed.New(t)
-	b := &bedEnv{bed: bed}
-	var err error
-	if b.server, err = bed.AddHost("server"); err != nil {
-		t.Fatal(err)
-	}
-	if b.cluster, err = bed.AddHost("cluster"); err != nil {
-		t.Fatal(err)
-	}
-	if b.link, err = bed.Connect(b.cluster, b.server, p); err != nil {
-		t.Fatal(err)
-	}
+	b := &bedEnv{}
+	b.cluster, b.server, b.link = netbed.NewPair(t, "cluster", "server", p)
 	opts.Server = b.server
 	s := stacktest.Start(t, opts)
 	if copts.Name == "" {
@@ -93,11 +82,7 @@ func TestLinkBlackhole(t *testing.T) {
 	if err := b.cluster.Sysctl("net.ipv4.tcp_syn_linear_timeouts", "0"); err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	if _, err := b.c.CreateIngress(ctx, "shop", "web", b.host); err != nil {
-		t.Fatal(err)
-	}
-	served(t, b.s, b.host, "hello from edge", 10*time.Second)
+	b.route(t)
 	if up, err := agentConnected(b.c); err != nil || !up {
 		t.Fatalf("before the cut the agent says connected=%v (%v)", up, err)
 	}
@@ -144,6 +129,23 @@ func TestLinkBlackhole(t *testing.T) {
 	_ = servedAgain
 }
 
+// activeUser issues a user token for e's cluster and calls the Kubernetes
+// API through the gateway with it once, as a kubectl user active before an
+// outage would: the gateway then knows the token (one it has never seen is
+// refused while it cannot ask the database whether it was revoked:
+// gateway/authn.Revocations).
+func activeUser(t *testing.T, e *env) string {
+	t.Helper()
+	user, _, err := e.s.Token(context.Background(), "user", time.Hour, e.c.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := k8sStatus(t, e.s, e.c.ID, user); code != http.StatusOK {
+		t.Fatalf("/k8s before the outage: %d", code)
+	}
+	return user
+}
+
 // faultsFull reports whether the fault suite runs in its full profile
 // (FAULTS=full, `make faults`): the outages and the soak at the lengths
 // the platform promises, rather than CI's short ones.
@@ -174,18 +176,8 @@ func routeListed(t *testing.T, s *stack.Stack, host string) bool {
 func TestControlPlaneDown(t *testing.T) {
 	t.Parallel() // a minute of waiting, mostly
 	e := newEnv(t, stack.Options{}, stack.ClusterOptions{})
-	ctx := context.Background()
-	if _, err := e.c.CreateIngress(ctx, "shop", "web", e.host); err != nil {
-		t.Fatal(err)
-	}
-	served(t, e.s, e.host, "hello from edge", 10*time.Second)
-	user, _, err := e.s.Token(ctx, "user", time.Hour, e.c.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code := k8sStatus(t, e.s, e.c.ID, user); code != http.StatusOK {
-		t.Fatalf("/k8s before the outage: %d", code)
-	}
+	e.route(t)
+	user := activeUser(t, e)
 	tr := startTraffic(e.s, e.host, "hello from edge", 20*time.Millisecond)
 	defer tr.close()
 
@@ -229,10 +221,7 @@ func TestControlPlaneDown(t *testing.T) {
 func TestKill9(t *testing.T) {
 	e := newEnv(t, stack.Options{}, stack.ClusterOptions{})
 	ctx := context.Background()
-	if _, err := e.c.CreateIngress(ctx, "shop", "web", e.host); err != nil {
-		t.Fatal(err)
-	}
-	served(t, e.s, e.host, "hello from edge", 10*time.Second)
+	e.route(t)
 	tr := startTraffic(e.s, e.host, "hello from edge", 20*time.Millisecond)
 	defer tr.close()
 
@@ -355,11 +344,7 @@ func smallP99(t *testing.T, s *stack.Stack, host string, d time.Duration) time.D
 // and the agent's memory stay bounded by the window.
 func TestSlowVisitor(t *testing.T) {
 	e := newEnv(t, stack.Options{}, stack.ClusterOptions{})
-	ctx := context.Background()
-	if _, err := e.c.CreateIngress(ctx, "shop", "web", e.host); err != nil {
-		t.Fatal(err)
-	}
-	served(t, e.s, e.host, "hello from edge", 10*time.Second)
+	e.route(t)
 	const bulk = 128 << 20
 	downloadRate(t, e.s, e.host, bulk) // warm up
 	rateBefore := downloadRate(t, e.s, e.host, bulk)
@@ -432,20 +417,8 @@ func TestPostgresDown(t *testing.T) {
 	t.Parallel() // a minute of waiting, mostly
 	e := newEnv(t, stack.Options{PrivatePostgres: true}, stack.ClusterOptions{})
 	ctx := context.Background()
-	if _, err := e.c.CreateIngress(ctx, "shop", "web", e.host); err != nil {
-		t.Fatal(err)
-	}
-	served(t, e.s, e.host, "hello from edge", 10*time.Second)
-	user, _, err := e.s.Token(ctx, "user", time.Hour, e.c.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A kubectl user active before the outage: the gateway knows the token
-	// (a token it has never seen is refused while it cannot ask the
-	// database whether it was revoked: gateway/authn.Revocations).
-	if code := k8sStatus(t, e.s, e.c.ID, user); code != http.StatusOK {
-		t.Fatalf("/k8s before the outage: %d", code)
-	}
+	e.route(t)
+	user := activeUser(t, e)
 	tr := startTraffic(e.s, e.host, "hello from edge", 20*time.Millisecond)
 	defer tr.close()
 

@@ -18,10 +18,7 @@ import (
 func TestRestarts(t *testing.T) {
 	e := newEnv(t, stack.Options{}, stack.ClusterOptions{})
 	ctx := context.Background()
-	if _, err := e.c.CreateIngress(ctx, "shop", "web", e.host); err != nil {
-		t.Fatal(err)
-	}
-	served(t, e.s, e.host, "hello from edge", 10*time.Second)
+	e.route(t)
 	tr := startTraffic(e.s, e.host, "hello from edge", 20*time.Millisecond)
 	defer tr.close()
 

@@ -131,10 +131,7 @@ func TestSoak(t *testing.T) {
 		stack.ClusterOptions{AgentEnv: quiet})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := e.c.CreateIngress(ctx, "shop", "web", e.host); err != nil {
-		t.Fatal(err)
-	}
-	served(t, e.s, e.host, "hello from edge", 10*time.Second)
+	e.route(t)
 
 	levels := func() map[string]processLevels {
 		out := map[string]processLevels{}

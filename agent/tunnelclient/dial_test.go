@@ -18,22 +18,10 @@ import (
 // stagger of the link's return, not after the next SYN retransmit of a
 // lone attempt (seconds, growing), even with the oldest attempts given up.
 func TestStaggeredDialBlackhole(t *testing.T) {
-	bed := netbed.New(t)
-	agent, err := bed.AddHost("agent")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gateway, err := bed.AddHost("gateway")
-	if err != nil {
-		t.Fatal(err)
-	}
+	agent, gateway, link := netbed.NewPair(t, "agent", "gateway", netbed.Region)
 	// SYN retransmits as most kernels in the field space them: 1, 2, 4, 8
 	// s. (Since Linux 6.5 the first four may come a second apart.)
 	if err := agent.Sysctl("net.ipv4.tcp_syn_linear_timeouts", "0"); err != nil {
-		t.Fatal(err)
-	}
-	link, err := bed.Connect(agent, gateway, netbed.Region)
-	if err != nil {
 		t.Fatal(err)
 	}
 	ln, err := gateway.Listen("tcp4", netip.AddrPortFrom(gateway.Addr, 0).String())

@@ -93,15 +93,7 @@ func (e *Env) wan(ctx context.Context, s *report.Scenario) error {
 
 // startWAN starts the wan scenario's stack on bed.
 func (e *Env) startWAN(ctx context.Context, bed *netbed.Bed) (*wanEnv, func(), error) {
-	server, err := bed.AddHost("server")
-	if err != nil {
-		return nil, nil, err
-	}
-	cluster, err := bed.AddHost("cluster")
-	if err != nil {
-		return nil, nil, err
-	}
-	link, err := bed.Connect(cluster, server, netbed.LAN)
+	cluster, server, link, err := bed.Pair("cluster", "server", netbed.LAN)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -243,6 +243,34 @@ func attachTUN(dev string, h *Host, addr, peer netip.Addr) (*os.File, error) {
 	return f, nil
 }
 
+// Pair makes two hosts, named a and c, joined by a link of profile p: the
+// shape of most beds (an agent and its gateway, a client and its server).
+func (b *Bed) Pair(a, c string, p Profile) (*Host, *Host, *Link, error) {
+	ha, err := b.AddHost(a)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	hc, err := b.AddHost(c)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	l, err := b.Connect(ha, hc, p)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return ha, hc, l, nil
+}
+
+// NewPair is New and Pair for a test, which it fails on an error.
+func NewPair(t testing.TB, a, c string, p Profile) (*Host, *Host, *Link) {
+	t.Helper()
+	ha, hc, l, err := New(t).Pair(a, c, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ha, hc, l
+}
+
 // Close stops every link and removes every host.
 func (b *Bed) Close() error {
 	b.mu.Lock()

@@ -19,21 +19,10 @@ import (
 
 func TestMain(m *testing.M) { testenv.MainNoLeaks(m, nil) }
 
-// pair makes two hosts joined by a link of profile p.
+// pair makes two hosts, a and b, joined by a link of profile p.
 func pair(t *testing.T, p Profile) (a, b *Host, l *Link) {
 	t.Helper()
-	bed := New(t)
-	var err error
-	if a, err = bed.AddHost("a"); err != nil {
-		t.Fatal(err)
-	}
-	if b, err = bed.AddHost("b"); err != nil {
-		t.Fatal(err)
-	}
-	if l, err = bed.Connect(a, b, p); err != nil {
-		t.Fatal(err)
-	}
-	return a, b, l
+	return NewPair(t, "a", "b", p)
 }
 
 func addrPort(a netip.Addr, port int) string {
