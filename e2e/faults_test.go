@@ -287,9 +287,9 @@ func procStatusKiB(t *testing.T, pid int, field string) int64 {
 
 // downloadRate downloads n bytes from host through the gateway and returns
 // MB/s.
-func downloadRate(t *testing.T, s *stack.Stack, host string, n int64) float64 {
+func downloadRate(ctx context.Context, t *testing.T, s *stack.Stack, host string, n int64) float64 {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, s.GatewayHTTP+"/bytes?n="+strconv.FormatInt(n, 10), nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.GatewayHTTP+"/bytes?n="+strconv.FormatInt(n, 10), nil)
 	req.Host = host
 	start := time.Now()
 	resp, err := client.Do(req)
@@ -298,8 +298,8 @@ func downloadRate(t *testing.T, s *stack.Stack, host string, n int64) float64 {
 	}
 	defer resp.Body.Close()
 	got, err := io.Copy(io.Discard, resp.Body)
-	if err != nil || got != n {
-		t.Fatalf("download: %d of %d bytes, %v", got, n, err)
+	if err != nil || got != n || resp.StatusCode != http.StatusOK {
+		t.Fatalf("download: %s, %d of %d bytes, %v", resp.Status, got, n, err)
 	}
 	return float64(n) / time.Since(start).Seconds() / 1e6
 }
@@ -346,8 +346,8 @@ func TestSlowVisitor(t *testing.T) {
 	e := newEnv(t, stack.Options{}, stack.ClusterOptions{})
 	e.route(t)
 	const bulk = 128 << 20
-	downloadRate(t, e.s, e.host, bulk) // warm up
-	rateBefore := downloadRate(t, e.s, e.host, bulk)
+	downloadRate(context.Background(), t, e.s, e.host, bulk) // warm up
+	rateBefore := downloadRate(context.Background(), t, e.s, e.host, bulk)
 	p99Before := smallP99(t, e.s, e.host, 2*time.Second)
 	rss := func() int64 { return rssKiB(t, e.s.Gateway.Pid()) + rssKiB(t, e.c.Agent.Pid()) }
 	rssBefore := rss()
@@ -384,7 +384,7 @@ func TestSlowVisitor(t *testing.T) {
 	}()
 	time.Sleep(3 * time.Second) // every buffer on the slow stream's way fills
 
-	rateBeside := downloadRate(t, e.s, e.host, bulk)
+	rateBeside := downloadRate(context.Background(), t, e.s, e.host, bulk)
 	p99Beside := smallP99(t, e.s, e.host, 2*time.Second)
 	rssBeside := rss()
 	close(stopSlow)

@@ -63,19 +63,9 @@ func exercise(t *testing.T, s *stack.Stack, host, mode string, download int64) {
 	})
 
 	t.Run("streamed download", func(t *testing.T) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/bytes?n=%d", s.GatewayHTTP, download), nil)
-		req.Host = host
 		start := time.Now()
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		n, err := io.Copy(io.Discard, resp.Body)
-		if err != nil || n != download || resp.StatusCode != 200 {
-			t.Fatalf("download: %s, %d of %d bytes, %v", resp.Status, n, download, err)
-		}
-		t.Logf("%d MiB in %s (%.0f MB/s)", download>>20, time.Since(start).Round(time.Millisecond), float64(download)/1e6/time.Since(start).Seconds())
+		rate := downloadRate(ctx, t, s, host, download)
+		t.Logf("%d MiB in %s (%.0f MB/s)", download>>20, time.Since(start).Round(time.Millisecond), rate)
 	})
 
 	t.Run("SSE", func(t *testing.T) {
