@@ -209,7 +209,10 @@ func NewACME(cfg Config, allow func(host string) bool) (*ACME, error) {
 }
 
 // Close stops all further traffic to the CA (renewals included) and closes
-// the idle connections to it. Call it once the listeners are shut down.
+// the idle connections to it. Call it once the listeners are shut down. A
+// renewal that is waiting between two polls of the CA (autocert gives it a
+// context of its own) ends at its next request, at most the poll interval
+// later.
 func (a *ACME) Close() {
 	a.transport.closed.Store(true)
 	a.transport.base.CloseIdleConnections()

@@ -20,6 +20,24 @@ func LeakCheck(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 }
 
+// LeakCheckWithin is LeakCheck for code that leaves goroutines behind which
+// end on their own, at most settle after the test's cleanups: a library's
+// retry sleep that no context reaches (autocert's renewals). Anything still
+// running after settle is a leak.
+func LeakCheckWithin(t *testing.T, settle time.Duration) {
+	t.Helper()
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() {
+		for deadline := time.Now().Add(settle); time.Now().Before(deadline); {
+			if goleak.Find(ignore) == nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond) // polling goroutine stacks, not synchronising
+		}
+		goleak.VerifyNone(t, ignore)
+	})
+}
+
 // Clock is a settable time source for tests, safe for concurrent use.
 type Clock struct {
 	mu  sync.Mutex
