@@ -13,6 +13,7 @@ import (
 	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/gateway/traffic"
 	"github.com/pipeops/tunnel/shared/envconfig"
+	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
 // Defaults of the limits (see the Limits section of docs/gateway.md).
@@ -71,7 +72,8 @@ type Config struct {
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT, default 30s
 	ReloadInterval  time.Duration // ROUTE_RELOAD_INTERVAL, default 5m
 	RevokeInterval  time.Duration // REVOCATION_CHECK_INTERVAL, default 15s
-	StreamWindow    uint32        // STREAM_WINDOW bytes, default 4 MiB
+	StreamWindow    uint32        // STREAM_WINDOW bytes, default 4 MiB: the gateway's own receive window
+	AgentWindow     uint32        // AGENT_STREAM_WINDOW bytes, default 16 MiB: the window announced to agents
 	MaxRequestBody  int64         // MAX_REQUEST_BODY bytes, default 1 GiB; 0: no limit
 	MaxHeaderBytes  int           // MAX_HEADER_BYTES, default 1 MiB
 	MaxStreams      int           // MAX_STREAMS_PER_SESSION, default 10000
@@ -114,7 +116,8 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		ShutdownTimeout: r.Duration("SHUTDOWN_TIMEOUT", 30*time.Second),
 		ReloadInterval:  r.Duration("ROUTE_RELOAD_INTERVAL", 5*time.Minute),
 		RevokeInterval:  r.Duration("REVOCATION_CHECK_INTERVAL", 15*time.Second),
-		StreamWindow:    4 << 20,
+		StreamWindow:    tunnel.DefaultStreamWindow,
+		AgentWindow:     tunnel.DefaultAgentStreamWindow,
 		MaxRequestBody:  DefaultMaxRequestBody,
 		MaxHeaderBytes:  DefaultMaxHeaderBytes,
 		MaxStreams:      session.DefaultMaxStreamsPerSession,
@@ -137,14 +140,8 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			c.GatewayHosts = append(c.GatewayHosts, h)
 		}
 	}
-	if v := r.String("STREAM_WINDOW", ""); v != "" {
-		n, err := strconv.ParseUint(v, 10, 32)
-		if err != nil || n < 256<<10 || n > maxStreamWindow {
-			r.Failf("STREAM_WINDOW=%q must be a byte count from 262144 to %d (a frame must fit a 64 MiB WebSocket message)", v, maxStreamWindow)
-		} else {
-			c.StreamWindow = uint32(n)
-		}
-	}
+	streamWindow(r, "STREAM_WINDOW", &c.StreamWindow)
+	streamWindow(r, "AGENT_STREAM_WINDOW", &c.AgentWindow)
 	if v := r.String("MAX_REQUEST_BODY", ""); v != "" {
 		n, err := routetable.ParseBodySize(v)
 		if err != nil {
@@ -230,4 +227,18 @@ func defaultGatewayID() string {
 		return h
 	}
 	return "gateway"
+}
+
+// streamWindow reads a yamux stream window setting into w, when set.
+func streamWindow(r *envconfig.Reader, name string, w *uint32) {
+	v := r.String(name, "")
+	if v == "" {
+		return
+	}
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil || n < 256<<10 || n > maxStreamWindow {
+		r.Failf("%s=%q must be a byte count from 262144 to %d (a frame must fit a 64 MiB WebSocket message)", name, v, maxStreamWindow)
+		return
+	}
+	*w = uint32(n)
 }

@@ -41,6 +41,11 @@ func TestLoadConfigLimits(t *testing.T) {
 			t.Errorf("%v: body %d, headers %d, streams %d, window %d", tc.env, c.MaxRequestBody, c.MaxHeaderBytes, c.MaxStreams, c.StreamWindow)
 		}
 	}
+	// The two windows are set apart: the gateway's own, and the agents'.
+	c, err = load(map[string]string{"AGENT_STREAM_WINDOW": "33554432"})
+	if err != nil || c.AgentWindow != 32<<20 || c.StreamWindow != 4<<20 {
+		t.Errorf("AGENT_STREAM_WINDOW=33554432: agent window %d, own window %d, err %v", c.AgentWindow, c.StreamWindow, err)
+	}
 	for _, tc := range []struct{ name, value string }{
 		{"MAX_REQUEST_BODY", "1.5g"},
 		{"MAX_REQUEST_BODY", "-1"},
@@ -50,6 +55,9 @@ func TestLoadConfigLimits(t *testing.T) {
 		{"MAX_STREAMS_PER_SESSION", "0"},
 		{"MAX_STREAMS_PER_SESSION", "many"},
 		{"STREAM_WINDOW", "67108853"}, // a frame would not fit a 64 MiB message
+		{"AGENT_STREAM_WINDOW", "67108853"},
+		{"AGENT_STREAM_WINDOW", "65536"},
+		{"AGENT_STREAM_WINDOW", "16Mi"},
 	} {
 		if _, err := load(map[string]string{tc.name: tc.value}); err == nil || !strings.Contains(err.Error(), tc.name+"=") {
 			t.Errorf("%s=%q: err = %v, want one naming the variable", tc.name, tc.value, err)

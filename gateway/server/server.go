@@ -120,6 +120,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 		Auth:                 session.JWTAuthenticator{Verifier: verifier},
 		Control:              g.recorder,
 		Yamux:                tunnel.YamuxConfig{MaxStreamWindowSize: cfg.StreamWindow},
+		AgentStreamWindow:    cfg.AgentWindow,
 		MaxStreamsPerSession: cfg.MaxStreams,
 		Logger:               log,
 		Metrics:              reg,

@@ -272,7 +272,7 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.HTTPAddr != ":8080" || c.AdminAddr != "127.0.0.1:9090" || c.StreamWindow != 4<<20 || c.HeaderTimeout != time.Minute {
+	if c.HTTPAddr != ":8080" || c.AdminAddr != "127.0.0.1:9090" || c.StreamWindow != 4<<20 || c.AgentWindow != 16<<20 || c.HeaderTimeout != time.Minute {
 		t.Fatalf("defaults: %+v", c)
 	}
 	dir := t.TempDir()

@@ -74,9 +74,14 @@ type ControlHandler interface {
 type Config struct {
 	Auth    Authenticator
 	Control ControlHandler
-	// Yamux is announced to agents in gateway_hello and used for the
-	// gateway's own side (zero fields: tunnel defaults).
+	// Yamux is the gateway's own side (zero fields: tunnel defaults). It is
+	// announced to agents in gateway_hello, with AgentStreamWindow as the
+	// window.
 	Yamux tunnel.YamuxConfig
+	// AgentStreamWindow is the stream window announced to agents: their
+	// receive window, what an upload may have in flight (default
+	// tunnel.DefaultAgentStreamWindow).
+	AgentStreamWindow uint32
 	// PingInterval and PingTimeout drive the WebSocket keepalive that notices
 	// a dead agent link (defaults 5 s and 12 s).
 	PingInterval, PingTimeout time.Duration
@@ -165,6 +170,9 @@ func NewRegistry(cfg Config) (*Registry, error) {
 	if cfg.Yamux.MaxStreamWindowSize == 0 {
 		cfg.Yamux.MaxStreamWindowSize = def.MaxStreamWindowSize
 	}
+	if cfg.AgentStreamWindow == 0 {
+		cfg.AgentStreamWindow = tunnel.DefaultAgentStreamWindow
+	}
 	if cfg.Yamux.KeepAliveIntervalSeconds == 0 {
 		cfg.Yamux.KeepAliveIntervalSeconds = def.KeepAliveIntervalSeconds
 	}
@@ -177,6 +185,9 @@ func NewRegistry(cfg Config) (*Registry, error) {
 	}
 	if _, err := tunnel.MuxConfig(cfg.Yamux, log); err != nil {
 		return nil, err
+	}
+	if _, err := tunnel.MuxConfig(cfg.announced(), log); err != nil {
+		return nil, fmt.Errorf("agent stream window: %w", err)
 	}
 	r := &Registry{
 		cfg: cfg,
@@ -423,4 +434,11 @@ func (r *Registry) Close() error {
 	cancel()
 	_ = r.Shutdown(ctx)
 	return nil
+}
+
+// announced is the yamux_config sent to agents in gateway_hello.
+func (c Config) announced() tunnel.YamuxConfig {
+	y := c.Yamux
+	y.MaxStreamWindowSize = c.AgentStreamWindow
+	return y
 }

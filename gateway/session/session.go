@@ -116,7 +116,7 @@ func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo)
 		PingTimeout:  r.cfg.PingTimeout,
 		Logger:       s.log,
 	})
-	hello, err := tunnel.NewMessage(tunnel.TypeGatewayHello, tunnel.GatewayHello{UseYamux: true, YamuxConfig: r.cfg.Yamux})
+	hello, err := tunnel.NewMessage(tunnel.TypeGatewayHello, tunnel.GatewayHello{UseYamux: true, YamuxConfig: r.cfg.announced()})
 	if err == nil {
 		var b []byte
 		if b, err = hello.Encode(); err == nil {

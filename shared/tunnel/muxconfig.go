@@ -8,12 +8,24 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// Defaults the gateway announces in gateway_hello. The window bounds one
-// stream's throughput to window/RTT: yamux's 256 KiB default caps a stream at
-// 25 MB/s on a 10 ms path, 4 MiB at 400 MB/s. yamux grows a stream's buffer
-// only as data arrives, so idle streams do not pay for the window.
+// Defaults of the gateway's yamux settings. A stream window bounds one
+// stream's throughput to about window/RTT: yamux's 256 KiB default caps a
+// stream at 25 MB/s on a 10 ms path. yamux grows a stream's buffer only as
+// data arrives, so idle streams do not pay for the window; a stream whose
+// reader stalls holds up to a window in the receiver's memory.
 const (
-	DefaultStreamWindow      = 4 << 20
+	// DefaultStreamWindow is the gateway's own receive window (a download's
+	// data in flight), and so what a slow visitor can pin in the gateway's
+	// memory per stream.
+	DefaultStreamWindow = 4 << 20
+	// DefaultAgentStreamWindow is the window the gateway announces to
+	// agents in gateway_hello: the agent's receive window (an upload's data
+	// in flight). yamux credits the sender back only once half a window is
+	// read, so a stream keeps between a half and a whole window in flight;
+	// with 4 MiB an upload on a 20 ms link reached 0.72x plain TCP, with
+	// 16 MiB 0.91x (docs/performance.md#real-links). It costs the agent's
+	// memory, in the user's cluster, not the shared gateway's.
+	DefaultAgentStreamWindow = 16 << 20
 	DefaultKeepAliveInterval = 10 * time.Second
 	// DefaultConnectionTimeout is yamux's ConnectionWriteTimeout: how long a
 	// frame may wait to be written. It is a safety valve for a stuck socket,
@@ -36,7 +48,8 @@ const (
 	SocketNotSentLowat = 128 << 10
 )
 
-// DefaultYamuxConfig is the yamux_config a gateway announces by default.
+// DefaultYamuxConfig is a gateway's own yamux settings by default. It
+// announces them in gateway_hello with DefaultAgentStreamWindow as the window.
 func DefaultYamuxConfig() YamuxConfig {
 	return YamuxConfig{
 		MaxStreamWindowSize:      DefaultStreamWindow,
@@ -45,8 +58,9 @@ func DefaultYamuxConfig() YamuxConfig {
 	}
 }
 
-// MuxConfig turns an announced yamux_config into a yamux configuration, so
-// both ends of a tunnel run with the same window and keepalive. Zero fields
+// MuxConfig turns a yamux_config into a yamux configuration: the one a
+// gateway announced, on the agent's side, so that both ends run the same
+// keepalive and the agent receives with the window the gateway chose. Zero fields
 // take the defaults above; values yamux would reject are an error. yamux's
 // own messages go to logger (nil discards) through a MuxLog, rate-limited.
 func MuxConfig(c YamuxConfig, logger *slog.Logger) (*yamux.Config, error) {
