@@ -346,6 +346,7 @@ func (c *Client) backoff(attempt int) time.Duration {
 // it, and the goroutines runOnce starts for it.
 type session struct {
 	conn   *wsconn.Conn
+	frames *tunnel.FrameConn // what mux writes to; resets streams (tunnel.Stream)
 	mux    *yamux.Session
 	window uint32 // the stream window announced in gateway_hello
 	// control queues the gateway's control messages for OnControl, so a
@@ -397,7 +398,8 @@ func (c *Client) dial(ctx context.Context) (*session, error) {
 		return nil, err
 	}
 	s.window = muxCfg.MaxStreamWindowSize
-	s.mux, err = yamux.Client(tunnel.CoalesceFrames(s.conn), muxCfg)
+	s.frames = tunnel.CoalesceFrames(s.conn)
+	s.mux, err = yamux.Client(s.frames, muxCfg)
 	if err != nil {
 		s.conn.Close()
 		s.end()
@@ -466,7 +468,7 @@ func (c *Client) serve(ctx context.Context, s *session) error {
 		c.streamsActive.Add(1)
 		s.streams.Go(func() {
 			defer c.streamsActive.Add(-1)
-			c.serveStream(sessCtx, s.ended, st)
+			c.serveStream(sessCtx, s.ended, s.frames, st)
 		})
 	}
 }
@@ -580,14 +582,17 @@ func (c *Client) connect(ctx context.Context) (*websocket.Conn, tunnel.GatewayHe
 }
 
 // serveStream reads the stream's header, connects the target, and joins
-// them until both directions end or the session has ended.
-func (c *Client) serveStream(ctx, ended context.Context, st *yamux.Stream) {
+// them until both directions end or the session has ended. A target that
+// fails or stops reading ends the stream with a reset (tunnel.Stream), so
+// the gateway stops sending what nobody will read.
+func (c *Client) serveStream(ctx, ended context.Context, frames *tunnel.FrameConn, raw *yamux.Stream) {
+	st := tunnel.NewStream(raw, frames)
 	_ = st.SetReadDeadline(time.Now().Add(c.cfg.HeaderTimeout))
 	h, err := tunnel.ReadStreamHeader(st)
 	if err != nil {
 		c.malformed.Add(1)
 		c.log.Warn("closing stream with a bad header", "stream", st.StreamID(), "err", err)
-		st.Close()
+		st.Finish() // a clean EOF: that stream only
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
@@ -606,7 +611,7 @@ func (c *Client) serveStream(ctx, ended context.Context, st *yamux.Stream) {
 			c.failed.Add(1)
 			c.log.Info("stream target unreachable", "target", h.String(), "err", err)
 		}
-		st.Close()
+		st.Finish() // a clean EOF: that stream only
 		return
 	}
 	// Ending the target is how Join is stopped from outside: a read of

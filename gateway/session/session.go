@@ -51,10 +51,11 @@ type Session struct {
 	Info        AgentInfo
 	ConnectedAt time.Time
 
-	reg  *Registry
-	log  *slog.Logger
-	conn *wsconn.Conn
-	mux  *yamux.Session
+	reg    *Registry
+	log    *slog.Logger
+	conn   *wsconn.Conn
+	muxOut *tunnel.FrameConn // what mux writes to; resets streams (tunnel.Stream)
+	mux    *yamux.Session
 	// opening counts the Dials past the stream limit check that have not
 	// returned yet, so that concurrent Dials cannot overshoot the limit.
 	opening atomic.Int64
@@ -150,7 +151,8 @@ func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo)
 	// of 64 per round trip; the 1,024 agents use would cost every idle
 	// session 8 KiB of queue.
 	cfg.AcceptBacklog = 64
-	s.mux, err = yamux.Server(tunnel.CoalesceFrames(s.conn), cfg)
+	s.muxOut = tunnel.CoalesceFrames(s.conn)
+	s.mux, err = yamux.Server(s.muxOut, cfg)
 	if err != nil {
 		s.conn.Close()
 		cancel()
@@ -331,7 +333,7 @@ func (s *Session) Dial(ctx context.Context, h tunnel.StreamHeader) (net.Conn, er
 	}
 	_ = st.SetWriteDeadline(time.Time{})
 	s.reg.metrics.streamsOpened.Inc()
-	return &countedStream{Stream: st, m: s.reg.metrics}, nil
+	return &countedStream{Stream: tunnel.NewStream(st, s.muxOut), m: s.reg.metrics}, nil
 }
 
 // NumStreams is the number of open streams.
@@ -374,11 +376,11 @@ func (s *Session) close() {
 	})
 }
 
-// countedStream counts the bytes of a stream. Close and CloseWrite both send
-// FIN (yamux has no full close); a peer that does not close in turn is reset
-// after tunnel.StreamCloseTimeout.
+// countedStream counts the bytes of a stream. CloseWrite half-closes it
+// (the agent's target reads EOF); Close also resets it unless the agent has
+// ended its side (tunnel.Stream), so an abandoned response stops at once.
 type countedStream struct {
-	*yamux.Stream
+	*tunnel.Stream
 	m *metrics
 }
 
@@ -397,6 +399,3 @@ func (c *countedStream) Write(p []byte) (int, error) {
 	}
 	return n, err
 }
-
-// CloseWrite half-closes the stream: the agent's target reads EOF.
-func (c *countedStream) CloseWrite() error { return c.Stream.Close() }

@@ -40,7 +40,7 @@ func FuzzCoalesceFrames(f *testing.F) {
 }
 
 // coalescedWrite writes p to c in one call, which must take all of it.
-func coalescedWrite(t *testing.T, c *frameCoalescer, p []byte) {
+func coalescedWrite(t *testing.T, c *FrameConn, p []byte) {
 	t.Helper()
 	if n, err := c.Write(p); n != len(p) || err != nil {
 		t.Fatalf("Write(%d bytes) = %d, %v", len(p), n, err)
@@ -49,7 +49,7 @@ func coalescedWrite(t *testing.T, c *frameCoalescer, p []byte) {
 
 func checkCoalescedStream(t *testing.T, data, cuts []byte) {
 	rec := &recordConn{}
-	c := CoalesceFrames(rec).(*frameCoalescer)
+	c := CoalesceFrames(rec)
 	rest := data
 	for _, cut := range cuts {
 		n := min(int(cut)&0x3f, len(rest))
@@ -75,7 +75,7 @@ func checkCoalescedStream(t *testing.T, data, cuts []byte) {
 
 func checkCoalescedFrames(t *testing.T, data, cuts []byte) {
 	rec := &recordConn{}
-	c := CoalesceFrames(rec).(*frameCoalescer)
+	c := CoalesceFrames(rec)
 	var want [][]byte
 	piece := 0
 	for i := 0; i+1 < len(data); {
