@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
@@ -24,38 +25,38 @@ import (
 )
 
 // bodySink is an upstream that reads each request's body whole and answers
-// with its length and SHA-256. It counts requests and connections, and
-// reports the bodies it could not read whole (cut by the proxy).
+// with its length and SHA-256. It counts connections, and records by the
+// request's sinkIDHeader which requests reached it and how much of each
+// body it read, whole or cut (by the proxy).
 type bodySink struct {
 	srv      *httptest.Server
 	requests atomic.Int64
 	conns    atomic.Int64
 	closed   atomic.Int64
-	cut      chan sinkCut // each body that ended early
 	lastID   atomic.Int64
+	reached  sync.Map // id -> struct{}
+	cut      sync.Map // id -> bytes read of a body that ended early
+	whole    sync.Map // id -> bytes of a body read whole
 }
 
-// sinkCut is a body that ended early: the request's sinkIDHeader and the
-// bytes of it read.
-type sinkCut struct {
-	id string
-	n  int64
-}
-
-// sinkIDHeader tells the requests a test sends apart at the sink.
+// sinkIDHeader tells the requests a test sends apart at the sink: a request
+// the proxy cut may reach it after its test has moved on.
 const sinkIDHeader = "X-Sink-Request"
 
 func newBodySink(t *testing.T) *bodySink {
-	s := &bodySink{cut: make(chan sinkCut, 16)}
+	s := &bodySink{}
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.requests.Add(1)
+		id := r.Header.Get(sinkIDHeader)
+		s.reached.Store(id, struct{}{})
 		h := sha256.New()
 		n, err := io.Copy(h, r.Body)
 		if err != nil {
-			s.cut <- sinkCut{r.Header.Get(sinkIDHeader), n}
+			s.cut.Store(id, n)
 			http.Error(w, "body ended early", http.StatusBadRequest)
 			return
 		}
+		s.whole.Store(id, n)
 		fmt.Fprintf(w, "n=%d sha256=%x", n, h.Sum(nil))
 	}))
 	s.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
@@ -71,17 +72,15 @@ func newBodySink(t *testing.T) *bodySink {
 	return s
 }
 
-// sinkMark is what an upstream and the tunnel to it had seen before a
-// request: sawCut compares with it.
+// sinkMark names a request for the sink and keeps what the tunnel to it
+// had before it.
 type sinkMark struct {
-	id                      string // for the request's sinkIDHeader
-	requests, conns, closed int64
-	streams                 int // the cluster's tunnel streams at the gateway
+	id      string // the request's sinkIDHeader
+	streams int    // the cluster's tunnel streams at the gateway
 }
 
 func (s *bodySink) mark(f *fixture, cluster string) sinkMark {
-	id := strconv.FormatInt(s.lastID.Add(1), 10)
-	return sinkMark{id, s.requests.Load(), s.conns.Load(), s.closed.Load(), clusterStreams(f, cluster)}
+	return sinkMark{strconv.FormatInt(s.lastID.Add(1), 10), clusterStreams(f, cluster)}
 }
 
 // header is h with the request's sinkIDHeader.
@@ -101,51 +100,90 @@ func clusterStreams(f *fixture, cluster string) int {
 	return 0
 }
 
-// sawCut waits until the upstream has seen the end of a body the proxy
-// cut after the limit: its handler read the body cut short, at most limit
-// bytes of it; or, through a tunnel, the stream was reset before a request
-// reached the handler, and the agent closed the connection it had opened
-// for it, or never opened one (the gateway's stream is gone, which it is
-// once the agent answered the reset).
-func (s *bodySink) sawCut(t *testing.T, f *fixture, cluster string, before sinkMark, limit int64) {
+func (s *bodySink) has(m *sync.Map, id string) (int64, bool) {
+	v, ok := m.Load(id)
+	if !ok {
+		return 0, false
+	}
+	return v.(int64), true
+}
+
+// sawCut waits until the request m names, whose body the proxy cut after
+// limit bytes, has ended at the upstream: its handler read the body cut
+// short, at most limit bytes of it; or, through a tunnel, the agent is done
+// with the stream (the gateway's is gone: the agent answered its reset)
+// and the request has not reached the handler. The reset may have overtaken
+// it, or it may still reach it with what the agent had passed on before:
+// checkCuts, at the end, looks again.
+func (s *bodySink) sawCut(t *testing.T, f *fixture, cluster string, m sinkMark, limit int64, tunnel bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-	drained:
-		for {
-			select {
-			case c := <-s.cut:
-				if c.id != before.id {
-					continue // an earlier request's, reported after its test moved on
-				}
-				if c.n > limit {
-					t.Fatalf("upstream received %d bytes of the body, limit %d", c.n, limit)
-				}
-				return
-			default:
-				break drained
+		if n, ok := s.has(&s.cut, m.id); ok {
+			if n > limit {
+				t.Fatalf("upstream received %d bytes of the body, limit %d", n, limit)
 			}
+			return
 		}
-		// A handler reports a cut before its connection closes.
-		if s.requests.Load() == before.requests {
-			if s.closed.Load() > before.closed {
-				return
-			}
-			if s.conns.Load() == before.conns && clusterStreams(f, cluster) <= before.streams {
-				return
-			}
+		if n, ok := s.has(&s.whole, m.id); ok {
+			t.Fatalf("upstream received the whole body (%d bytes), limit %d", n, limit)
+		}
+		if _, reached := s.reached.Load(m.id); tunnel && !reached && clusterStreams(f, cluster) <= m.streams {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the upstream never saw the end of the cut body (before %+v, now %+v)", before, s.mark(f, cluster))
+			_, reached := s.reached.Load(m.id)
+			t.Fatalf("the upstream never saw the end of the cut body (reached %v, streams %d, %d before)", reached, clusterStreams(f, cluster), m.streams)
 		}
-		time.Sleep(5 * time.Millisecond) // polling the upstream's counters, not synchronising
+		time.Sleep(5 * time.Millisecond) // polling the upstream's records, not synchronising
 	}
 }
 
-// seen is what the upstream has been asked so far, straight or through
-// cluster's agent.
-func (s *bodySink) seen(f *fixture, cluster string) [3]int64 {
-	return [3]int64{s.requests.Load(), s.conns.Load(), f.streams[cluster].Load()}
+// checkCuts is the end of a test's cut requests (by id, with their limits)
+// once nothing is in flight any more: no idle connection to the upstream,
+// no stream to the cluster, every upstream connection closed (so every
+// handler has returned). None got its whole body through; those that
+// reached the upstream got at most their limit. It waits up to 10 s for
+// the quiet, and checks what there is then.
+func (s *bodySink) checkCuts(t *testing.T, f *fixture, cluster string, closeIdle func(), cuts map[string]int64) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		closeIdle()
+		if clusterStreams(f, cluster) == 0 && s.conns.Load() == s.closed.Load() {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // polling for the quiet, not synchronising
+	}
+	for id, limit := range cuts {
+		if n, ok := s.has(&s.whole, id); ok {
+			t.Errorf("request %s: upstream received the whole body (%d bytes), limit %d", id, n, limit)
+		}
+		if _, reached := s.reached.Load(id); !reached {
+			continue
+		}
+		if n, ok := s.has(&s.cut, id); !ok || n > limit {
+			t.Errorf("request %s: upstream read %d bytes of a cut body (recorded: %v), limit %d", id, n, ok, limit)
+		}
+	}
+}
+
+// neverSaw checks that a request the proxy refused before forwarding it
+// reached neither the upstream nor, through a tunnel, the agent. before is
+// seen from before it. A connection the upstream counts late (one of an
+// earlier tunnel request the proxy cut) is told apart by the agent's own
+// count, so through a tunnel the upstream's connections are not compared.
+func (s *bodySink) neverSaw(t *testing.T, f *fixture, cluster string, m sinkMark, before [2]int64, tunnel bool) {
+	t.Helper()
+	after := s.seen(f, cluster)
+	if _, reached := s.reached.Load(m.id); reached || after[1] != before[1] || (!tunnel && after[0] != before[0]) {
+		t.Fatalf("upstream saw the refused request: reached %v; connections, agent streams %v -> %v", reached, before, after)
+	}
+}
+
+// seen is what the upstream has been asked so far: its connections, and
+// the streams cluster's agent opened to it.
+func (s *bodySink) seen(f *fixture, cluster string) [2]int64 {
+	return [2]int64{s.conns.Load(), f.streams[cluster].Load()}
 }
 
 // limitEnv is a proxy with a global body limit in front of a bodySink,
@@ -274,6 +312,7 @@ func TestRequestBodyLimits(t *testing.T) {
 		{"no annotation: chunked over the global", "plain", 200 << 10, true, 413, testGlobalLimit},
 		{"unrelated annotation: declared over the global", "silent", testGlobalLimit + 1, false, 413, 0},
 	}
+	cuts := map[string]int64{}
 	for _, mode := range []string{"tunnel", "direct"} {
 		for _, tc := range tests {
 			t.Run(mode+"/"+tc.name, func(t *testing.T) {
@@ -299,15 +338,15 @@ func TestRequestBodyLimits(t *testing.T) {
 					t.Errorf("refusal counted %v times, want 1", got)
 				}
 				if tc.cutAt == 0 {
-					if after := e.sink.seen(e.f, "c"); after != before {
-						t.Fatalf("upstream saw the refused request: requests, connections, streams %v -> %v", before, after)
-					}
+					e.sink.neverSaw(t, e.f, "c", mark, before, mode == "tunnel")
 					return
 				}
-				e.sink.sawCut(t, e.f, "c", mark, tc.cutAt)
+				cuts[mark.id] = tc.cutAt
+				e.sink.sawCut(t, e.f, "c", mark, tc.cutAt, mode == "tunnel")
 			})
 		}
 	}
+	e.sink.checkCuts(t, e.f, "c", e.proxy.CloseIdleConnections, cuts)
 }
 
 // TestUpgradeRequestBodyLimit checks that a body on a request asking for a
@@ -315,23 +354,24 @@ func TestRequestBodyLimits(t *testing.T) {
 func TestUpgradeRequestBodyLimit(t *testing.T) {
 	e := newLimitEnv(t)
 	upgrade := http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}}
+	cuts := map[string]int64{}
+	defer func() { e.sink.checkCuts(t, e.f, "c", e.proxy.CloseIdleConnections, cuts) }()
 	for _, mode := range []string{"tunnel", "direct"} {
 		host := "route." + mode + ".test"
 		t.Run(mode+"/declared over", func(t *testing.T) {
-			before := e.sink.seen(e.f, "c")
-			if code, answer := e.send(t, host, randomBody(t, testRouteLimit+1), false, upgrade); code != 413 {
+			before, mark := e.sink.seen(e.f, "c"), e.sink.mark(e.f, "c")
+			if code, answer := e.send(t, host, randomBody(t, testRouteLimit+1), false, mark.header(upgrade)); code != 413 {
 				t.Fatalf("status %d (%q), want 413", code, answer)
 			}
-			if after := e.sink.seen(e.f, "c"); after != before {
-				t.Fatalf("upstream saw the refused request: %v -> %v", before, after)
-			}
+			e.sink.neverSaw(t, e.f, "c", mark, before, mode == "tunnel")
 		})
 		t.Run(mode+"/chunked over", func(t *testing.T) {
 			mark := e.sink.mark(e.f, "c")
 			if code, answer := e.send(t, host, randomBody(t, 200<<10), true, mark.header(upgrade)); code != 413 {
 				t.Fatalf("status %d (%q), want 413", code, answer)
 			}
-			e.sink.sawCut(t, e.f, "c", mark, testRouteLimit)
+			cuts[mark.id] = testRouteLimit
+			e.sink.sawCut(t, e.f, "c", mark, testRouteLimit, mode == "tunnel")
 		})
 		t.Run(mode+"/within the limit", func(t *testing.T) {
 			// The sink does not switch protocols: its 200 comes back as is.
@@ -379,19 +419,19 @@ func TestKubernetesAPIBodyLimit(t *testing.T) {
 	if code, answer := call(body, true); code != 200 || answer != fmt.Sprintf("n=%d sha256=%x", len(body), sha256.Sum256(body)) {
 		t.Fatalf("body at the limit: %d %q", code, answer)
 	}
-	before := sink.seen(f, "c1")
+	before, mark := sink.seen(f, "c1"), sink.mark(f, "c1")
+	id = mark.id
 	if code, answer := call(randomBody(t, testRouteLimit+1), false); code != 413 || !strings.Contains(answer, `"kind":"Status"`) {
 		t.Fatalf("declared length over the limit: %d %q, want 413 with a Status", code, answer)
 	}
-	if after := sink.seen(f, "c1"); after != before {
-		t.Fatalf("the API server saw the refused request: %v -> %v", before, after)
-	}
-	mark := sink.mark(f, "c1")
+	sink.neverSaw(t, f, "c1", mark, before, true)
+	mark = sink.mark(f, "c1")
 	id = mark.id
 	if code, answer := call(randomBody(t, 200<<10), true); code != 413 || !strings.Contains(answer, `"kind":"Status"`) {
 		t.Fatalf("chunked body over the limit: %d %q, want 413 with a Status", code, answer)
 	}
-	sink.sawCut(t, f, "c1", mark, testRouteLimit)
+	sink.sawCut(t, f, "c1", mark, testRouteLimit, true)
+	sink.checkCuts(t, f, "c1", k8s.Close, map[string]int64{mark.id: testRouteLimit})
 	if got := refused(); got != 2 {
 		t.Fatalf("refusals counted: %v, want 2", got)
 	}

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"testing"
 )
 
@@ -12,7 +13,10 @@ import (
 // in order, except the part of a data frame still waiting for its body.
 // Then as yamux writes: a sequence of frames read from data, each written as
 // its 12-byte header followed by its body in pieces; every frame must then
-// go out as exactly one message, and nothing be left waiting.
+// go out as exactly one message, and nothing be left waiting. Last, the
+// same frames with stream resets asked for between the pieces (where a cut
+// has its top bit set): each reset goes out as one message of its own,
+// never inside a frame, and the frames go out as before around them.
 func FuzzCoalesceFrames(f *testing.F) {
 	// TestCoalesceFrames's cases: the writes joined, and their sizes.
 	for _, writes := range [][][]byte{
@@ -35,7 +39,8 @@ func FuzzCoalesceFrames(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, data, cuts []byte) {
 		checkCoalescedStream(t, data, cuts)
-		checkCoalescedFrames(t, data, cuts)
+		checkCoalescedFrames(t, data, cuts, false)
+		checkCoalescedFrames(t, data, cuts, true)
 	})
 }
 
@@ -73,11 +78,13 @@ func checkCoalescedStream(t *testing.T, data, cuts []byte) {
 	}
 }
 
-func checkCoalescedFrames(t *testing.T, data, cuts []byte) {
+func checkCoalescedFrames(t *testing.T, data, cuts []byte, resets bool) {
 	rec := &recordConn{}
 	c := CoalesceFrames(rec)
 	var want [][]byte
 	piece := 0
+	resetAt := func(i int) bool { return resets && len(cuts) > 0 && cuts[i%len(cuts)]&0x80 != 0 }
+	var asked []uint32 // the streams reset, in order
 	for i := 0; i+1 < len(data); {
 		typ, length := data[i]%4, int(data[i+1])
 		i += 2
@@ -96,6 +103,11 @@ func checkCoalescedFrames(t *testing.T, data, cuts []byte) {
 				n = min(max(int(cuts[piece%len(cuts)]), 1), n)
 				piece++
 			}
+			if resetAt(piece) {
+				id := uint32(1_000_000 + len(asked)) // no frame of the sequence has it
+				asked = append(asked, id)
+				c.ResetStream(id, len(asked)%2 == 0)
+			}
 			coalescedWrite(t, c, body[:n])
 			body = body[n:]
 		}
@@ -103,6 +115,20 @@ func checkCoalescedFrames(t *testing.T, data, cuts []byte) {
 	if c.need != 0 {
 		t.Fatalf("%d body bytes still awaited after whole frames", c.need)
 	}
+	var got [][]byte
+	var reset []uint32
+	for _, w := range rec.writes {
+		if len(w) == muxHeaderSize && w[1] == muxTypeWindowUpdate && binary.BigEndian.Uint16(w[2:4]) == muxFlagRST &&
+			binary.BigEndian.Uint32(w[4:8]) >= 1_000_000 {
+			reset = append(reset, binary.BigEndian.Uint32(w[4:8]))
+			continue
+		}
+		got = append(got, w)
+	}
+	if !slices.Equal(reset, asked) {
+		t.Fatalf("resets of streams %v went out as %v", asked, reset)
+	}
+	rec.writes = got
 	if len(rec.writes) != len(want) {
 		t.Fatalf("%d frames went out as %d messages", len(want), len(rec.writes))
 	}
