@@ -106,8 +106,8 @@ func (e *muxEnds) roundTrip(t *testing.T) {
 }
 
 // writeUntilError writes to st until a write fails, at most for d, and
-// returns the error and the bytes written.
-func writeUntilError(st *yamux.Stream, d time.Duration) (error, int64) {
+// returns the bytes written and the error.
+func writeUntilError(st *yamux.Stream, d time.Duration) (int64, error) {
 	buf := make([]byte, 32<<10)
 	var n int64
 	_ = st.SetWriteDeadline(time.Now().Add(d))
@@ -115,7 +115,7 @@ func writeUntilError(st *yamux.Stream, d time.Duration) (error, int64) {
 		w, err := st.Write(buf)
 		n += int64(w)
 		if err != nil {
-			return err, n
+			return n, err
 		}
 	}
 }
@@ -134,7 +134,7 @@ func TestStreamCloseResetsPeer(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		err, n := writeUntilError(s, 10*time.Second)
+		n, err := writeUntilError(s, 10*time.Second)
 		done <- result{err, n}
 	}()
 	if _, err := io.ReadFull(c, make([]byte, 64<<10)); err != nil { // it is flowing
@@ -270,7 +270,7 @@ func TestStreamResetsBesideTraffic(t *testing.T) {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			if err, _ := writeUntilError(s, 20*time.Second); !errors.Is(err, yamux.ErrConnectionReset) {
+			if _, err := writeUntilError(s, 20*time.Second); !errors.Is(err, yamux.ErrConnectionReset) {
 				errs <- fmt.Errorf("flooding stream ended with %v, want a reset", err)
 			}
 			s.Close()
