@@ -49,6 +49,9 @@ type FrameConn struct {
 	// Write drops them.
 	rmu   sync.Mutex
 	reset map[uint32]time.Time
+	// fin are the streams whose FIN a Stream's CloseWrite waits to see go
+	// out (true once it has), guarded by rmu.
+	fin map[uint32]bool
 }
 
 // maxTrackedResets bounds FrameConn.reset: past it, entries older than
@@ -75,7 +78,7 @@ func (c *FrameConn) write(p []byte) (int, error) {
 		}
 		// A whole frame, or a frame without a body: nothing to join.
 		if c.isAfterReset(p) {
-			return len(p), nil
+			return len(p), nil // dropped
 		}
 		return c.Conn.Write(p)
 	}
@@ -145,6 +148,9 @@ func (c *FrameConn) isAfterReset(p []byte) bool {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	if _, ok := c.reset[id]; !ok {
+		if _, ok := c.fin[id]; ok && flags&muxFlagFIN != 0 {
+			c.fin[id] = true // written: Write sends p on
+		}
 		return false
 	}
 	if flags&muxFlagRST != 0 {
@@ -201,4 +207,23 @@ func (c *FrameConn) track(id uint32) {
 	if len(c.reset) < 2*maxTrackedResets {
 		c.reset[id] = now
 	}
+}
+
+// watchFIN starts watching for stream id's FIN; finSent ends it and says
+// whether the FIN went out in between.
+func (c *FrameConn) watchFIN(id uint32) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.fin == nil {
+		c.fin = make(map[uint32]bool)
+	}
+	c.fin[id] = false
+}
+
+func (c *FrameConn) finSent(id uint32) bool {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	sent := c.fin[id]
+	delete(c.fin, id)
+	return sent
 }

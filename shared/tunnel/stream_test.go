@@ -219,10 +219,54 @@ func TestStreamCloseAfterPeerEnded(t *testing.T) {
 		t.Fatalf("read %q, %v; want the answer and EOF", b, err)
 	}
 	c.Close() // the peer ended its side: no reset
-	e.roundTrip(t)
-	if n := e.count(onServer, MuxUnknownStream); n != 0 {
-		t.Errorf("the server saw %d frames for a missing stream, want 0 (a reset after both sides closed)", n)
+
+	// The server answers and closes; the client reads the answer but not
+	// up to the EOF (as an HTTP client reads a response's body) and closes:
+	// the server's FIN has arrived, so no reset, and no answer to one.
+	c, raw := e.open(t)
+	s2 := NewStream(raw, e.serverOut)
+	if _, err := s2.Write([]byte("answer")); err != nil {
+		t.Fatal(err)
 	}
+	if err := s2.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, len("answer"))); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for { // wait for the FIN to arrive at the client
+		if clientSawFIN(c) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the server's FIN did not arrive")
+		}
+		time.Sleep(5 * time.Millisecond) // polling the stream's state, not synchronising
+	}
+	c.Close()
+	if _, err := io.Copy(io.Discard, s2); err != nil {
+		t.Fatalf("the server read %v after the client's close, want EOF (a reset?)", err)
+	}
+	s2.Close()
+	e.roundTrip(t)
+	for side, name := range []string{"client", "server"} {
+		if n := e.count(side, MuxUnknownStream); n != 0 {
+			t.Errorf("the %s saw %d frames for a missing stream, want 0 (a reset after the peer had closed)", name, n)
+		}
+	}
+	if e.client.NumStreams() != 0 || e.server.NumStreams() != 0 {
+		t.Errorf("streams left: client %d, server %d", e.client.NumStreams(), e.server.NumStreams())
+	}
+}
+
+// clientSawFIN reports whether c's peer has closed its side, without
+// reading past what c's reader would get: a read that would wait times out.
+func clientSawFIN(c *Stream) bool {
+	_ = c.Stream.SetReadDeadline(time.Now().Add(-time.Second))
+	defer c.Stream.SetReadDeadline(time.Time{})
+	_, err := c.Stream.Read(nil)
+	return errors.Is(err, io.EOF)
 }
 
 // TestStreamResetsBesideTraffic resets many streams from several goroutines
@@ -298,5 +342,52 @@ func TestStreamResetsBesideTraffic(t *testing.T) {
 	e.roundTrip(t)
 	if n := e.count(onServer, MuxProtocolError); n != 0 {
 		t.Errorf("%d protocol errors on the server", n)
+	}
+}
+
+// TestStreamShortExchanges runs many exchanges the way a request with
+// "Connection: close" goes, both ends wrapped: the server answers and
+// closes its side while the client, which read the answer but not up to
+// the EOF, closes, sometimes before the server's FIN has arrived and
+// sometimes after. Whatever the order, no side ever gets a frame for a
+// stream it no longer has (the gateway counts those against the agent),
+// and no stream is left behind.
+func TestStreamShortExchanges(t *testing.T) {
+	e := newMuxEnds(t, time.Minute)
+	const n = 300
+	var wg sync.WaitGroup
+	for i := range n {
+		c, raw := e.open(t)
+		s := NewStream(raw, e.serverOut)
+		wg.Add(2)
+		go func() { // the agent: answer, end its side, then wait for the gateway's end
+			defer wg.Done()
+			_, _ = s.Write([]byte("answer"))
+			_ = s.CloseWrite()
+			_, _ = io.Copy(io.Discard, s)
+			s.Close()
+		}()
+		go func() { // the gateway: read the answer, close at once or a little later
+			defer wg.Done()
+			_, _ = io.ReadFull(c, make([]byte, len("answer")))
+			if i%3 == 0 {
+				time.Sleep(time.Millisecond) // lets the FIN arrive first, in some
+			}
+			c.Close()
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.client.NumStreams() != 0 || e.server.NumStreams() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("streams left: client %d, server %d", e.client.NumStreams(), e.server.NumStreams())
+		}
+		time.Sleep(10 * time.Millisecond) // polling yamux's stream table, not synchronising
+	}
+	e.roundTrip(t)
+	for side, name := range []string{"client", "server"} {
+		if k := e.count(side, MuxUnknownStream); k != 0 {
+			t.Errorf("the %s saw %d frames for a missing stream in %d exchanges, want 0", name, k, n)
+		}
 	}
 }
