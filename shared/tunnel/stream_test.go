@@ -83,6 +83,25 @@ func (e *muxEnds) open(t *testing.T) (client *Stream, server *yamux.Stream) {
 	return NewStream(st, e.clientOut), server
 }
 
+// settled checks that, within d, no stream is left on either side, and
+// that neither side saw a frame for a stream it no longer has.
+func (e *muxEnds) settled(t *testing.T, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for e.client.NumStreams() != 0 || e.server.NumStreams() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("streams left after %v: client %d, server %d", d, e.client.NumStreams(), e.server.NumStreams())
+		}
+		time.Sleep(10 * time.Millisecond) // polling yamux's stream table, not synchronising
+	}
+	e.roundTrip(t)
+	for side, name := range []string{"client", "server"} {
+		if n := e.count(side, MuxUnknownStream); n != 0 {
+			t.Errorf("the %s saw %d frames for a missing stream, want 0", name, n)
+		}
+	}
+}
+
 // roundTrip sends a byte each way on a fresh stream. Frames are ordered on
 // the connection, so whatever was sent before it has been handled by then.
 func (e *muxEnds) roundTrip(t *testing.T) {
@@ -183,19 +202,7 @@ func TestStreamResetAnswered(t *testing.T) {
 	if err := <-done; !errors.Is(err, yamux.ErrConnectionReset) {
 		t.Fatalf("the sender's write ended with %v, want %v", err, yamux.ErrConnectionReset)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for e.client.NumStreams() != 0 || e.server.NumStreams() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("streams still open 5 s after the reset: client %d, server %d (the close timeout is a minute)", e.client.NumStreams(), e.server.NumStreams())
-		}
-		time.Sleep(10 * time.Millisecond) // polling yamux's stream table, not synchronising
-	}
-	e.roundTrip(t)
-	for side, name := range []string{"client", "server"} {
-		if n := e.count(side, MuxUnknownStream); n != 0 {
-			t.Errorf("the %s saw %d frames for a missing stream, want 0", name, n)
-		}
-	}
+	e.settled(t, 5*time.Second) // the close timeout is a minute
 }
 
 // TestStreamCloseAfterPeerEnded: a stream whose peer has ended its side,
@@ -377,17 +384,5 @@ func TestStreamShortExchanges(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	deadline := time.Now().Add(10 * time.Second)
-	for e.client.NumStreams() != 0 || e.server.NumStreams() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("streams left: client %d, server %d", e.client.NumStreams(), e.server.NumStreams())
-		}
-		time.Sleep(10 * time.Millisecond) // polling yamux's stream table, not synchronising
-	}
-	e.roundTrip(t)
-	for side, name := range []string{"client", "server"} {
-		if k := e.count(side, MuxUnknownStream); k != 0 {
-			t.Errorf("the %s saw %d frames for a missing stream in %d exchanges, want 0", name, k, n)
-		}
-	}
+	e.settled(t, 10*time.Second)
 }
