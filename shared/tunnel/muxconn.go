@@ -198,9 +198,9 @@ func (c *FrameConn) track(id uint32) {
 	}
 	now := time.Now()
 	if len(c.reset) >= maxTrackedResets {
-		for id, at := range c.reset {
+		for old, at := range c.reset {
 			if now.Sub(at) > 2*StreamCloseTimeout {
-				delete(c.reset, id)
+				delete(c.reset, old)
 			}
 		}
 	}
