@@ -181,6 +181,24 @@ type RouteChange struct {
 // RouteNotifyChannel is the PostgreSQL channel route changes are announced on.
 const RouteNotifyChannel = "pipeops_routes"
 
+// TunnelNotifyChannel is the PostgreSQL channel on which changes of
+// gateways and of the tunnels they hold are announced (no payload: a
+// listener reloads what it follows).
+const TunnelNotifyChannel = "pipeops_gateway_tunnels"
+
+// GatewayTunnel says that the gateway GatewayID, reachable by its peers at
+// PeerURL, holds Sessions agent sessions of cluster ClusterUUID, whose agent
+// serves the Kubernetes API over streams (K8sHTTP) and impersonates callers
+// (Impersonates).
+type GatewayTunnel struct {
+	ClusterUUID  string
+	GatewayID    string
+	PeerURL      string
+	Sessions     int
+	K8sHTTP      bool
+	Impersonates bool
+}
+
 // RouteStore keeps routes. Every change is announced on RouteNotifyChannel
 // in the same transaction.
 type RouteStore interface {

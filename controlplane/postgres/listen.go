@@ -41,7 +41,19 @@ func (db *DB) FollowRoutes(ctx context.Context, listening func(), changed func(c
 // changes made in between are lost. Payloads that do not decode are skipped:
 // only this package announces on the channel, so they are not route changes.
 func (l *Listener) Run(ctx context.Context) error {
-	pc, err := l.Pool.Acquire(ctx)
+	return listenOn(ctx, l.Pool, controlplane.RouteNotifyChannel, l.OnListening, func(payload string) {
+		change, ok := decodeRouteChange(payload)
+		if ok && l.OnChange != nil {
+			l.OnChange(change)
+		}
+	})
+}
+
+// listenOn holds a connection of pool that listens on channel, calling
+// listening once LISTEN is in effect and onPayload for each notification,
+// until ctx ends or the connection fails (see Listener.Run).
+func listenOn(ctx context.Context, pool *pgxpool.Pool, channel string, listening func(), onPayload func(string)) error {
+	pc, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("listen: acquire connection: %w", err)
 	}
@@ -50,11 +62,11 @@ func (l *Listener) Run(ctx context.Context) error {
 	conn := pc.Hijack()
 	defer conn.Close(context.WithoutCancel(ctx))
 
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{controlplane.RouteNotifyChannel}.Sanitize()); err != nil {
-		return fmt.Errorf("listen on %s: %w", controlplane.RouteNotifyChannel, err)
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		return fmt.Errorf("listen on %s: %w", channel, err)
 	}
-	if l.OnListening != nil {
-		l.OnListening()
+	if listening != nil {
+		listening()
 	}
 	for {
 		n, err := conn.WaitForNotification(ctx)
@@ -62,15 +74,9 @@ func (l *Listener) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("listen on %s: %w", controlplane.RouteNotifyChannel, err)
+			return fmt.Errorf("listen on %s: %w", channel, err)
 		}
-		change, ok := decodeRouteChange(n.Payload)
-		if !ok {
-			continue
-		}
-		if l.OnChange != nil {
-			l.OnChange(change)
-		}
+		onPayload(n.Payload)
 	}
 }
 

@@ -48,7 +48,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		t.Errorf("schema_migrations = %v, want %v", got, want)
 	}
 	tables := queryStrings(t, db, `SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename`)
-	for _, table := range []string{"clusters", "gateway_sessions", "hostnames", "routes", "schema_migrations", "signing_keys", "tokens"} {
+	for _, table := range []string{"clusters", "gateway_tunnels", "gateways", "hostnames", "routes", "schema_migrations", "signing_keys", "tokens"} {
 		if !slices.Contains(tables, table) {
 			t.Errorf("table %s missing; have %v", table, tables)
 		}

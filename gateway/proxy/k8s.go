@@ -224,7 +224,7 @@ func (k *K8s) ServeCluster(w http.ResponseWriter, r *http.Request, ref, apiPath 
 		}
 		return
 	case err != nil:
-		if _, online := k.tunnels.Session(ref); online {
+		if _, online := k.tunnels.Reach(ref); online {
 			// The store is down, but ref is a connected cluster's id:
 			// serve it, nameless.
 			c = &clusterRef{UUID: ref}
@@ -249,12 +249,12 @@ func (k *K8s) ServeCluster(w http.ResponseWriter, r *http.Request, ref, apiPath 
 			"each request runs as the person your token names (or as the cluster's agent, on clusters that do not impersonate); run the command without --as")
 		return
 	}
-	s, online := k.tunnels.Session(c.UUID)
+	reach, online := k.tunnels.Reach(c.UUID)
 	if !online {
 		writeStatus(w, http.StatusServiceUnavailable, offlineMessage(c, time.Now()))
 		return
 	}
-	impersonates := s.Info.Impersonates
+	impersonates := reach.Impersonates
 	if impersonates && !boundTo(claims, c.UUID) {
 		writeStatus(w, http.StatusForbidden, fmt.Sprintf("cluster %s runs each request as the person who makes it, and accepts only a user token bound to it alone: "+
 			"get one with `pipeops-controlplane kubeconfig %s --user NAME` (admin tokens and tokens for several clusters are never sent to a cluster)", c.display(), c.display()))
@@ -364,10 +364,18 @@ type k8sTransport struct {
 
 func (t k8sTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	cluster, _ := req.Context().Value(k8sCluster{}).(string)
-	s, ok := t.tunnels.Session(cluster)
-	if !ok || s.Info.K8sHTTP {
+	reach, ok := t.tunnels.Reach(cluster)
+	if !ok || reach.K8sHTTP {
 		return t.streams.RoundTrip(req)
 	}
+	if reach.Local == nil {
+		body := []byte(`{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"ServiceUnavailable","code":503,` +
+			`"message":"this cluster's agent reaches the Kubernetes API only through JSON proxy messages, and is connected to another gateway than the one that took this request; JSON proxy requests are not forwarded between gateways: try again (the load balancer may pick the right gateway), or run an agent that serves the API over tunnel streams"}`)
+		return &http.Response{StatusCode: http.StatusServiceUnavailable, Status: "503 Service Unavailable", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(bytes.NewReader(body)),
+			ContentLength: int64(len(body)), Request: req}, nil
+	}
+	s := reach.Local
 	if req.Header.Get("Upgrade") != "" {
 		body := []byte(`{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotImplemented","code":501,` +
 			`"message":"this cluster's agent reaches the Kubernetes API only through JSON proxy messages, which carry no protocol upgrades: exec, attach and port-forward need an agent that serves the API over tunnel streams"}`)

@@ -305,7 +305,7 @@ func (p *Proxy) dialDirect(ctx context.Context, network, addr string) (net.Conn,
 	if t == nil || ctx.Err() != nil {
 		return nil, err
 	}
-	if _, live := p.cfg.Tunnels.Session(t.match.Route.ClusterUUID); !live {
+	if _, live := p.cfg.Tunnels.Reach(t.match.Route.ClusterUUID); !live {
 		return nil, err
 	}
 	st, terr := p.cfg.Tunnels.Dial(ctx, t.match.Route.ClusterUUID, tunnelHeader(t.match))

@@ -2,6 +2,7 @@ package server
 
 import (
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pipeops/tunnel/gateway/audit"
+	"github.com/pipeops/tunnel/gateway/peers"
 	"github.com/pipeops/tunnel/gateway/routetable"
 	"github.com/pipeops/tunnel/gateway/session"
 	"github.com/pipeops/tunnel/gateway/traffic"
@@ -45,11 +47,21 @@ type Config struct {
 	AdminAddr       string   // ADMIN_ADDR, default 127.0.0.1:9090 (healthz, readyz, metrics)
 	GatewayHosts    []string // GATEWAY_HOSTS: hosts that serve /ws and /k8s/
 	GatewayID       string   // GATEWAY_ID, default the host name: names this gateway in the clusters it holds
-	TLSCertDir      string   // TLS_CERT_DIR: HOST.crt + HOST.key per hostname
-	TLSCertFile     string   // TLS_CERT_FILE + TLS_KEY_FILE: the default certificate
-	TLSKeyFile      string
-	TLSSelfSigned   bool // TLS_SELF_SIGNED: make a development certificate when none is given
-	RedirectHTTPS   bool // HTTP_REDIRECT_HTTPS: answer plain HTTP with a redirect
+	// PeerAddr (PEER_ADDR) is where this gateway's peer listener listens:
+	// the other gateways sharing the database forward the streams of the
+	// clusters it holds there. Empty: a single gateway, nothing forwarded.
+	PeerAddr string
+	// PeerURL (PEER_URL) is where the other gateways reach PeerAddr,
+	// http://host:port (default http://GATEWAY_ID:port of PEER_ADDR).
+	PeerURL string
+	// PeerSecret (PEER_SECRET_FILE) signs the peer links; every gateway
+	// has the same.
+	PeerSecret    string
+	TLSCertDir    string // TLS_CERT_DIR: HOST.crt + HOST.key per hostname
+	TLSCertFile   string // TLS_CERT_FILE + TLS_KEY_FILE: the default certificate
+	TLSKeyFile    string
+	TLSSelfSigned bool // TLS_SELF_SIGNED: make a development certificate when none is given
+	RedirectHTTPS bool // HTTP_REDIRECT_HTTPS: answer plain HTTP with a redirect
 	// K8sPlainHTTP (K8S_ALLOW_PLAIN_HTTP) lets /k8s/ answer on the plain
 	// HTTP listener. Off, it answers there with 403 before it reads the
 	// token, which would have crossed the network in the clear. Only for a
@@ -128,6 +140,31 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		GatewayID:       r.String("GATEWAY_ID", defaultGatewayID()),
 		LogLevel:        r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 		LogFormat:       r.OneOf("LOG_FORMAT", "text", "text", "json"),
+	}
+	c.PeerAddr = r.String("PEER_ADDR", "")
+	c.PeerURL = r.String("PEER_URL", "")
+	c.PeerSecret = r.SecretFile("PEER_SECRET_FILE")
+	if strings.ContainsAny(c.GatewayID, " \t\r\n") || c.GatewayID == "" {
+		r.Failf("GATEWAY_ID=%q must be one word: it names this gateway to the others", c.GatewayID)
+	}
+	if c.PeerAddr != "" {
+		_, port, err := net.SplitHostPort(c.PeerAddr)
+		switch {
+		case err != nil || port == "" || port == "0":
+			r.Failf("PEER_ADDR=%q must be host:port (or :port) with a fixed port, where the other gateways forward streams to this one", c.PeerAddr)
+		case c.PeerURL == "":
+			c.PeerURL = "http://" + net.JoinHostPort(c.GatewayID, port)
+		}
+		if c.PeerURL != "" {
+			if _, err := peers.ParseURL(c.PeerURL); err != nil {
+				r.Failf("PEER_URL: %v", err)
+			}
+		}
+		if len(c.PeerSecret) < peers.MinSecretLen && r.Err() == nil {
+			r.Failf("PEER_ADDR needs PEER_SECRET_FILE: a file holding a secret of at least %d characters, the same on every gateway (openssl rand -hex 32)", peers.MinSecretLen)
+		}
+	} else if c.PeerURL != "" || c.PeerSecret != "" {
+		r.Failf("PEER_URL and PEER_SECRET_FILE are set but PEER_ADDR is not: set PEER_ADDR to run with other gateways")
 	}
 	if v := strings.ToLower(strings.Trim(r.String("K8S_API_DOMAIN", ""), ".")); v != "" {
 		if !strings.Contains(v, ".") || strings.ContainsAny(v, "/:* ") {

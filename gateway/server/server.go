@@ -27,6 +27,7 @@ import (
 	"github.com/pipeops/tunnel/gateway/audit"
 	"github.com/pipeops/tunnel/gateway/authn"
 	"github.com/pipeops/tunnel/gateway/heartbeat"
+	"github.com/pipeops/tunnel/gateway/peers"
 	"github.com/pipeops/tunnel/gateway/proxy"
 	"github.com/pipeops/tunnel/gateway/routetable"
 	"github.com/pipeops/tunnel/gateway/session"
@@ -48,6 +49,9 @@ type Gateway struct {
 	proxy    *proxy.Proxy
 	k8s      *proxy.K8s
 	recorder *heartbeat.Recorder
+	// peers, when PEER_ADDR is set, forwards streams to the gateways that
+	// hold the clusters this one does not, and serves theirs.
+	peers    *peers.Peers
 	audit    *audit.Recorder
 	traffic  *traffic.Recorder
 	revs     *authn.Revocations
@@ -116,6 +120,19 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 	}
 	g.routes = routetable.NewStore(db, routetable.Options{ReloadInterval: cfg.ReloadInterval, Logger: log, Metrics: reg})
 	g.recorder = &heartbeat.Recorder{Store: db, GatewayID: cfg.GatewayID, Logger: log, Metrics: heartbeat.NewMetrics(reg)}
+	// The registry and the peers need each other: the peers dial the
+	// registry's own sessions, the registry forwards through the peers.
+	var forward session.Forwarder
+	local := &localSessions{}
+	if cfg.PeerAddr != "" {
+		g.peers, err = peers.New(peers.Config{Store: db, ID: cfg.GatewayID, URL: cfg.PeerURL, Secret: []byte(cfg.PeerSecret),
+			Local: local, Logger: log, Metrics: reg})
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		forward = g.peers
+	}
 	g.sessions, err = session.NewRegistry(session.Config{
 		Auth:                 session.JWTAuthenticator{Verifier: verifier},
 		Control:              g.recorder,
@@ -129,16 +146,24 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 		OnConnect: func(s *session.Session) {
 			g.recorder.SessionStarted(s)
 			g.trackSession(s)
+			if g.peers != nil {
+				g.peers.SessionsChanged(s.Cluster)
+			}
 		},
 		OnDisconnect: func(s *session.Session) {
 			g.untrackSession(s)
 			g.recorder.SessionEnded(s)
+			if g.peers != nil {
+				g.peers.SessionsChanged(s.Cluster)
+			}
 		},
+		Forward: forward,
 	})
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
+	local.Registry = g.sessions
 	g.traffic = traffic.New(traffic.Config{Store: db, Logger: log, Metrics: reg, Retention: cfg.TrafficMaxAge})
 	g.proxy, err = proxy.New(proxy.Config{Routes: g.routes, Tunnels: g.sessions, ResponseHeaderTimeout: cfg.HeaderTimeout,
 		MaxRequestBody: cfg.MaxRequestBody, Logger: log, Metrics: reg, Traffic: g.traffic})
@@ -295,6 +320,9 @@ func (g *Gateway) startBackground() (stop func()) {
 	wg.Go(func() { g.conns.Run(ctx) })
 	wg.Go(func() { _ = g.audit.Run(ctx) })
 	wg.Go(func() { g.traffic.Run(ctx) })
+	if g.peers != nil {
+		wg.Go(func() { g.peers.Run(ctx) })
+	}
 	return func() {
 		cancel()
 		wg.Wait()
@@ -315,7 +343,7 @@ type listeners struct {
 // listen starts the HTTPS (when configured), HTTP and admin servers into
 // ls. On an error the servers already started stay in ls, for drain.
 func (g *Gateway) listen(ls *listeners) error {
-	ls.errc = make(chan error, 3)
+	ls.errc = make(chan error, 4)
 	var acmeMgr *autocert.Manager
 	if g.cfg.ACME {
 		a, err := NewACME(g.cfg, g.allowCertificate)
@@ -343,6 +371,11 @@ func (g *Gateway) listen(ls *listeners) error {
 	}
 	if err := g.serve(ls, "http", g.cfg.HTTPAddr, plain, nil); err != nil {
 		return err
+	}
+	if g.peers != nil {
+		if err := g.serve(ls, "peer", g.cfg.PeerAddr, g.peers.Handler(), nil); err != nil {
+			return err
+		}
 	}
 	return g.serve(ls, "admin", g.cfg.AdminAddr, g.AdminHandler(), nil)
 }
@@ -383,6 +416,13 @@ func (g *Gateway) drain(ls *listeners) {
 	g.draining.Store(true)
 	sctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout)
 	defer cancel()
+	if g.peers != nil {
+		// First, so the other gateways stop forwarding here while the
+		// agents move to them.
+		if err := g.peers.Stop(sctx); err != nil {
+			g.log.Warn("peer gateways: could not withdraw this gateway; they stop forwarding to it once its record is stale", "err", err)
+		}
+	}
 	var wg sync.WaitGroup
 	for _, hs := range ls.servers {
 		wg.Go(func() {
@@ -415,6 +455,9 @@ func (g *Gateway) drain(ls *listeners) {
 	}
 	wg.Wait()
 	ls.wg.Wait()
+	if g.peers != nil {
+		g.peers.Close()
+	}
 	g.proxy.Close()
 	g.k8s.Close()
 	if ls.acme != nil {
@@ -469,6 +512,10 @@ func (g *Gateway) untrackSession(s *session.Session) {
 		unregister.(func())()
 	}
 }
+
+// localSessions is the registry's own sessions, for the peers (set once
+// the registry exists, before anything runs).
+type localSessions struct{ *session.Registry }
 
 func redirectHTTPS(httpsAddr string) http.Handler {
 	_, port, _ := net.SplitHostPort(httpsAddr)

@@ -280,6 +280,9 @@ func TestLoadConfig(t *testing.T) {
 	os.WriteFile(junk, []byte("not a certificate"), 0o600)
 	writePair(t, dir, "ca", []string{"ca.example.com"}) // a self-signed certificate serves as a root
 	caFile := filepath.Join(dir, "ca.crt")
+	peerSecret, shortSecret := filepath.Join(dir, "peer"), filepath.Join(dir, "short")
+	os.WriteFile(peerSecret, []byte(strings.Repeat("p", 64)), 0o600)
+	os.WriteFile(shortSecret, []byte("short"), 0o600)
 	acme := map[string]string{"ACME": "true", "HTTPS_ADDR": ":8443"}
 	with := func(maps ...map[string]string) map[string]string {
 		env := map[string]string{}
@@ -308,6 +311,14 @@ func TestLoadConfig(t *testing.T) {
 		{"ACME_RENEW_BEFORE", with(acme, map[string]string{"ACME_RENEW_BEFORE": "soon"})},
 		{"ACME_RENEW_BEFORE", with(acme, map[string]string{"ACME_RENEW_BEFORE": "721h"})},
 		{"ACME_RENEW_BEFORE", with(map[string]string{"ACME_RENEW_BEFORE": "24h"})},
+		{"PEER_SECRET_FILE", with(map[string]string{"PEER_ADDR": ":8444"})},
+		{"PEER_SECRET_FILE", with(map[string]string{"PEER_ADDR": ":8444", "PEER_SECRET_FILE": shortSecret})},
+		{"PEER_ADDR", with(map[string]string{"PEER_ADDR": ":0", "PEER_SECRET_FILE": peerSecret})},
+		{"PEER_ADDR", with(map[string]string{"PEER_ADDR": "gw", "PEER_SECRET_FILE": peerSecret})},
+		{"PEER_URL", with(map[string]string{"PEER_ADDR": ":8444", "PEER_SECRET_FILE": peerSecret, "PEER_URL": "https://gw:8444"})},
+		{"PEER_URL", with(map[string]string{"PEER_ADDR": ":8444", "PEER_SECRET_FILE": peerSecret, "PEER_URL": "http://gw"})},
+		{"PEER_ADDR", with(map[string]string{"PEER_SECRET_FILE": peerSecret})},
+		{"GATEWAY_ID", with(map[string]string{"GATEWAY_ID": "two words"})},
 	} {
 		if _, err := LoadConfig(func(k string) string { return tc.env[k] }); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: err = %v, want one naming %s", tc.env, err, tc.want)
@@ -321,5 +332,14 @@ func TestLoadConfig(t *testing.T) {
 	}
 	if c.ACMECAFile != caFile || c.ACMERenewBefore != 240*time.Hour || c.ACMEDirectory != "https://ca.example.com/dir" {
 		t.Fatalf("ACME settings: %+v", c)
+	}
+	c, err = LoadConfig(func(k string) string {
+		return with(map[string]string{"GATEWAY_ID": "gw-7", "PEER_ADDR": ":8444", "PEER_SECRET_FILE": peerSecret})[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PeerURL != "http://gw-7:8444" || c.PeerSecret != strings.Repeat("p", 64) {
+		t.Fatalf("peer settings: url %q, secret of %d bytes", c.PeerURL, len(c.PeerSecret))
 	}
 }

@@ -117,6 +117,32 @@ type Config struct {
 	// OnConnect and OnDisconnect, when set, are told of sessions starting
 	// and ending (a replaced session ends too). They must not block.
 	OnConnect, OnDisconnect func(*Session)
+	// Forward, when set, reaches the clusters whose agents are connected to
+	// other gateways: Dial and Reach turn to it for a cluster with no
+	// session here.
+	Forward Forwarder
+}
+
+// Forwarder reaches clusters through other gateways (see Config.Forward).
+type Forwarder interface {
+	// Reach says whether another gateway holds a tunnel to cluster, and
+	// what its agent supports.
+	Reach(cluster string) (Reach, bool)
+	// Dial opens a stream to the target h names in cluster, through another
+	// gateway; ErrAgentOffline when none holds the cluster.
+	Dial(ctx context.Context, cluster string, h tunnel.StreamHeader) (net.Conn, error)
+}
+
+// Reach is how a cluster is reached: through a session of this gateway
+// (Local) or through another gateway (Local nil), and what the cluster's
+// agent supports.
+type Reach struct {
+	Local *Session
+	// Gateway names the gateway that holds the tunnel when it is not this
+	// one.
+	Gateway      string
+	K8sHTTP      bool
+	Impersonates bool
 }
 
 // Registry accepts agent connections (it is the http.Handler of the agent
@@ -374,10 +400,38 @@ func (r *Registry) numStreams() int {
 	return n
 }
 
+// Reach says how the cluster is reached: through this gateway's session,
+// else through another gateway (Config.Forward); false when neither holds a
+// tunnel to it.
+func (r *Registry) Reach(cluster string) (Reach, bool) {
+	if s, ok := r.Session(cluster); ok {
+		return Reach{Local: s, K8sHTTP: s.Info.K8sHTTP, Impersonates: s.Info.Impersonates}, true
+	}
+	if r.cfg.Forward != nil {
+		return r.cfg.Forward.Reach(cluster)
+	}
+	return Reach{}, false
+}
+
 // Dial opens a stream to the cluster's agent and writes h, so the agent
-// connects it to the target h names. The returned conn is the stream: closing
-// it closes only that stream (a half-close toward the agent).
+// connects it to the target h names: over this gateway's session when it has
+// one, else through another gateway (Config.Forward). The returned conn is
+// the stream: closing it closes only that stream (a half-close toward the
+// agent).
 func (r *Registry) Dial(ctx context.Context, cluster string, h tunnel.StreamHeader) (net.Conn, error) {
+	if s, ok := r.Session(cluster); ok {
+		return s.Dial(ctx, h)
+	}
+	if r.cfg.Forward != nil {
+		return r.cfg.Forward.Dial(ctx, cluster, h)
+	}
+	return nil, fmt.Errorf("dial %s in cluster %s: %w", h, cluster, ErrAgentOffline)
+}
+
+// DialLocal is Dial over this gateway's own session only: what a peer
+// gateway's forwarded stream is given, so that a stream is never forwarded
+// twice.
+func (r *Registry) DialLocal(ctx context.Context, cluster string, h tunnel.StreamHeader) (net.Conn, error) {
 	s, ok := r.Session(cluster)
 	if !ok {
 		return nil, fmt.Errorf("dial %s in cluster %s: %w", h, cluster, ErrAgentOffline)
