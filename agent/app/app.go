@@ -275,8 +275,11 @@ func (a *App) newRegistered(ctx context.Context, res register.Result) (*register
 		return nil, err
 	}
 
+	// The pod's name: replicas of one cluster's agent hold their sessions
+	// side by side, and a restarted replica replaces its own.
+	instance, _ := os.Hostname()
 	r.tc, err = tunnelclient.New(tunnelclient.Config{
-		GatewayURL: res.GatewayWSURL, Token: cfg.Token, ClusterUUID: res.ClusterUUID, AgentVersion: version.Version,
+		GatewayURL: res.GatewayWSURL, Token: cfg.Token, ClusterUUID: res.ClusterUUID, AgentVersion: version.Version, Instance: instance,
 		TLSConfig: a.tlsCfg, Dialer: newCountingDialer(dialer, a.registry), DrainTimeout: cfg.DrainTimeout, Logger: log,
 		Deliver: r.jp.Deliver, KubeAPIOverJSON: cfg.KubeAPIOverJSON, Impersonates: cfg.Impersonate,
 		// Answers of requests in flight could reach nobody once the tunnel

@@ -80,6 +80,10 @@ type Config struct {
 	// the gateway is to send each Kubernetes API request with the caller's
 	// token, which the agent verifies and impersonates (package kubeapi).
 	Impersonates bool
+	// Instance names this replica of the cluster's agent (its pod name):
+	// sent as tunnel.AgentInstanceParam, so a gateway holds the sessions of
+	// several replicas side by side. Empty: one session per cluster.
+	Instance string
 	// OnConnect and OnDisconnect are told when a tunnel comes up and goes down.
 	OnConnect, OnDisconnect func()
 
@@ -164,7 +168,10 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnelclient: gateway URL: %w", err)
 	}
-	if cfg.KubeAPIOverJSON || cfg.Impersonates {
+	if len(cfg.Instance) > tunnel.MaxAgentInstanceLen {
+		return nil, fmt.Errorf("tunnelclient: instance name longer than %d bytes", tunnel.MaxAgentInstanceLen)
+	}
+	if cfg.KubeAPIOverJSON || cfg.Impersonates || cfg.Instance != "" {
 		pu, err := url.Parse(u)
 		if err != nil {
 			return nil, fmt.Errorf("tunnelclient: gateway URL: %w", err)
@@ -175,6 +182,9 @@ func New(cfg Config) (*Client, error) {
 		}
 		if cfg.Impersonates {
 			q.Set(tunnel.CapabilityImpersonation, "true")
+		}
+		if cfg.Instance != "" {
+			q.Set(tunnel.AgentInstanceParam, cfg.Instance)
 		}
 		pu.RawQuery = q.Encode()
 		u = pu.String()

@@ -68,6 +68,10 @@ type Recorder struct {
 	// GatewayID names this gateway in every state it writes (the
 	// cluster's Gateway); "" leaves the stored name.
 	GatewayID string
+	// StillReached, when set, says whether another gateway holds a tunnel
+	// to the cluster: the end of the last session here then does not mark
+	// it disconnected (its agent moved to that gateway). It must not block.
+	StillReached func(cluster string) bool
 	// FlushInterval is how often Run flushes (default 5 s).
 	FlushInterval time.Duration
 	// Logger receives malformed heartbeats and failed writes, rate-limited
@@ -94,8 +98,8 @@ type Recorder struct {
 	// last is the latest heartbeat of each connected cluster, so that a
 	// status change without a heartbeat keeps the metadata it had.
 	last map[string]snapshot
-	// current is each cluster's session, as SessionStarted was told.
-	current map[string]*session.Session
+	// current is each cluster's sessions, as SessionStarted was told.
+	current map[string]map[*session.Session]bool
 	// statusChanged wakes Run for an early flush when a session starts or
 	// ends (capacity 1: changes while one wake-up waits share it).
 	statusChanged chan struct{}
@@ -122,7 +126,7 @@ func (r *Recorder) initLocked() {
 	if r.pending == nil {
 		r.pending = make(map[string]update)
 		r.last = make(map[string]snapshot)
-		r.current = make(map[string]*session.Session)
+		r.current = make(map[string]map[*session.Session]bool)
 		r.statusChanged = make(chan struct{}, 1)
 	}
 }
@@ -205,20 +209,25 @@ func (r *Recorder) heartbeat(cluster string, msg tunnel.Message) bool {
 }
 
 // SessionStarted is for session.Config.OnConnect: it records that the
-// session's cluster is connected, and remembers the session as the
-// cluster's current one for SessionEnded.
+// session's cluster is connected, and remembers the session among the
+// cluster's current ones for SessionEnded.
 func (r *Recorder) SessionStarted(s *session.Session) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.initLocked()
-	r.current[s.Cluster] = s
+	if r.current[s.Cluster] == nil {
+		r.current[s.Cluster] = make(map[*session.Session]bool)
+	}
+	r.current[s.Cluster][s] = true
 	r.setStatusLocked(s.Cluster, controlplane.ClusterConnected)
 }
 
 // SessionEnded is for session.Config.OnDisconnect: it records that the
-// session's cluster is disconnected, unless the session had been replaced
-// by a newer one of the same cluster (the registry ends the old session of
-// an agent that reconnects, and that does not mean the agent is gone).
+// session's cluster is disconnected, unless the cluster has other sessions
+// here: a newer one of the same agent (the registry ends the old session of
+// an agent that reconnects, and that does not mean the agent is gone), or
+// another replica's. With StillReached set, also unless another gateway
+// holds the cluster.
 //
 // The registry tells of the new session and of the end of the old one from
 // two goroutines, in either order. When the end comes first, the cluster is
@@ -228,10 +237,15 @@ func (r *Recorder) SessionEnded(s *session.Session) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.initLocked()
-	if cur, ok := r.current[s.Cluster]; ok && cur != s {
+	cur := r.current[s.Cluster]
+	delete(cur, s)
+	if len(cur) > 0 {
 		return
 	}
 	delete(r.current, s.Cluster)
+	if r.StillReached != nil && r.StillReached(s.Cluster) {
+		return
+	}
 	r.disconnectedLocked(s.Cluster)
 }
 

@@ -129,9 +129,14 @@ func (p *Peers) writeLoop(ctx context.Context) {
 }
 
 func (p *Peers) writeTunnel(ctx context.Context, cluster string) error {
+	// Only sessions that take new streams count: a draining agent's are
+	// not forwarded to.
 	t := controlplane.GatewayTunnel{ClusterUUID: cluster}
-	if s, ok := p.cfg.Local.Session(cluster); ok {
-		t.Sessions, t.K8sHTTP, t.Impersonates = 1, s.Info.K8sHTTP, s.Info.Impersonates
+	for _, s := range p.cfg.Local.ClusterSessions(cluster) {
+		if !s.Draining() {
+			t.Sessions++
+			t.K8sHTTP, t.Impersonates = s.Info.K8sHTTP, s.Info.Impersonates
+		}
 	}
 	err := p.cfg.Store.SetGatewayTunnel(ctx, p.cfg.ID, t)
 	if controlplane.ErrorCode(err) == controlplane.ENOTFOUND {
@@ -213,7 +218,14 @@ func (p *Peers) reloadNow(ctx context.Context) error {
 			delete(p.down, id)
 		}
 	}
+	gone := p.retireGoneLocked()
 	p.mu.Unlock()
+	// Links to a gateway that no longer holds their cluster (its agent
+	// drains or left, or the gateway stops) carry no new request: the idle
+	// ones close now, the busy ones when their request ends.
+	for _, lc := range gone {
+		lc.pool.Retire()
+	}
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/pipeops/tunnel/gateway/session"
@@ -156,17 +157,36 @@ func dialPeer(ctx context.Context, d *net.Dialer, peerURL *url.URL, from string,
 		return nil, fmt.Errorf("peer %s answered %s", peerURL.Host, resp.Status)
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return &linkConn{Conn: conn, r: br}, nil
+	lc := &linkConn{Conn: conn, r: br}
+	lc.pool = session.NewPoolState(lc.Close)
+	return lc, nil
 }
 
 // linkConn is a peer link after the upgrade: reads drain what the response
 // reader buffered first.
 type linkConn struct {
 	net.Conn
-	r *bufio.Reader
+	r       *bufio.Reader
+	pool    *session.PoolState
+	onClose func(*linkConn) // set before the conn is handed out
+	key     linkKey
+	once    sync.Once
 }
 
 func (c *linkConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// PoolState is the link's state in a Transport's pool: the link is retired
+// when the gateway it goes to no longer holds the cluster.
+func (c *linkConn) PoolState() *session.PoolState { return c.pool }
+
+func (c *linkConn) Close() error {
+	c.once.Do(func() {
+		if c.onClose != nil {
+			c.onClose(c)
+		}
+	})
+	return c.Conn.Close()
+}
 
 // CloseWrite half-closes the link, as a tunnel stream's CloseWrite does.
 func (c *linkConn) CloseWrite() error {

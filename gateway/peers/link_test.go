@@ -123,7 +123,7 @@ type fakeLocal struct {
 	err    error
 }
 
-func (l fakeLocal) Session(string) (*session.Session, bool) { return nil, false }
+func (l fakeLocal) ClusterSessions(string) []*session.Session { return nil }
 
 func (l fakeLocal) DialLocal(ctx context.Context, _ string, _ tunnel.StreamHeader) (net.Conn, error) {
 	if l.err != nil {

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,7 +41,7 @@ type Store interface {
 
 // Local is this gateway's own sessions (*session.Registry).
 type Local interface {
-	Session(cluster string) (*session.Session, bool)
+	ClusterSessions(cluster string) []*session.Session
 	DialLocal(ctx context.Context, cluster string, h tunnel.StreamHeader) (net.Conn, error)
 }
 
@@ -104,6 +105,10 @@ type Peers struct {
 	stopped bool
 	closed  bool
 
+	// links are the open links this gateway dialled, by cluster and peer,
+	// so that those to a peer that no longer holds the cluster are retired.
+	links map[linkKey]map[*linkConn]struct{}
+
 	wake    chan struct{} // a tunnel record to write
 	reload  chan struct{} // the directory to reload
 	splices sync.WaitGroup
@@ -143,7 +148,7 @@ func New(cfg Config) (*Peers, error) {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	p := &Peers{cfg: cfg, log: log, url: u, holders: map[string][]holder{}, down: map[string]time.Time{},
-		dirty: map[string]bool{}, wake: make(chan struct{}, 1), reload: make(chan struct{}, 1),
+		dirty: map[string]bool{}, links: map[linkKey]map[*linkConn]struct{}{}, wake: make(chan struct{}, 1), reload: make(chan struct{}, 1),
 		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}}
 	p.metrics = newMetrics(cfg.Metrics, p)
 	return p, nil
@@ -197,6 +202,7 @@ func (p *Peers) Dial(ctx context.Context, cluster string, h tunnel.StreamHeader)
 		if err == nil {
 			p.metrics.dialed.WithLabelValues("ok").Inc()
 			p.metrics.dialSeconds.Observe(p.cfg.Now().Sub(start).Seconds())
+			p.track(conn.(*linkConn), linkKey{cluster: cluster, gateway: c.id})
 			return conn, nil
 		}
 		if ctx.Err() != nil {
@@ -219,6 +225,54 @@ func (p *Peers) Dial(ctx context.Context, cluster string, h tunnel.StreamHeader)
 		err = fmt.Errorf("%w: %w", session.ErrAgentOffline, err)
 	}
 	return nil, fmt.Errorf("dial %s in cluster %s through other gateways: %w", h, cluster, err)
+}
+
+// linkKey names the links to one cluster through one peer.
+type linkKey struct{ cluster, gateway string }
+
+// track records an open link until it is closed; a link to a peer that no
+// longer holds the cluster by now is retired at once.
+func (p *Peers) track(lc *linkConn, k linkKey) {
+	lc.key = k
+	lc.onClose = p.untrack
+	p.mu.Lock()
+	set := p.links[k]
+	if set == nil {
+		set = make(map[*linkConn]struct{})
+		p.links[k] = set
+	}
+	set[lc] = struct{}{}
+	held := slices.ContainsFunc(p.holders[k.cluster], func(h holder) bool { return h.id == k.gateway })
+	p.mu.Unlock()
+	if !held {
+		lc.pool.Retire()
+	}
+}
+
+func (p *Peers) untrack(lc *linkConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if set := p.links[lc.key]; set != nil {
+		delete(set, lc)
+		if len(set) == 0 {
+			delete(p.links, lc.key)
+		}
+	}
+}
+
+// retireGoneLocked lists the links to peers that no longer hold their
+// cluster, to retire once p.mu is released.
+func (p *Peers) retireGoneLocked() []*linkConn {
+	var out []*linkConn
+	for k, set := range p.links {
+		if slices.ContainsFunc(p.holders[k.cluster], func(h holder) bool { return h.id == k.gateway }) {
+			continue
+		}
+		for lc := range set {
+			out = append(out, lc)
+		}
+	}
+	return out
 }
 
 // candidates lists cluster's holders in the order to try them.

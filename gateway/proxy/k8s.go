@@ -282,7 +282,7 @@ func (k *K8s) ServeCluster(w http.ResponseWriter, r *http.Request, ref, apiPath 
 	out.URL.RawPath = ""
 	body, fits := limitBody(out, k.maxBody)
 	if fits {
-		k.rp.ServeHTTP(w, out.WithContext(context.WithValue(out.Context(), k8sCluster{}, c.UUID)))
+		k.rp.ServeHTTP(w, out.WithContext(session.TracePool(context.WithValue(out.Context(), k8sCluster{}, c.UUID))))
 	} else {
 		writeStatus(w, http.StatusRequestEntityTooLarge, bodyTooLargeMessage(k.maxBody))
 	}

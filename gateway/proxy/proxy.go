@@ -198,7 +198,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		t.mode = controlplane.RoutingTunnel
 	}
 	rec := &statusRecorder{ResponseWriter: w}
-	r = r.WithContext(context.WithValue(r.Context(), targetKey{}, t))
+	// TracePool: a stream put back in the pool is retired when its agent
+	// drains, instead of carrying the next request to an agent that is
+	// about to cut it.
+	r = r.WithContext(session.TracePool(context.WithValue(r.Context(), targetKey{}, t)))
 	var in *countingBody
 	if p.cfg.Traffic != nil && r.Body != nil && r.Body != http.NoBody {
 		// Under the body limit's reader, which the error handler looks for.

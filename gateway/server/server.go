@@ -132,6 +132,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 			return nil, err
 		}
 		forward = g.peers
+		g.recorder.StillReached = func(cluster string) bool { _, ok := g.peers.Reach(cluster); return ok }
 	}
 	g.sessions, err = session.NewRegistry(session.Config{
 		Auth:                 session.JWTAuthenticator{Verifier: verifier},
@@ -153,6 +154,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Gateway, error) {
 		OnDisconnect: func(s *session.Session) {
 			g.untrackSession(s)
 			g.recorder.SessionEnded(s)
+			if g.peers != nil {
+				g.peers.SessionsChanged(s.Cluster)
+			}
+		},
+		OnDrain: func(s *session.Session) {
 			if g.peers != nil {
 				g.peers.SessionsChanged(s.Cluster)
 			}

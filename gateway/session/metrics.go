@@ -9,6 +9,7 @@ type metrics struct {
 	sessions        prometheus.Gauge
 	sessionsTotal   prometheus.Counter
 	replaced        prometheus.Counter
+	draining        prometheus.Counter
 	refused         *prometheus.CounterVec
 	streamsOpened   prometheus.Counter
 	bytesIn         prometheus.Counter
@@ -27,7 +28,9 @@ func newMetrics(reg prometheus.Registerer, r *Registry) *metrics {
 		sessionsTotal: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "sessions_total", Help: "Agent sessions accepted."}),
 		replaced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "sessions_replaced_total", Help: "Sessions closed because the same cluster connected again."}),
+			Name: "sessions_replaced_total", Help: "Sessions closed because the same agent (cluster and instance) connected again."}),
+		draining: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "sessions_draining_total", Help: "Sessions whose agent said it is going away (yamux go-away); their new streams went to other sessions."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "refused_total", Help: "Agent connections, agent-opened streams and streams over the per-session limit refused, by reason."}, []string{"reason"}),
 		streamsOpened: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -46,7 +49,7 @@ func newMetrics(reg prometheus.Registerer, r *Registry) *metrics {
 			Name: "protocol_violations_total", Help: "Protocol violations by agents that count against a session's budgets, by kind."}, []string{"kind"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.sessions, m.sessionsTotal, m.replaced, m.refused, m.streamsOpened,
+		reg.MustRegister(m.sessions, m.sessionsTotal, m.replaced, m.draining, m.refused, m.streamsOpened,
 			m.bytesIn, m.bytesOut, m.controlMessages, m.controlDropped, m.sessionsClosed, m.violations,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 				Name: "streams", Help: "Open streams over all sessions."}, func() float64 { return float64(r.numStreams()) }))

@@ -115,8 +115,9 @@ type Config struct {
 	// Metrics, when set, is where the registry registers its collectors.
 	Metrics prometheus.Registerer
 	// OnConnect and OnDisconnect, when set, are told of sessions starting
-	// and ending (a replaced session ends too). They must not block.
-	OnConnect, OnDisconnect func(*Session)
+	// and ending (a replaced session ends too); OnDrain of a session whose
+	// agent said it is going away. They must not block.
+	OnConnect, OnDisconnect, OnDrain func(*Session)
 	// Forward, when set, reaches the clusters whose agents are connected to
 	// other gateways: Dial and Reach turn to it for a cluster with no
 	// session here.
@@ -146,7 +147,10 @@ type Reach struct {
 }
 
 // Registry accepts agent connections (it is the http.Handler of the agent
-// endpoint) and keeps one session per cluster. Safe for concurrent use.
+// endpoint) and keeps one session per cluster and agent instance: the
+// replicas of a cluster's agent are held side by side, and new streams go
+// to the one with the fewest open that is not draining. Safe for concurrent
+// use.
 type Registry struct {
 	cfg      Config
 	log      *slog.Logger
@@ -155,7 +159,7 @@ type Registry struct {
 	upgrader websocket.Upgrader
 
 	mu       sync.Mutex
-	sessions map[string]*Session
+	sessions map[string][]*Session // by cluster, oldest first
 	closed   bool
 	wg       sync.WaitGroup // one per live session
 }
@@ -222,7 +226,7 @@ func NewRegistry(cfg Config) (*Registry, error) {
 		// to repeat itself shares its previous sessions' count; the cap
 		// bounds the memory a crowd of clusters can make it hold.
 		logs:     ratelog.New(log, ratelog.Config{MaxKeys: 4096}),
-		sessions: make(map[string]*Session),
+		sessions: make(map[string][]*Session),
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: 10 * time.Second,
 			// 0: reuse the 4 KiB reader net/http already has for the
@@ -263,6 +267,12 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, fmt.Sprintf("token is for another cluster than %q", uuid), http.StatusForbidden)
 		return
 	}
+	instance := q.Get(tunnel.AgentInstanceParam)
+	if len(instance) > tunnel.MaxAgentInstanceLen {
+		r.metrics.refused.WithLabelValues("bad_instance").Inc()
+		http.Error(w, fmt.Sprintf("%s is longer than %d bytes", tunnel.AgentInstanceParam, tunnel.MaxAgentInstanceLen), http.StatusBadRequest)
+		return
+	}
 	if q.Get("supports_yamux") != "true" {
 		r.metrics.refused.WithLabelValues("no_yamux").Inc()
 		http.Error(w, "this gateway requires supports_yamux=true", http.StatusBadRequest)
@@ -275,7 +285,7 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	_ = wsconn.SetNotSentLowat(ws.NetConn(), tunnel.SocketNotSentLowat)
 	s, err := newSession(r, cluster, ws, AgentInfo{AgentVersion: q.Get("agent_version"), Remote: req.RemoteAddr, TokenID: id.TokenID,
 		TokenExpires: id.TokenExpires, K8sHTTP: q.Get(tunnel.CapabilityK8sHTTP) == "true",
-		Impersonates: q.Get(tunnel.CapabilityImpersonation) == "true"})
+		Impersonates: q.Get(tunnel.CapabilityImpersonation) == "true", Instance: instance})
 	if err != nil {
 		r.logs.Log(req.Context(), slog.LevelWarn, "setup_failed\x00"+cluster, "agent session setup failed", "cluster", cluster, "err", err)
 		return
@@ -298,17 +308,25 @@ func bearer(req *http.Request) (string, bool) {
 	return strings.TrimSpace(token), true
 }
 
-// add registers s, replacing (and closing) the cluster's previous session:
-// the newest connection of an agent wins, as after a reconnect the old one
-// may be a half-dead socket.
+// add registers s, replacing (and closing) the previous session of the
+// same cluster and agent instance: the newest connection of an agent wins,
+// as after a reconnect the old one may be a half-dead socket.
 func (r *Registry) add(s *Session) bool {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
 		return false
 	}
-	old := r.sessions[s.Cluster]
-	r.sessions[s.Cluster] = s
+	var old *Session
+	list := r.sessions[s.Cluster]
+	for i, x := range list {
+		if x.Info.Instance == s.Info.Instance {
+			old = x
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	r.sessions[s.Cluster] = append(list, s)
 	r.wg.Add(1)
 	r.mu.Unlock()
 	r.metrics.sessions.Inc()
@@ -330,8 +348,17 @@ func (r *Registry) add(s *Session) bool {
 func (r *Registry) remove(s *Session) {
 	r.logEnd(s)
 	r.mu.Lock()
-	if r.sessions[s.Cluster] == s {
+	list := r.sessions[s.Cluster]
+	for i, x := range list {
+		if x == s {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
 		delete(r.sessions, s.Cluster)
+	} else {
+		r.sessions[s.Cluster] = list
 	}
 	r.mu.Unlock()
 	r.metrics.sessions.Dec()
@@ -360,12 +387,42 @@ func (r *Registry) logEnd(s *Session) {
 	r.logs.Log(context.Background(), level, "end\x00"+end.reason+"\x00"+s.Cluster, msg, args...)
 }
 
-// Session returns the cluster's live session.
+// agentDraining is told by s that its agent sent go-away.
+func (r *Registry) agentDraining(s *Session) {
+	r.metrics.draining.Inc()
+	r.logs.Log(context.Background(), slog.LevelInfo, "draining\x00"+s.Cluster, "agent draining: no new streams on its session",
+		"cluster", s.Cluster, "instance", s.Info.Instance, "open_streams", s.NumStreams())
+	if r.cfg.OnDrain != nil {
+		r.cfg.OnDrain(s)
+	}
+}
+
+// Session returns the cluster's session the next stream would go to: of
+// the sessions whose agent is not draining, the one with the fewest open
+// streams (the newest on a tie). False when the cluster has no session here
+// that takes new streams.
 func (r *Registry) Session(cluster string) (*Session, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s, ok := r.sessions[cluster]
-	return s, ok
+	var best *Session
+	bestLoad := 0
+	for _, s := range r.sessions[cluster] {
+		if s.Draining() {
+			continue
+		}
+		if load := s.NumStreams() + int(s.opening.Load()); best == nil || load <= bestLoad {
+			best, bestLoad = s, load
+		}
+	}
+	return best, best != nil
+}
+
+// ClusterSessions returns the cluster's sessions here, draining ones too,
+// oldest first.
+func (r *Registry) ClusterSessions(cluster string) []*Session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*Session(nil), r.sessions[cluster]...)
 }
 
 // Sessions returns the live sessions.
@@ -373,8 +430,8 @@ func (r *Registry) Sessions() []*Session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]*Session, 0, len(r.sessions))
-	for _, s := range r.sessions {
-		out = append(out, s)
+	for _, list := range r.sessions {
+		out = append(out, list...)
 	}
 	return out
 }
@@ -394,8 +451,10 @@ func (r *Registry) numStreams() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
-	for _, s := range r.sessions {
-		n += s.NumStreams()
+	for _, list := range r.sessions {
+		for _, s := range list {
+			n += s.NumStreams()
+		}
 	}
 	return n
 }
@@ -447,8 +506,8 @@ func (r *Registry) Shutdown(ctx context.Context) error {
 	r.mu.Lock()
 	r.closed = true
 	sessions := make([]*Session, 0, len(r.sessions))
-	for _, s := range r.sessions {
-		sessions = append(sessions, s)
+	for _, list := range r.sessions {
+		sessions = append(sessions, list...)
 	}
 	r.mu.Unlock()
 	for _, s := range sessions {

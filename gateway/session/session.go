@@ -31,6 +31,10 @@ type AgentInfo struct {
 	// the person who makes it (it sent tunnel.CapabilityImpersonation): the
 	// gateway then sends the caller's token in tunnel.IdentityHeader.
 	Impersonates bool
+	// Instance names the agent's replica (tunnel.AgentInstanceParam); empty
+	// for agents that do not say. The registry keeps one session per
+	// cluster and instance.
+	Instance string
 }
 
 // Session is one agent's connected tunnel. It owns the WebSocket and the
@@ -85,10 +89,18 @@ type Session struct {
 	end      atomic.Pointer[sessionEnd] // why the session ended, first cause wins
 	protoErr atomic.Pointer[string]     // the first protocol error yamux logged
 
+	// draining is set once the agent has sent yamux go-away: it takes no
+	// new streams, and the registry opens them on other sessions.
+	draining atomic.Bool
+	// streams are the streams open on the session, so that the idle ones
+	// can be retired when the agent drains; nil once the session is closed.
+	streamsMu sync.Mutex
+	streams   map[*countedStream]struct{}
+
 	ctx       context.Context // cancelled when the session ends
 	cancel    context.CancelFunc
 	closeOnce sync.Once
-	wg        sync.WaitGroup // the control goroutine
+	wg        sync.WaitGroup // the control goroutine, the retiring of idle streams
 }
 
 func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo) (*Session, error) {
@@ -105,6 +117,7 @@ func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo)
 		control:     budget{limit: r.cfg.ControlBudget},
 		ready:       make(chan struct{}),
 		calls:       make(map[string]*proxyCall),
+		streams:     make(map[*countedStream]struct{}),
 	}
 	if info.K8sHTTP {
 		s.markReady()
@@ -152,6 +165,7 @@ func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo)
 	// session 8 KiB of queue.
 	cfg.AcceptBacklog = 64
 	s.muxOut = tunnel.CoalesceFrames(s.conn)
+	s.muxOut.OnPeerGoAway(s.onAgentGoAway)
 	s.mux, err = yamux.Server(s.muxOut, cfg)
 	if err != nil {
 		s.conn.Close()
@@ -333,7 +347,50 @@ func (s *Session) Dial(ctx context.Context, h tunnel.StreamHeader) (net.Conn, er
 	}
 	_ = st.SetWriteDeadline(time.Time{})
 	s.reg.metrics.streamsOpened.Inc()
-	return &countedStream{Stream: tunnel.NewStream(st, s.muxOut), m: s.reg.metrics}, nil
+	cs := &countedStream{Stream: tunnel.NewStream(st, s.muxOut), m: s.reg.metrics, s: s}
+	cs.pool = NewPoolState(cs.Close)
+	s.streamsMu.Lock()
+	if s.streams != nil {
+		s.streams[cs] = struct{}{}
+	}
+	s.streamsMu.Unlock()
+	if s.draining.Load() {
+		cs.pool.Retire() // the agent went away while it was opened: no reuse
+	}
+	return cs, nil
+}
+
+// Draining reports whether the agent has said it is going away (yamux
+// go-away): it serves the streams open but takes no new ones.
+func (s *Session) Draining() bool { return s.draining.Load() }
+
+// onAgentGoAway runs on the yamux receive goroutine when the agent sends
+// go-away: the session takes no new streams, and its idle pooled streams
+// are retired, so the Transports open the next requests elsewhere rather
+// than on a stream the agent will cut when it has drained.
+func (s *Session) onAgentGoAway() {
+	if s.draining.Swap(true) || s.ctx.Err() != nil {
+		return
+	}
+	s.reg.agentDraining(s)
+	s.streamsMu.Lock()
+	if s.streams == nil { // closed meanwhile: nothing to retire, and wg is done with
+		s.streamsMu.Unlock()
+		return
+	}
+	open := make([]*countedStream, 0, len(s.streams))
+	for cs := range s.streams {
+		open = append(open, cs)
+	}
+	s.wg.Add(1)
+	s.streamsMu.Unlock()
+	// Closing writes frames: not on the receive goroutine.
+	go func() {
+		defer s.wg.Done()
+		for _, cs := range open {
+			cs.pool.Retire()
+		}
+	}()
 }
 
 // NumStreams is the number of open streams.
@@ -370,6 +427,9 @@ func (s *Session) close() {
 		s.ctlMu.Lock()
 		s.ctlClosed = true
 		s.ctlMu.Unlock()
+		s.streamsMu.Lock()
+		s.streams = nil
+		s.streamsMu.Unlock()
 		_ = s.mux.Close()
 		_ = s.conn.Close()
 		s.wg.Wait()
@@ -381,7 +441,22 @@ func (s *Session) close() {
 // ended its side (tunnel.Stream), so an abandoned response stops at once.
 type countedStream struct {
 	*tunnel.Stream
-	m *metrics
+	m    *metrics
+	s    *Session
+	pool *PoolState
+}
+
+// PoolState is the stream's state in a Transport's pool.
+func (c *countedStream) PoolState() *PoolState { return c.pool }
+
+// Close closes the stream (see tunnel.Stream.Close) and forgets it.
+func (c *countedStream) Close() error {
+	c.s.streamsMu.Lock()
+	if c.s.streams != nil {
+		delete(c.s.streams, c)
+	}
+	c.s.streamsMu.Unlock()
+	return c.Stream.Close()
 }
 
 func (c *countedStream) Read(p []byte) (int, error) {

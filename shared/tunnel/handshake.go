@@ -48,6 +48,18 @@ const CapabilityK8sHTTP = "supports_k8s_http"
 // Without the flag the gateway sends no token: the agent acts as itself.
 const CapabilityImpersonation = "impersonates_users"
 
+// AgentInstanceParam is the gateway socket query parameter with which our
+// agent names its replica (its pod). A gateway keeps one session per
+// cluster and instance: a reconnect of the same replica replaces its old
+// session, while replicas of one cluster are held side by side and share
+// its streams. PipeOps agents do not send it and get one session per
+// cluster, as before. Hosted PipeOps ignores it.
+const AgentInstanceParam = "agent_instance"
+
+// MaxAgentInstanceLen bounds AgentInstanceParam (a pod name is at most 253
+// bytes).
+const MaxAgentInstanceLen = 253
+
 // IdentityHeader is the request header in which the gateway hands the agent
 // the caller's token on a Kubernetes API request, when the agent announced
 // CapabilityImpersonation. The gateway removes it from every request that

@@ -27,8 +27,9 @@ const (
 // messages (and their framing and syscalls) on the hot path. See the
 // benchmarks in shared/tunnel and docs/performance.md for what it saves.
 //
-// Write is for yamux's one sender; ResetStream may be called from any
-// goroutine. Reads, deadlines and Close pass through.
+// Write is for yamux's one sender, Read for its one reader; ResetStream may
+// be called from any goroutine. Reads (see OnPeerGoAway), deadlines and
+// Close pass through.
 func CoalesceFrames(conn net.Conn) *FrameConn {
 	return &FrameConn{Conn: conn}
 }
@@ -52,6 +53,8 @@ type FrameConn struct {
 	// fin are the streams whose FIN a Stream's CloseWrite waits to see go
 	// out (true once it has), guarded by rmu.
 	fin map[uint32]bool
+	// watch follows the frames read, for OnPeerGoAway; nil: not asked.
+	watch *frameWatcher
 }
 
 // maxTrackedResets bounds FrameConn.reset: past it, entries older than
