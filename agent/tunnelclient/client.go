@@ -127,6 +127,10 @@ type Client struct {
 	mu   sync.Mutex
 	conn *wsconn.Conn // current connection, nil when down
 
+	// retiring waits for the sessions of gateways that went away, which
+	// serve their open streams while Run connects again.
+	retiring sync.WaitGroup
+
 	connects, streamsTotal, streamsActive, refused, malformed, failed atomic.Int64
 	refusals                                                          repeatCounter
 }
@@ -248,6 +252,7 @@ func (c *Client) Send(msg tunnel.Message) error {
 // is logged as an error. A failure that repeats is logged once, then every
 // five minutes with its count (see failureLog).
 func (c *Client) Run(ctx context.Context) error {
+	defer c.retiring.Wait()
 	attempt := 0
 	var lostAt time.Time // when an established tunnel last went down
 	var failures failureLog
@@ -264,6 +269,12 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		if time.Since(start) >= c.cfg.BackoffReset {
 			attempt = 0
+		}
+		if errors.Is(err, errGatewayGoAway) && time.Since(start) >= time.Second {
+			// Not a failure: the gateway drains, and asked us to move now.
+			// (One that sends go-away at once, every time, gets the backoff.)
+			attempt = 0
+			continue
 		}
 		delay := c.retryDelay(attempt, err, lostAt)
 		attempt++
@@ -371,17 +382,39 @@ type session struct {
 	// end, and teardown, the reconnect and Run's return would wait on it.
 	ended context.Context
 	end   context.CancelFunc
+	// goAway is closed when the gateway sends yamux go-away: it drains and
+	// opens no more streams on this session.
+	goAway     chan struct{}
+	goAwayOnce sync.Once
 }
 
+// errGatewayGoAway ends runOnce early: the gateway drains (it sent yamux
+// go-away), so Run connects again at once, most likely to another gateway
+// behind the same address, while the old session serves its open streams.
+var errGatewayGoAway = errors.New("gateway going away")
+
 // runOnce keeps one tunnel from the dial until it drops or ctx ends, and
-// returns why it ended.
+// returns why it ended. When the gateway goes away first, it returns
+// errGatewayGoAway and leaves the session to finish its open streams on
+// its own (Client.retiring).
 func (c *Client) runOnce(ctx context.Context) error {
 	s, err := c.dial(ctx)
 	if err != nil {
 		return err
 	}
 	c.attach(s)
-	err = c.serve(ctx, s)
+	done := make(chan error, 1)
+	go func() { done <- c.serve(ctx, s) }()
+	select {
+	case err = <-done:
+	case <-s.goAway:
+		c.log.Info("gateway going away; connecting again while the streams open on it finish", "open_streams", s.mux.NumStreams())
+		c.retiring.Go(func() {
+			<-done
+			c.teardown(s)
+		})
+		return errGatewayGoAway
+	}
 	c.teardown(s)
 	return fmt.Errorf("tunnel closed: %w", err)
 }
@@ -393,7 +426,7 @@ func (c *Client) dial(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &session{control: make(chan tunnel.Message, 64)}
+	s := &session{control: make(chan tunnel.Message, 64), goAway: make(chan struct{})}
 	s.ended, s.end = context.WithCancel(context.Background())
 	s.conn = wsconn.New(ws, wsconn.Options{
 		OnText:       c.onText(s.control),
@@ -409,6 +442,7 @@ func (c *Client) dial(ctx context.Context) (*session, error) {
 	}
 	s.window = muxCfg.MaxStreamWindowSize
 	s.frames = tunnel.CoalesceFrames(s.conn)
+	s.frames.OnPeerGoAway(func() { s.goAwayOnce.Do(func() { close(s.goAway) }) })
 	s.mux, err = yamux.Client(s.frames, muxCfg)
 	if err != nil {
 		s.conn.Close()
@@ -503,11 +537,15 @@ func (c *Client) drainOnCancel(ctx context.Context, mux *yamux.Session) {
 	mux.Close()
 }
 
-// teardown detaches s, closes it, waits for every goroutine of it and then
-// tells OnDisconnect.
+// teardown detaches s, closes it, waits for every goroutine of it and then,
+// unless a newer session has replaced it as the current one, tells
+// OnDisconnect.
 func (c *Client) teardown(s *session) {
 	c.mu.Lock()
-	c.conn = nil
+	current := c.conn == s.conn
+	if current {
+		c.conn = nil
+	}
 	c.mu.Unlock()
 	s.mux.Close()
 	s.conn.Close()
@@ -515,7 +553,7 @@ func (c *Client) teardown(s *session) {
 	s.streams.Wait()
 	s.cancel()
 	s.helpers.Wait()
-	if c.cfg.OnDisconnect != nil {
+	if current && c.cfg.OnDisconnect != nil {
 		c.cfg.OnDisconnect()
 	}
 }

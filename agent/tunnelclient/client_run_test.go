@@ -454,8 +454,10 @@ func TestStreamFailures(t *testing.T) {
 }
 
 // TestGatewayGoAway is the gateway's drain: it sends GoAway, lets the open
-// stream finish, and closes the tunnel. The stream keeps working after
-// the GoAway, and once the tunnel is closed the agent is back at once.
+// stream finish, and closes the tunnel. The agent connects again at once
+// (behind one address, most likely to another gateway) while the open
+// stream keeps working on the old tunnel; the old tunnel's close is then no
+// disconnect, as a newer one is up.
 func TestGatewayGoAway(t *testing.T) {
 	testenv.LeakCheck(t)
 	g := newGateway(t, gatewayOptions{})
@@ -463,14 +465,19 @@ func TestGatewayGoAway(t *testing.T) {
 	c := startClient(t, Config{GatewayURL: g.URL, Token: "t", ClusterUUID: "c", Dialer: tg.Dialer(),
 		BackoffInitial: 4 * waitFor, BackoffMax: 4 * waitFor, RetryFast: 20 * time.Millisecond})
 	s := recv(t, g.sessions, "the tunnel")
+	recv(t, c.connected, "OnConnect")
 	st := s.open(t, tunnel.StreamHeader{Protocol: tunnel.ProtocolTCP, Port: 80, Service: "web", Namespace: "ns"}, []byte("a"))
 	conn := recv(t, tg.conns, "the stream's target")
 	expectRead(t, conn, "a")
+	// Kept open for a second, so that the go-away is not taken for a
+	// gateway that refuses every tunnel at once.
+	time.Sleep(time.Second)
 	if err := s.mux.GoAway(); err != nil {
 		t.Fatal(err)
 	}
-	// Written after the GoAway on the same socket, so the agent has seen
-	// it by the time this arrives.
+	s2 := recv(t, g.sessions, "the new tunnel, while the old one drains")
+	recv(t, c.connected, "OnConnect of the new tunnel")
+	// The old tunnel's stream carries on both ways.
 	if _, err := st.Write([]byte("b")); err != nil {
 		t.Fatal(err)
 	}
@@ -479,16 +486,23 @@ func TestGatewayGoAway(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectRead(t, st, "c")
-	if !c.Connected() {
-		t.Fatal("the agent dropped the tunnel at the gateway's GoAway")
-	}
 	st.Close()
 	conn.Close()
 	s.mux.Close()
-	recv(t, c.disconnected, "OnDisconnect")
-	recv(t, g.sessions, "the reconnect")
-	recv(t, c.connected, "OnConnect")
-	recv(t, c.connected, "OnConnect again")
+	// The new tunnel carries streams; the old one's end was no disconnect.
+	st2 := s2.open(t, tunnel.StreamHeader{Protocol: tunnel.ProtocolTCP, Port: 80, Service: "web", Namespace: "ns"}, []byte("d"))
+	conn2 := recv(t, tg.conns, "the new tunnel's stream")
+	expectRead(t, conn2, "d")
+	st2.Close()
+	conn2.Close()
+	select {
+	case <-c.disconnected:
+		t.Fatal("OnDisconnect for the old tunnel while the new one is up")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if !c.Connected() {
+		t.Fatal("not connected after the old tunnel closed")
+	}
 }
 
 // TestStop: when its context ends, Run refuses new streams (GoAway), lets
