@@ -187,14 +187,16 @@ const RouteNotifyChannel = "pipeops_routes"
 const TunnelNotifyChannel = "pipeops_gateway_tunnels"
 
 // GatewayTunnel says that the gateway GatewayID, reachable by its peers at
-// PeerURL, holds Sessions agent sessions of cluster ClusterUUID, whose agent
-// serves the Kubernetes API over streams (K8sHTTP) and impersonates callers
-// (Impersonates).
+// PeerURL, holds Sessions agent sessions of cluster ClusterUUID that take
+// new streams and Draining sessions of its own shutdown (to use when no
+// gateway has others), whose agent serves the Kubernetes API over streams
+// (K8sHTTP) and impersonates callers (Impersonates).
 type GatewayTunnel struct {
 	ClusterUUID  string
 	GatewayID    string
 	PeerURL      string
 	Sessions     int
+	Draining     int
 	K8sHTTP      bool
 	Impersonates bool
 }

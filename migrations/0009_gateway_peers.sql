@@ -16,13 +16,16 @@ CREATE TABLE gateways (
 );
 
 -- One row per cluster and gateway; sessions counts the cluster's agent
--- replicas connected to that gateway. k8s_http and impersonates are what the
--- newest of them said it supports, so that another gateway knows how to
--- reach the cluster's Kubernetes API through it.
+-- sessions on that gateway that take new streams, draining those of a
+-- gateway that is shutting down (used only when no other gateway has a
+-- session to the cluster). k8s_http and impersonates are what the newest of
+-- them said it supports, so that another gateway knows how to reach the
+-- cluster's Kubernetes API through it.
 CREATE TABLE gateway_tunnels (
 	cluster_uuid uuid        NOT NULL,
 	gateway_id   text        NOT NULL,
 	sessions     integer     NOT NULL,
+	draining     integer     NOT NULL,
 	k8s_http     boolean     NOT NULL,
 	impersonates boolean     NOT NULL,
 	since        timestamptz NOT NULL,
@@ -31,6 +34,6 @@ CREATE TABLE gateway_tunnels (
 		REFERENCES clusters (uuid) ON DELETE CASCADE,
 	CONSTRAINT gateway_tunnels_gateway_fkey FOREIGN KEY (gateway_id)
 		REFERENCES gateways (id) ON DELETE CASCADE,
-	CONSTRAINT gateway_tunnels_sessions_check CHECK (sessions > 0)
+	CONSTRAINT gateway_tunnels_sessions_check CHECK (sessions >= 0 AND draining >= 0 AND sessions + draining > 0)
 );
 CREATE INDEX gateway_tunnels_gateway_id_idx ON gateway_tunnels (gateway_id);

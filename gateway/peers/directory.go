@@ -129,14 +129,19 @@ func (p *Peers) writeLoop(ctx context.Context) {
 }
 
 func (p *Peers) writeTunnel(ctx context.Context, cluster string) error {
-	// Only sessions that take new streams count: a draining agent's are
-	// not forwarded to.
+	// A draining agent's sessions take no streams and are not counted;
+	// those this gateway retires (its shutdown) are, apart.
 	t := controlplane.GatewayTunnel{ClusterUUID: cluster}
 	for _, s := range p.cfg.Local.ClusterSessions(cluster) {
-		if !s.Draining() {
+		switch {
+		case s.Draining():
+			continue
+		case s.Retiring():
+			t.Draining++
+		default:
 			t.Sessions++
-			t.K8sHTTP, t.Impersonates = s.Info.K8sHTTP, s.Info.Impersonates
 		}
+		t.K8sHTTP, t.Impersonates = s.Info.K8sHTTP, s.Info.Impersonates
 	}
 	err := p.cfg.Store.SetGatewayTunnel(ctx, p.cfg.ID, t)
 	if controlplane.ErrorCode(err) == controlplane.ENOTFOUND {
@@ -208,7 +213,8 @@ func (p *Peers) reloadNow(ctx context.Context) error {
 			continue // written by a gateway that checked it: not expected
 		}
 		gateways[t.GatewayID] = true
-		holders[t.ClusterUUID] = append(holders[t.ClusterUUID], holder{id: t.GatewayID, url: u, k8sHTTP: t.K8sHTTP, impersonates: t.Impersonates})
+		holders[t.ClusterUUID] = append(holders[t.ClusterUUID], holder{id: t.GatewayID, url: u, k8sHTTP: t.K8sHTTP, impersonates: t.Impersonates,
+			draining: t.Sessions == 0})
 	}
 	p.mu.Lock()
 	p.holders, p.loaded = holders, true
@@ -221,7 +227,7 @@ func (p *Peers) reloadNow(ctx context.Context) error {
 	gone := p.retireGoneLocked()
 	p.mu.Unlock()
 	// Links to a gateway that no longer holds their cluster (its agent
-	// drains or left, or the gateway stops) carry no new request: the idle
+	// drains or left) or is shutting down carry no new request: the idle
 	// ones close now, the busy ones when their request ends.
 	for _, lc := range gone {
 		lc.pool.Retire()

@@ -84,6 +84,9 @@ type holder struct {
 	url          *url.URL
 	k8sHTTP      bool
 	impersonates bool
+	// draining: the gateway is shutting down; its sessions take streams
+	// only when no other gateway's can.
+	draining bool
 }
 
 // Peers is this gateway's part in a group of gateways. It implements
@@ -184,12 +187,18 @@ func (p *Peers) Reach(cluster string) (session.Reach, bool) {
 		return session.Reach{}, false
 	}
 	h := hs[0]
+	for _, x := range hs {
+		if !x.draining {
+			h = x
+			break
+		}
+	}
 	return session.Reach{Gateway: h.id, K8sHTTP: h.k8sHTTP, Impersonates: h.impersonates}, true
 }
 
 // Dial implements session.Forwarder: it asks the gateways holding cluster,
-// in random order with those that failed lately last, until one opens the
-// stream.
+// in random order, those shutting down and then those that failed lately
+// last, until one opens the stream.
 func (p *Peers) Dial(ctx context.Context, cluster string, h tunnel.StreamHeader) (net.Conn, error) {
 	cands := p.candidates(cluster)
 	if len(cands) == 0 {
@@ -242,7 +251,7 @@ func (p *Peers) track(lc *linkConn, k linkKey) {
 		p.links[k] = set
 	}
 	set[lc] = struct{}{}
-	held := slices.ContainsFunc(p.holders[k.cluster], func(h holder) bool { return h.id == k.gateway })
+	held := p.holdsLocked(k)
 	p.mu.Unlock()
 	if !held {
 		lc.pool.Retire()
@@ -260,12 +269,18 @@ func (p *Peers) untrack(lc *linkConn) {
 	}
 }
 
+// holdsLocked reports whether k's gateway holds k's cluster and is not
+// shutting down.
+func (p *Peers) holdsLocked(k linkKey) bool {
+	return slices.ContainsFunc(p.holders[k.cluster], func(h holder) bool { return h.id == k.gateway && !h.draining })
+}
+
 // retireGoneLocked lists the links to peers that no longer hold their
 // cluster, to retire once p.mu is released.
 func (p *Peers) retireGoneLocked() []*linkConn {
 	var out []*linkConn
 	for k, set := range p.links {
-		if slices.ContainsFunc(p.holders[k.cluster], func(h holder) bool { return h.id == k.gateway }) {
+		if p.holdsLocked(k) {
 			continue
 		}
 		for lc := range set {
@@ -281,16 +296,19 @@ func (p *Peers) candidates(cluster string) []holder {
 	defer p.mu.Unlock()
 	hs := p.holders[cluster]
 	out := make([]holder, 0, len(hs))
-	var late []holder
+	var draining, late []holder
 	now := p.cfg.Now()
 	for _, i := range rand.Perm(len(hs)) {
-		if until, ok := p.down[hs[i].id]; ok && now.Before(until) {
+		switch until, down := p.down[hs[i].id]; {
+		case down && now.Before(until):
 			late = append(late, hs[i])
-			continue
+		case hs[i].draining:
+			draining = append(draining, hs[i])
+		default:
+			out = append(out, hs[i])
 		}
-		out = append(out, hs[i])
 	}
-	return append(out, late...)
+	return append(append(out, draining...), late...)
 }
 
 func (p *Peers) markDown(id string, err error) {

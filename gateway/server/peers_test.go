@@ -31,23 +31,36 @@ import (
 type runningGateway struct {
 	*Gateway
 	cfg  Config
+	env  map[string]string
 	stop func() // drains and waits for Run; idempotent
+}
+
+// peerEnv is the environment of a gateway of a group, named id, with ports
+// of its own; runPeer starts it (again, on the same ports, for a restart).
+func peerEnv(t *testing.T, id string, base map[string]string) map[string]string {
+	peer := freeAddr(t)
+	env := map[string]string{"HTTP_ADDR": freeAddr(t), "ADMIN_ADDR": freeAddr(t), "GATEWAY_HOSTS": "gw.local,127.0.0.1",
+		"GATEWAY_ID": id, "PEER_ADDR": peer, "PEER_URL": "http://" + peer, "SHUTDOWN_TIMEOUT": "10s"}
+	for k, v := range base {
+		env[k] = v
+	}
+	return env
 }
 
 // startPeer starts a gateway with a peer listener, named id, on the shared
 // database; it stops when the test ends.
 func startPeer(t *testing.T, id string, base map[string]string) *runningGateway {
 	t.Helper()
-	peer := freeAddr(t)
-	env := map[string]string{"HTTP_ADDR": freeAddr(t), "ADMIN_ADDR": freeAddr(t), "GATEWAY_HOSTS": "gw.local,127.0.0.1",
-		"GATEWAY_ID": id, "PEER_ADDR": peer, "PEER_URL": "http://" + peer, "SHUTDOWN_TIMEOUT": "5s"}
-	for k, v := range base {
-		env[k] = v
-	}
+	return runPeer(t, peerEnv(t, id, base))
+}
+
+func runPeer(t *testing.T, env map[string]string) *runningGateway {
+	t.Helper()
 	cfg, err := LoadConfig(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
+	id := cfg.GatewayID
 	g, err := New(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)).With("gateway", id))
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +69,7 @@ func startPeer(t *testing.T, id string, base map[string]string) *runningGateway 
 	done := make(chan error, 1)
 	go func() { done <- g.Run(ctx) }()
 	var stopped bool
-	rg := &runningGateway{Gateway: g, cfg: cfg, stop: func() {
+	rg := &runningGateway{Gateway: g, cfg: cfg, env: env, stop: func() {
 		if stopped {
 			return
 		}

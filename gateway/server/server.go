@@ -344,6 +344,9 @@ type listeners struct {
 	// acme, when set, answers HTTP-01 challenges and TLS-ALPN handshakes;
 	// it is closed only after the servers, as one may still be in flight.
 	acme *ACME
+	// peer is the peer listener's server, apart from servers: it serves the
+	// other gateways until this one's sessions are closed.
+	peer *http.Server
 }
 
 // listen starts the HTTPS (when configured), HTTP and admin servers into
@@ -382,6 +385,8 @@ func (g *Gateway) listen(ls *listeners) error {
 		if err := g.serve(ls, "peer", g.cfg.PeerAddr, g.peers.Handler(), nil); err != nil {
 			return err
 		}
+		ls.peer = ls.servers[len(ls.servers)-1]
+		ls.servers = ls.servers[:len(ls.servers)-1]
 	}
 	return g.serve(ls, "admin", g.cfg.AdminAddr, g.AdminHandler(), nil)
 }
@@ -422,13 +427,6 @@ func (g *Gateway) drain(ls *listeners) {
 	g.draining.Store(true)
 	sctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout)
 	defer cancel()
-	if g.peers != nil {
-		// First, so the other gateways stop forwarding here while the
-		// agents move to them.
-		if err := g.peers.Stop(sctx); err != nil {
-			g.log.Warn("peer gateways: could not withdraw this gateway; they stop forwarding to it once its record is stale", "err", err)
-		}
-	}
 	var wg sync.WaitGroup
 	for _, hs := range ls.servers {
 		wg.Go(func() {
@@ -454,16 +452,27 @@ func (g *Gateway) drain(ls *listeners) {
 			}
 		}
 	})
+	// The sessions retire (the other gateways forward to them only while
+	// the agents have no other tunnel), the agents get go-away and move to
+	// the other gateways, and the streams open finish.
 	derr := g.sessions.Shutdown(sctx)
 	close(drained)
 	if derr != nil {
 		g.log.Warn("agent sessions cut before their streams finished", "err", derr)
 	}
-	wg.Wait()
-	ls.wg.Wait()
 	if g.peers != nil {
+		if err := g.peers.Stop(sctx); err != nil {
+			g.log.Warn("peer gateways: could not withdraw this gateway; they stop forwarding to it once its record is stale", "err", err)
+		}
+		if ls.peer != nil {
+			if err := ls.peer.Shutdown(sctx); err != nil {
+				ls.peer.Close()
+			}
+		}
 		g.peers.Close()
 	}
+	wg.Wait()
+	ls.wg.Wait()
 	g.proxy.Close()
 	g.k8s.Close()
 	if ls.acme != nil {

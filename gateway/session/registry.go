@@ -116,7 +116,8 @@ type Config struct {
 	Metrics prometheus.Registerer
 	// OnConnect and OnDisconnect, when set, are told of sessions starting
 	// and ending (a replaced session ends too); OnDrain of a session whose
-	// agent said it is going away. They must not block.
+	// agent said it is going away, or that Shutdown retires. They must not
+	// block.
 	OnConnect, OnDisconnect, OnDrain func(*Session)
 	// Forward, when set, reaches the clusters whose agents are connected to
 	// other gateways: Dial and Reach turn to it for a cluster with no
@@ -402,19 +403,27 @@ func (r *Registry) agentDraining(s *Session) {
 // streams (the newest on a tie). False when the cluster has no session here
 // that takes new streams.
 func (r *Registry) Session(cluster string) (*Session, bool) {
+	s := r.pick(cluster, false)
+	return s, s != nil
+}
+
+// pick returns, of the cluster's sessions whose agent is not draining and
+// which are retiring or not as asked, the one with the fewest open streams
+// (the newest on a tie); nil when there is none.
+func (r *Registry) pick(cluster string, retiring bool) *Session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var best *Session
 	bestLoad := 0
 	for _, s := range r.sessions[cluster] {
-		if s.Draining() {
+		if s.Draining() || s.Retiring() != retiring {
 			continue
 		}
 		if load := s.NumStreams() + int(s.opening.Load()); best == nil || load <= bestLoad {
 			best, bestLoad = s, load
 		}
 	}
-	return best, best != nil
+	return best
 }
 
 // ClusterSessions returns the cluster's sessions here, draining ones too,
@@ -460,48 +469,73 @@ func (r *Registry) numStreams() int {
 }
 
 // Reach says how the cluster is reached: through this gateway's session,
-// else through another gateway (Config.Forward); false when neither holds a
-// tunnel to it.
+// else through another gateway (Config.Forward), else through a session of
+// this gateway's own shutdown; false when there is none of those.
 func (r *Registry) Reach(cluster string) (Reach, bool) {
+	local := func(s *Session) Reach {
+		return Reach{Local: s, K8sHTTP: s.Info.K8sHTTP, Impersonates: s.Info.Impersonates}
+	}
 	if s, ok := r.Session(cluster); ok {
-		return Reach{Local: s, K8sHTTP: s.Info.K8sHTTP, Impersonates: s.Info.Impersonates}, true
+		return local(s), true
 	}
 	if r.cfg.Forward != nil {
-		return r.cfg.Forward.Reach(cluster)
+		if reach, ok := r.cfg.Forward.Reach(cluster); ok {
+			return reach, true
+		}
+	}
+	if s := r.pick(cluster, true); s != nil {
+		return local(s), true
 	}
 	return Reach{}, false
 }
 
 // Dial opens a stream to the cluster's agent and writes h, so the agent
 // connects it to the target h names: over this gateway's session when it has
-// one, else through another gateway (Config.Forward). The returned conn is
-// the stream: closing it closes only that stream (a half-close toward the
-// agent).
+// one, else through another gateway (Config.Forward), else over a session
+// this gateway is shutting down. The returned conn is the stream: closing it
+// closes only that stream (a half-close toward the agent).
 func (r *Registry) Dial(ctx context.Context, cluster string, h tunnel.StreamHeader) (net.Conn, error) {
 	if s, ok := r.Session(cluster); ok {
 		return s.Dial(ctx, h)
 	}
+	var ferr error
 	if r.cfg.Forward != nil {
-		return r.cfg.Forward.Dial(ctx, cluster, h)
+		if _, ok := r.cfg.Forward.Reach(cluster); ok {
+			conn, err := r.cfg.Forward.Dial(ctx, cluster, h)
+			if err == nil || ctx.Err() != nil {
+				return conn, err
+			}
+			ferr = err
+		}
+	}
+	if s := r.pick(cluster, true); s != nil {
+		return s.Dial(ctx, h)
+	}
+	if ferr != nil {
+		return nil, ferr
 	}
 	return nil, fmt.Errorf("dial %s in cluster %s: %w", h, cluster, ErrAgentOffline)
 }
 
-// DialLocal is Dial over this gateway's own session only: what a peer
+// DialLocal is Dial over this gateway's own sessions only: what a peer
 // gateway's forwarded stream is given, so that a stream is never forwarded
 // twice.
 func (r *Registry) DialLocal(ctx context.Context, cluster string, h tunnel.StreamHeader) (net.Conn, error) {
 	s, ok := r.Session(cluster)
 	if !ok {
+		s = r.pick(cluster, true)
+	}
+	if s == nil {
 		return nil, fmt.Errorf("dial %s in cluster %s: %w", h, cluster, ErrAgentOffline)
 	}
 	return s.Dial(ctx, h)
 }
 
-// Shutdown drains: it stops accepting agents, sends every session a yamux
-// GoAway (so agents stop expecting new streams and reconnect elsewhere once
-// they see the close), waits for open streams to finish until ctx is done,
-// then closes every session and waits for their goroutines.
+// Shutdown drains: it stops accepting agents, marks every session retiring
+// (new streams go elsewhere when there is anywhere else; OnDrain is told),
+// sends each a yamux GoAway (so agents connect again, to another gateway
+// behind the same address), waits for open streams to finish until ctx is
+// done, then closes every session and waits for their goroutines.
 func (r *Registry) Shutdown(ctx context.Context) error {
 	r.mu.Lock()
 	r.closed = true
@@ -512,6 +546,10 @@ func (r *Registry) Shutdown(ctx context.Context) error {
 	r.mu.Unlock()
 	for _, s := range sessions {
 		s.setEnd(ReasonShutdown, "")
+		s.retiring.Store(true)
+		if r.cfg.OnDrain != nil {
+			r.cfg.OnDrain(s)
+		}
 		s.goAway()
 	}
 	tick := time.NewTicker(50 * time.Millisecond)

@@ -92,6 +92,10 @@ type Session struct {
 	// draining is set once the agent has sent yamux go-away: it takes no
 	// new streams, and the registry opens them on other sessions.
 	draining atomic.Bool
+	// retiring is set once this gateway has sent go-away (its shutdown):
+	// the session still takes streams, but only when no other session, here
+	// or on another gateway, can.
+	retiring atomic.Bool
 	// streams are the streams open on the session, so that the idle ones
 	// can be retired when the agent drains; nil once the session is closed.
 	streamsMu sync.Mutex
@@ -363,6 +367,10 @@ func (s *Session) Dial(ctx context.Context, h tunnel.StreamHeader) (net.Conn, er
 // Draining reports whether the agent has said it is going away (yamux
 // go-away): it serves the streams open but takes no new ones.
 func (s *Session) Draining() bool { return s.draining.Load() }
+
+// Retiring reports whether this gateway is shutting the session down (it
+// sent go-away): new streams go to it only when nothing else can take them.
+func (s *Session) Retiring() bool { return s.retiring.Load() }
 
 // onAgentGoAway runs on the yamux receive goroutine when the agent sends
 // go-away: the session takes no new streams, and its idle pooled streams

@@ -1,0 +1,290 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pipeops/tunnel/agent/tunnelclient"
+	"github.com/pipeops/tunnel/controlplane"
+	"github.com/pipeops/tunnel/controlplane/cptest"
+	"github.com/pipeops/tunnel/controlplane/tokens"
+	"github.com/pipeops/tunnel/shared/auth"
+	"github.com/pipeops/tunnel/shared/testenv"
+	"github.com/pipeops/tunnel/shared/testenv/tunneltest"
+	"github.com/pipeops/tunnel/shared/tunnel"
+)
+
+// roundRobin is a TCP load balancer on loopback, as one in front of
+// several gateways: each connection goes to the next backend, and to the one
+// after when that refuses the connection. A backend's close is passed to
+// the client.
+type roundRobin struct {
+	l        net.Listener
+	backends []string
+	next     atomic.Uint64
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+}
+
+func startRoundRobin(t *testing.T, backends []string) *roundRobin {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := &roundRobin{l: l, backends: backends, conns: map[net.Conn]struct{}{}}
+	lb.wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			lb.wg.Go(func() { lb.serve(c) })
+		}
+	})
+	t.Cleanup(func() {
+		l.Close()
+		lb.mu.Lock()
+		for c := range lb.conns {
+			c.Close()
+		}
+		lb.mu.Unlock()
+		lb.wg.Wait()
+	})
+	return lb
+}
+
+func (lb *roundRobin) track(c net.Conn, on bool) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	if on {
+		lb.conns[c] = struct{}{}
+	} else {
+		delete(lb.conns, c)
+	}
+}
+
+func (lb *roundRobin) serve(c net.Conn) {
+	lb.track(c, true)
+	defer lb.track(c, false)
+	defer c.Close()
+	var b net.Conn
+	for range lb.backends {
+		addr := lb.backends[lb.next.Add(1)%uint64(len(lb.backends))]
+		var err error
+		if b, err = net.DialTimeout("tcp", addr, time.Second); err == nil {
+			break
+		}
+	}
+	if b == nil {
+		return
+	}
+	lb.track(b, true)
+	defer lb.track(b, false)
+	defer b.Close()
+	done := make(chan struct{})
+	go func() {
+		io.Copy(b, c)
+		b.(*net.TCPConn).CloseWrite()
+		close(done)
+	}()
+	io.Copy(c, b)
+	c.Close() // the backend is done: so is the client's connection
+	b.Close()
+	<-done
+}
+
+func (lb *roundRobin) addr() string { return lb.l.Addr().String() }
+
+// TestRollingRestarts runs three gateways behind a load balancer and two
+// replicas of one cluster's agent connected through it, under a constant
+// load of small requests and a long download, and restarts each gateway in
+// turn, then each agent replica: no request fails and the download arrives
+// whole.
+func TestRollingRestarts(t *testing.T) {
+	ctx := context.Background()
+	cp := cptest.Store(t)
+	testenv.LeakCheck(t)
+	cluster, err := cp.DB.CreateCluster(ctx, "rolling")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentTok, _, err := cp.Issuer.Issue(ctx, tokens.Request{Kind: auth.KindAgent, ClusterUUID: cluster.UUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := strings.Repeat("rolling restarts ", 16<<10) // 272 KiB
+	const chunks = 120
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			// About 3.6 s and 32 MiB: long enough to span a restart.
+			for range chunks {
+				if _, err := io.WriteString(w, chunk); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				time.Sleep(30 * time.Millisecond)
+			}
+			return
+		}
+		fmt.Fprintf(w, "app %s", r.URL.Path)
+	}))
+	defer app.Close()
+	secret := filepath.Join(t.TempDir(), "peer-secret")
+	if err := os.WriteFile(secret, []byte(strings.Repeat("r0ll", 16)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := map[string]string{"DATABASE_URL": cp.DBURL, "CONTROLPLANE_URL": jwksServer(t, cp.Issuer), "PEER_SECRET_FILE": secret}
+	gws := make([]*runningGateway, 3)
+	var backends []string
+	for i := range gws {
+		gws[i] = startPeer(t, fmt.Sprintf("gw-%d", i), base)
+		backends = append(backends, gws[i].cfg.HTTPAddr)
+	}
+	lb := startRoundRobin(t, backends)
+
+	startReplica := func(name string) *tunneltest.Agent {
+		return tunneltest.StartAgent(t, tunnelclient.Config{
+			GatewayURL: "http://" + lb.addr(), Token: agentTok, ClusterUUID: cluster.UUID, AgentVersion: "test", Instance: name,
+			RetryFast: 100 * time.Millisecond,
+			Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "tcp", strings.TrimPrefix(app.URL, "http://"))
+			}),
+		})
+	}
+	replicas := []*tunneltest.Agent{startReplica("pod-0"), startReplica("pod-1")}
+	err = cp.DB.SyncRoutes(ctx, controlplane.RouteSync{ClusterUUID: cluster.UUID, RoutingMode: "tunnel",
+		IngressController: &controlplane.IngressController{Name: "ingress-nginx-controller", Namespace: "ingress-nginx", Port: 80},
+		Routes:            []controlplane.Route{{Hostname: "shop.example.com", Path: "/", PathType: "Prefix", Namespace: "shop", ServiceName: "web", ServicePort: 80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}, Timeout: 30 * time.Second}
+	defer hc.CloseIdleConnections()
+	get := func(path string) (int, []byte, error) {
+		req, _ := http.NewRequest("GET", "http://"+lb.addr()+path, nil)
+		req.Host = "shop.example.com"
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, b, err
+	}
+	for _, g := range gws {
+		waitFor(t, g.cfg.GatewayID+" serving the cluster", 10*time.Second, func() bool {
+			code, _ := g.get(t, hc, "shop.example.com", "/ready")
+			return code == 200
+		})
+	}
+
+	// The load: 4 workers of small requests, bounded in count and time.
+	var ok, failed atomic.Int64
+	var failures sync.Map
+	stop := make(chan struct{})
+	var load sync.WaitGroup
+	deadline := time.Now().Add(3 * time.Minute)
+	for w := range 4 {
+		load.Go(func() {
+			for i := 0; i < 1_000_000 && time.Now().Before(deadline); i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				path := fmt.Sprintf("/w%d/%d", w, i)
+				code, body, err := get(path)
+				if err != nil || code != 200 || string(body) != "app "+path {
+					failed.Add(1)
+					failures.Store(fmt.Sprintf("%s: %d %q %v", path, code, body, err), true)
+					continue
+				}
+				ok.Add(1)
+			}
+		})
+	}
+	var want [sha256.Size]byte
+	{
+		h := sha256.New()
+		for range chunks {
+			io.WriteString(h, chunk)
+		}
+		copy(want[:], h.Sum(nil))
+	}
+	download := func() error {
+		code, body, err := get("/slow")
+		switch {
+		case err != nil:
+			return err
+		case code != 200:
+			return fmt.Errorf("status %d", code)
+		case sha256.Sum256(body) != want:
+			return fmt.Errorf("%d bytes, checksum differs", len(body))
+		}
+		return nil
+	}
+	restart := func(what string, do func()) {
+		t.Helper()
+		dl := make(chan error, 1)
+		go func() { dl <- download() }()
+		time.Sleep(500 * time.Millisecond) // the download is under way
+		before := ok.Load()
+		start := time.Now()
+		do()
+		if err := <-dl; err != nil {
+			t.Errorf("download across the restart of %s: %v", what, err)
+		}
+		waitFor(t, "requests served after the restart of "+what, 10*time.Second, func() bool { return ok.Load() > before+50 })
+		t.Logf("restarted %s in %s; %d requests ok, %d failed so far", what, time.Since(start).Round(time.Millisecond), ok.Load(), failed.Load())
+	}
+	for i, g := range gws {
+		restart(g.cfg.GatewayID, func() {
+			g.stop()
+			gws[i] = runPeer(t, g.env)
+		})
+	}
+	for i, a := range replicas {
+		restart(fmt.Sprintf("agent replica pod-%d", i), func() {
+			a.Stop()
+			replicas[i] = startReplica(fmt.Sprintf("pod-%d", i))
+			waitFor(t, "the replica back", 10*time.Second, func() bool {
+				n := 0
+				for _, g := range gws {
+					n += len(g.sessions.ClusterSessions(cluster.UUID))
+				}
+				return n == 2
+			})
+		})
+	}
+	close(stop)
+	load.Wait()
+	t.Logf("%d requests ok, %d failed", ok.Load(), failed.Load())
+	if failed.Load() != 0 {
+		n := 0
+		failures.Range(func(k, _ any) bool {
+			if n++; n <= 10 {
+				t.Errorf("failed: %s", k)
+			}
+			return true
+		})
+		t.Fatalf("%d requests failed during the rolling restarts", failed.Load())
+	}
+	for _, a := range replicas {
+		a.Stop()
+	}
+}
