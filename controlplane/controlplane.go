@@ -197,6 +197,8 @@ type GatewayTunnel struct {
 	PeerURL      string
 	Sessions     int
 	Draining     int
+	// SessionIDs names the Sessions sessions (the gateway's ids for them).
+	SessionIDs   []string
 	K8sHTTP      bool
 	Impersonates bool
 }

@@ -20,12 +20,15 @@ CREATE TABLE gateways (
 -- gateway that is shutting down (used only when no other gateway has a
 -- session to the cluster). k8s_http and impersonates are what the newest of
 -- them said it supports, so that another gateway knows how to reach the
--- cluster's Kubernetes API through it.
+-- cluster's Kubernetes API through it. session_ids names the sessions that
+-- take new streams, so that another gateway retires its links to one that
+-- stopped (its agent drains).
 CREATE TABLE gateway_tunnels (
 	cluster_uuid uuid        NOT NULL,
 	gateway_id   text        NOT NULL,
 	sessions     integer     NOT NULL,
 	draining     integer     NOT NULL,
+	session_ids  text[]      NOT NULL,
 	k8s_http     boolean     NOT NULL,
 	impersonates boolean     NOT NULL,
 	since        timestamptz NOT NULL,

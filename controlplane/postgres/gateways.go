@@ -65,17 +65,21 @@ func (db *DB) GatewayStopped(ctx context.Context, id string) error {
 // sessions of t.ClusterUUID, or, with none, that it holds no tunnel to it.
 // t.GatewayID and t.PeerURL are ignored. ENOTFOUND for an unknown cluster.
 func (db *DB) SetGatewayTunnel(ctx context.Context, gateway string, t controlplane.GatewayTunnel) error {
+	ids := t.SessionIDs
+	if ids == nil {
+		ids = []string{}
+	}
 	err := db.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
 		if t.Sessions <= 0 && t.Draining <= 0 {
 			_, err = tx.Exec(ctx, `DELETE FROM gateway_tunnels WHERE cluster_uuid = $1 AND gateway_id = $2`, t.ClusterUUID, gateway)
 		} else {
 			_, err = tx.Exec(ctx, `
-				INSERT INTO gateway_tunnels (cluster_uuid, gateway_id, sessions, draining, k8s_http, impersonates, since)
-				VALUES ($1, $2, $3, $4, $5, $6, $7)
+				INSERT INTO gateway_tunnels (cluster_uuid, gateway_id, sessions, draining, session_ids, k8s_http, impersonates, since)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 				ON CONFLICT (cluster_uuid, gateway_id) DO UPDATE SET sessions = EXCLUDED.sessions, draining = EXCLUDED.draining,
-					k8s_http = EXCLUDED.k8s_http, impersonates = EXCLUDED.impersonates`,
-				t.ClusterUUID, gateway, max(t.Sessions, 0), max(t.Draining, 0), t.K8sHTTP, t.Impersonates, db.now())
+					session_ids = EXCLUDED.session_ids, k8s_http = EXCLUDED.k8s_http, impersonates = EXCLUDED.impersonates`,
+				t.ClusterUUID, gateway, max(t.Sessions, 0), max(t.Draining, 0), ids, t.K8sHTTP, t.Impersonates, db.now())
 		}
 		if err != nil {
 			return err
@@ -92,7 +96,7 @@ func (db *DB) SetGatewayTunnel(ctx context.Context, gateway string, t controlpla
 // ordered by cluster and gateway.
 func (db *DB) GatewayTunnels(ctx context.Context, liveSince time.Time) ([]controlplane.GatewayTunnel, error) {
 	rows, err := db.pool.Query(ctx, `
-		SELECT t.cluster_uuid::text, t.gateway_id, g.peer_url, t.sessions, t.draining, t.k8s_http, t.impersonates
+		SELECT t.cluster_uuid::text, t.gateway_id, g.peer_url, t.sessions, t.draining, t.session_ids, t.k8s_http, t.impersonates
 		FROM gateway_tunnels t JOIN gateways g ON g.id = t.gateway_id
 		WHERE g.seen_at >= $1
 		ORDER BY t.cluster_uuid, t.gateway_id`, liveSince)
@@ -101,7 +105,7 @@ func (db *DB) GatewayTunnels(ctx context.Context, liveSince time.Time) ([]contro
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (controlplane.GatewayTunnel, error) {
 		var t controlplane.GatewayTunnel
-		err := row.Scan(&t.ClusterUUID, &t.GatewayID, &t.PeerURL, &t.Sessions, &t.Draining, &t.K8sHTTP, &t.Impersonates)
+		err := row.Scan(&t.ClusterUUID, &t.GatewayID, &t.PeerURL, &t.Sessions, &t.Draining, &t.SessionIDs, &t.K8sHTTP, &t.Impersonates)
 		return t, err
 	})
 	if err != nil {

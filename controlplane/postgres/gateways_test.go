@@ -67,7 +67,7 @@ func TestGatewayTunnels(t *testing.T) {
 		gw string
 		c  string
 	}{{"gw-a", c1.UUID}, {"gw-b", c1.UUID}, {"gw-b", c2.UUID}} {
-		if err := db.SetGatewayTunnel(ctx, x.gw, controlplane.GatewayTunnel{ClusterUUID: x.c, Sessions: 1, K8sHTTP: true}); err != nil {
+		if err := db.SetGatewayTunnel(ctx, x.gw, controlplane.GatewayTunnel{ClusterUUID: x.c, Sessions: 1, Draining: 1, SessionIDs: []string{"s-" + x.gw}, K8sHTTP: true}); err != nil {
 			t.Fatal(err)
 		}
 		announced("tunnel")
@@ -78,6 +78,15 @@ func TestGatewayTunnels(t *testing.T) {
 	slices.Sort(got)
 	if !slices.Equal(got, want) {
 		t.Fatalf("tunnels %v, want %v", got, want)
+	}
+	ts, err := db.GatewayTunnels(ctx, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range ts {
+		if x.Sessions != 1 || x.Draining != 1 || !x.K8sHTTP || x.Impersonates || !slices.Equal(x.SessionIDs, []string{"s-" + x.GatewayID}) {
+			t.Errorf("tunnel read back as %+v", x)
+		}
 	}
 
 	// gw-b keeps proving it runs; gw-a does not: it drops out.

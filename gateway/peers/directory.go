@@ -140,6 +140,7 @@ func (p *Peers) writeTunnel(ctx context.Context, cluster string) error {
 			t.Draining++
 		default:
 			t.Sessions++
+			t.SessionIDs = append(t.SessionIDs, s.ID)
 		}
 		t.K8sHTTP, t.Impersonates = s.Info.K8sHTTP, s.Info.Impersonates
 	}
@@ -214,7 +215,7 @@ func (p *Peers) reloadNow(ctx context.Context) error {
 		}
 		gateways[t.GatewayID] = true
 		holders[t.ClusterUUID] = append(holders[t.ClusterUUID], holder{id: t.GatewayID, url: u, k8sHTTP: t.K8sHTTP, impersonates: t.Impersonates,
-			draining: t.Sessions == 0})
+			draining: t.Sessions == 0, sessions: t.SessionIDs})
 	}
 	p.mu.Lock()
 	p.holders, p.loaded = holders, true

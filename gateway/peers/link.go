@@ -34,7 +34,8 @@ import (
 //	Pipeops-Peer-Time: <unix seconds>
 //	Pipeops-Peer-Auth: <hex HMAC-SHA256 over the four values above, keyed with PEER_SECRET>
 //
-// The holder answers 101 and from then on the connection is the stream,
+// The holder answers 101, naming in Pipeops-Peer-Session the session the
+// stream is on, and from then on the connection is the stream,
 // both ways, half-closes included; or 503 with Pipeops-Peer-Error
 // "offline" (no session here any more) or "limit" (the session is at its
 // stream limit), 401 for a bad signature, 400 for a malformed request.
@@ -47,6 +48,7 @@ const (
 	headerTime     = "Pipeops-Peer-Time"
 	headerAuth     = "Pipeops-Peer-Auth"
 	headerError    = "Pipeops-Peer-Error"
+	headerSession  = "Pipeops-Peer-Session"
 	errOffline     = "offline"
 	errLimit       = "limit"
 	maxClockSkew   = 60 * time.Second
@@ -157,7 +159,7 @@ func dialPeer(ctx context.Context, d *net.Dialer, peerURL *url.URL, from string,
 		return nil, fmt.Errorf("peer %s answered %s", peerURL.Host, resp.Status)
 	}
 	_ = conn.SetDeadline(time.Time{})
-	lc := &linkConn{Conn: conn, r: br}
+	lc := &linkConn{Conn: conn, r: br, session: resp.Header.Get(headerSession)}
 	lc.pool = session.NewPoolState(lc.Close)
 	return lc, nil
 }
@@ -170,6 +172,7 @@ type linkConn struct {
 	pool    *session.PoolState
 	onClose func(*linkConn) // set before the conn is handed out
 	key     linkKey
+	session string // the holder's session the stream is on ("": not said)
 	once    sync.Once
 }
 

@@ -87,6 +87,9 @@ type holder struct {
 	// draining: the gateway is shutting down; its sessions take streams
 	// only when no other gateway's can.
 	draining bool
+	// sessions are the ids of its sessions of the cluster that take new
+	// streams.
+	sessions []string
 }
 
 // Peers is this gateway's part in a group of gateways. It implements
@@ -251,7 +254,7 @@ func (p *Peers) track(lc *linkConn, k linkKey) {
 		p.links[k] = set
 	}
 	set[lc] = struct{}{}
-	held := p.holdsLocked(k)
+	held := p.holdsLocked(k, lc.session)
 	p.mu.Unlock()
 	if !held {
 		lc.pool.Retire()
@@ -269,10 +272,13 @@ func (p *Peers) untrack(lc *linkConn) {
 	}
 }
 
-// holdsLocked reports whether k's gateway holds k's cluster and is not
-// shutting down.
-func (p *Peers) holdsLocked(k linkKey) bool {
-	return slices.ContainsFunc(p.holders[k.cluster], func(h holder) bool { return h.id == k.gateway && !h.draining })
+// holdsLocked reports whether k's gateway holds k's cluster, is not
+// shutting down, and still has the session the link is on (unless the
+// peer did not say which).
+func (p *Peers) holdsLocked(k linkKey, session string) bool {
+	return slices.ContainsFunc(p.holders[k.cluster], func(h holder) bool {
+		return h.id == k.gateway && !h.draining && (session == "" || slices.Contains(h.sessions, session))
+	})
 }
 
 // retireGoneLocked lists the links to peers that no longer hold their
@@ -280,11 +286,10 @@ func (p *Peers) holdsLocked(k linkKey) bool {
 func (p *Peers) retireGoneLocked() []*linkConn {
 	var out []*linkConn
 	for k, set := range p.links {
-		if p.holdsLocked(k) {
-			continue
-		}
 		for lc := range set {
-			out = append(out, lc)
+			if !p.holdsLocked(k, lc.session) {
+				out = append(out, lc)
+			}
 		}
 	}
 	return out
@@ -356,7 +361,11 @@ func (p *Peers) Handler() http.Handler {
 			return
 		}
 		_ = conn.SetDeadline(time.Time{})
-		if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+upgradeToken+"\r\n\r\n"); err != nil {
+		var sessionHeader string
+		if s, ok := st.(interface{ SessionID() string }); ok {
+			sessionHeader = headerSession + ": " + s.SessionID() + "\r\n"
+		}
+		if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+upgradeToken+"\r\n"+sessionHeader+"\r\n"); err != nil {
 			conn.Close()
 			st.Close()
 			return

@@ -115,6 +115,7 @@ func (lb *roundRobin) addr() string { return lb.l.Addr().String() }
 // turn, then each agent replica: no request fails and the download arrives
 // whole.
 func TestRollingRestarts(t *testing.T) {
+	const replicaDrain = 20 * time.Second
 	ctx := context.Background()
 	cp := cptest.Store(t)
 	testenv.LeakCheck(t)
@@ -159,7 +160,7 @@ func TestRollingRestarts(t *testing.T) {
 	startReplica := func(name string) *tunneltest.Agent {
 		return tunneltest.StartAgent(t, tunnelclient.Config{
 			GatewayURL: "http://" + lb.addr(), Token: agentTok, ClusterUUID: cluster.UUID, AgentVersion: "test", Instance: name,
-			RetryFast: 100 * time.Millisecond,
+			RetryFast: 100 * time.Millisecond, DrainTimeout: replicaDrain,
 			Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
 				var d net.Dialer
 				return d.DialContext(ctx, "tcp", strings.TrimPrefix(app.URL, "http://"))
@@ -238,7 +239,7 @@ func TestRollingRestarts(t *testing.T) {
 		}
 		return nil
 	}
-	restart := func(what string, do func()) {
+	restart := func(what string, do func()) time.Duration {
 		t.Helper()
 		dl := make(chan error, 1)
 		go func() { dl <- download() }()
@@ -250,7 +251,9 @@ func TestRollingRestarts(t *testing.T) {
 			t.Errorf("download across the restart of %s: %v", what, err)
 		}
 		waitFor(t, "requests served after the restart of "+what, 10*time.Second, func() bool { return ok.Load() > before+50 })
-		t.Logf("restarted %s in %s; %d requests ok, %d failed so far", what, time.Since(start).Round(time.Millisecond), ok.Load(), failed.Load())
+		took := time.Since(start)
+		t.Logf("restarted %s in %s; %d requests ok, %d failed so far", what, took.Round(time.Millisecond), ok.Load(), failed.Load())
+		return took
 	}
 	for i, g := range gws {
 		restart(g.cfg.GatewayID, func() {
@@ -259,7 +262,10 @@ func TestRollingRestarts(t *testing.T) {
 		})
 	}
 	for i, a := range replicas {
-		restart(fmt.Sprintf("agent replica pod-%d", i), func() {
+		// The download ends after a few seconds; the stop must not wait
+		// for the drain's timeout on top (pooled streams and peer links to
+		// the replica are retired when it goes away).
+		took := restart(fmt.Sprintf("agent replica pod-%d", i), func() {
 			a.Stop()
 			replicas[i] = startReplica(fmt.Sprintf("pod-%d", i))
 			waitFor(t, "the replica back", 10*time.Second, func() bool {
@@ -270,6 +276,9 @@ func TestRollingRestarts(t *testing.T) {
 				return n == 2
 			})
 		})
+		if took >= replicaDrain*3/4 {
+			t.Errorf("restarting replica pod-%d took %s: its drain waited on idle streams (drain timeout %s)", i, took, replicaDrain)
+		}
 	}
 	close(stop)
 	load.Wait()

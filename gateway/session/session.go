@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,7 +52,10 @@ type AgentInfo struct {
 // rate-limited, and once a budget is spent the session is closed with the
 // violation as its reason (see CloseReason).
 type Session struct {
-	Cluster     string
+	Cluster string
+	// ID tells the session apart from the cluster's others, here and to
+	// the other gateways (random, made by this gateway).
+	ID          string
 	Info        AgentInfo
 	ConnectedAt time.Time
 
@@ -111,6 +115,7 @@ func newSession(r *Registry, cluster string, ws *websocket.Conn, info AgentInfo)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Session{
 		Cluster:     cluster,
+		ID:          rand.Text()[:16],
 		Info:        info,
 		ConnectedAt: time.Now(),
 		reg:         r,
@@ -453,6 +458,9 @@ type countedStream struct {
 	s    *Session
 	pool *PoolState
 }
+
+// SessionID is the ID of the session the stream is on.
+func (c *countedStream) SessionID() string { return c.s.ID }
 
 // PoolState is the stream's state in a Transport's pool.
 func (c *countedStream) PoolState() *PoolState { return c.pool }
