@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests run against: etcd (for the test
 # kube-apiserver), the PostgreSQL server, shellcheck (the installer's lint
-# test), chromium (the console's browser tests) and iproute2 (the network
-# test bed). Does nothing when they are there,
+# test), chromium (the console's browser tests), iproute2 (the network
+# test bed) and haproxy (the compose balancer's configuration check). Does
+# nothing when they are there,
 # so it needs root (or sudo) only on a machine that lacks them.
 set -euo pipefail
 
@@ -20,9 +21,12 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
 # The network test bed (shared/testenv/netbed): namespaces and TUN devices.
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# `haproxy -c` on the compose balancer's configuration (deploy/compose);
+# Debian puts it in /usr/sbin, which a user's PATH may lack.
+command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
 
 if ((${#missing[@]} == 0)); then
-	echo "deps: etcd, PostgreSQL, shellcheck, chromium and iproute2 are installed"
+	echo "deps: etcd, PostgreSQL, shellcheck, chromium, iproute2 and haproxy are installed"
 	exit 0
 fi
 
@@ -43,8 +47,9 @@ echo "deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 # --no-install-recommends keeps the PostgreSQL package from pulling in extras;
-# policy-rc.d keeps Debian from starting system-wide etcd/postgres services:
-# the tests start their own, on free ports, in temporary directories.
+# policy-rc.d keeps Debian from starting system-wide etcd/postgres/haproxy
+# services: the tests start their own, on free ports, in temporary
+# directories, or only check a configuration.
 policy=/usr/sbin/policy-rc.d
 created_policy=0
 if [[ ! -e $policy ]]; then
