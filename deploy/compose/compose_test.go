@@ -110,12 +110,23 @@ var binaries = map[string]string{
 // shell does) and nothing from this process's environment.
 func load(t *testing.T, profiles []string, envFile string, extra map[string]string) (*types.Project, error) {
 	t.Helper()
+	return loadFiles(t, []string{"docker-compose.yml"}, profiles, envFile, extra)
+}
+
+// loadFiles is load of several compose files (paths from the repository
+// root), each overriding the ones before it, as `docker compose -f A -f B`.
+func loadFiles(t *testing.T, files, profiles []string, envFile string, extra map[string]string) (*types.Project, error) {
+	t.Helper()
 	root := testenv.Root(t)
 	var env []string
 	for k, v := range extra {
 		env = append(env, k+"="+v)
 	}
-	opts, err := composecli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
+	var paths []string
+	for _, f := range files {
+		paths = append(paths, filepath.Join(root, f))
+	}
+	opts, err := composecli.NewProjectOptions(paths,
 		composecli.WithWorkingDirectory(root),
 		composecli.WithEnv(env),
 		composecli.WithEnvFiles(envFile),

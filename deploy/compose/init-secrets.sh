@@ -48,6 +48,9 @@ secret() {
 secret postgres_password random_hex 24
 secret key_encryption_key random_base64 32
 secret grafana_admin_password random_hex 16
+# Only deploy/compose/scale.yml mounts it (the gateways' PEER_SECRET_FILE);
+# made here too so that adding that file needs no other step.
+secret peer_secret random_hex 32
 if [ ! -e "$dir/agent_token" ]; then
 	: >"$dir/agent_token"
 	echo "init-secrets: made $dir/agent_token (empty: put the token of 'pipeops-controlplane cluster create' in it)" >&2

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/compose-spec/compose-go/v2/types"
+
 	"github.com/pipeops/tunnel/shared/testenv"
 )
 
@@ -72,15 +74,34 @@ func TestGrafanaRefusesEmptyPassword(t *testing.T) {
 // TestSecrets: no secret is in a service's environment or the compose file;
 // each is a file init-secrets.sh made, mode 0640 in the user's group, which
 // every service that reads one joins; and every path a service's
-// environment names under /run/secrets is a secret mounted into it.
+// environment names under /run/secrets is a secret mounted into it. The
+// same holds with deploy/compose/scale.yml, whose peer_secret the gateways
+// read.
 func TestSecrets(t *testing.T) {
-	p := stack(t)
+	secrets := []string{"agent_token", "grafana_admin_password", "key_encryption_key", "postgres_password"}
+	readers := []string{"agent", "controlplane", "gateway", "grafana", "postgres"}
+	t.Run("docker-compose.yml", func(t *testing.T) {
+		checkSecrets(t, stack(t), []string{"docker-compose.yml"}, secrets, readers)
+	})
+	t.Run("scale.yml", func(t *testing.T) {
+		checkSecrets(t, scaled(t), scaleFiles, append(slices.Clone(secrets), "peer_secret"), readers)
+	})
+}
+
+// checkSecrets is TestSecrets for the project p loaded from files, which
+// must declare the secrets want, read by the services readers lists.
+func checkSecrets(t *testing.T, p *types.Project, files, want, readers []string) {
+	t.Helper()
 	root := testenv.Root(t)
-	raw, err := os.ReadFile(filepath.Join(root, "docker-compose.yml"))
-	if err != nil {
-		t.Fatal(err)
+	var raw []byte
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join(root, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = append(raw, b...)
 	}
-	want := []string{"agent_token", "grafana_admin_password", "key_encryption_key", "postgres_password"}
+	want = slices.Sorted(slices.Values(want))
 	var got []string
 	for name, s := range p.Secrets {
 		got = append(got, name)
@@ -100,7 +121,7 @@ func TestSecrets(t *testing.T) {
 			t.Fatalf("secret %s is empty", name)
 		}
 		if strings.Contains(string(raw), v) {
-			t.Errorf("docker-compose.yml holds the %s secret", name)
+			t.Errorf("%v holds the %s secret", files, name)
 		}
 		for _, svcName := range p.ServiceNames() {
 			for k, e := range service(t, p, svcName).Environment {
@@ -114,7 +135,7 @@ func TestSecrets(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("secrets %v, want %v", got, want)
 	}
-	readers := 0
+	var gotReaders []string
 	for _, name := range p.ServiceNames() {
 		s := service(t, p, name)
 		at := secretsAt(p, s)
@@ -126,15 +147,16 @@ func TestSecrets(t *testing.T) {
 		if len(s.Secrets) == 0 {
 			continue
 		}
-		readers++
+		gotReaders = append(gotReaders, name)
 		// PostgreSQL's entrypoint reads its file as root; the others run
 		// as their own users.
 		if name != "postgres" && !slices.Contains(s.GroupAdd, user.gid) {
 			t.Errorf("%s reads secrets but does not join their group %s (group_add %v)", name, user.gid, s.GroupAdd)
 		}
 	}
-	if readers != 5 {
-		t.Errorf("%d services read secrets, want 5 (postgres, controlplane, gateway, agent, grafana)", readers)
+	slices.Sort(gotReaders)
+	if !slices.Equal(gotReaders, readers) {
+		t.Errorf("services reading secrets: %v, want %v", gotReaders, readers)
 	}
 }
 
@@ -153,7 +175,7 @@ func TestInitSecretsKeeps(t *testing.T) {
 	}
 	run() // no env file yet: made from .env.example
 	first := map[string]string{}
-	for _, name := range []string{"postgres_password", "key_encryption_key", "grafana_admin_password"} {
+	for _, name := range []string{"postgres_password", "key_encryption_key", "grafana_admin_password", "peer_secret"} {
 		b, err := os.ReadFile(filepath.Join(dir, "s", name))
 		if err != nil || len(strings.TrimSpace(string(b))) < 32 {
 			t.Fatalf("%s: %q %v, want a random value", name, b, err)
