@@ -36,6 +36,11 @@ func TestPrometheusScrapesEveryComponent(t *testing.T) {
 			StaticConfigs []struct {
 				Targets []string `yaml:"targets"`
 			} `yaml:"static_configs"`
+			DNSSDConfigs []struct {
+				Names []string `yaml:"names"`
+				Type  string   `yaml:"type"`
+				Port  int      `yaml:"port"`
+			} `yaml:"dns_sd_configs"`
 		} `yaml:"scrape_configs"`
 	}
 	readYAML(t, cfgFile, &cfg)
@@ -46,6 +51,16 @@ func TestPrometheusScrapesEveryComponent(t *testing.T) {
 		}
 		for _, s := range sc.StaticConfigs {
 			jobs[sc.JobName] = append(jobs[sc.JobName], s.Targets...)
+		}
+		// An A lookup yields one target per address of the name: every
+		// replica of that service, at the port.
+		for _, d := range sc.DNSSDConfigs {
+			if d.Type != "A" || d.Port == 0 {
+				t.Errorf("job %s: dns_sd_configs type %q port %d, want A records and a port", sc.JobName, d.Type, d.Port)
+			}
+			for _, n := range d.Names {
+				jobs[sc.JobName] = append(jobs[sc.JobName], n+":"+strconv.Itoa(d.Port))
+			}
 		}
 	}
 	// The agent shares the k3s container's network, so it is reached by
