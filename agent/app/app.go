@@ -275,11 +275,11 @@ func (a *App) newRegistered(ctx context.Context, res register.Result) (*register
 		return nil, err
 	}
 
-	// The pod's name: replicas of one cluster's agent hold their sessions
-	// side by side, and a restarted replica replaces its own.
-	instance, _ := os.Hostname()
 	r.tc, err = tunnelclient.New(tunnelclient.Config{
-		GatewayURL: res.GatewayWSURL, Token: cfg.Token, ClusterUUID: res.ClusterUUID, AgentVersion: version.Version, Instance: instance,
+		GatewayURL: res.GatewayWSURL, Token: cfg.Token, ClusterUUID: res.ClusterUUID, AgentVersion: version.Version,
+		// Replicas of one cluster's agent hold their sessions side by
+		// side, and a restarted replica replaces only its own.
+		Instance: cfg.Instance,
 		TLSConfig: a.tlsCfg, Dialer: newCountingDialer(dialer, a.registry), DrainTimeout: cfg.DrainTimeout, Logger: log,
 		Deliver: r.jp.Deliver, KubeAPIOverJSON: cfg.KubeAPIOverJSON, Impersonates: cfg.Impersonate,
 		// Answers of requests in flight could reach nobody once the tunnel
@@ -354,10 +354,26 @@ func (a *App) serve(ctx context.Context, r *registered) {
 	a.ready.Store(&readyFn)
 	r.log.Info("agent running", "gateway", r.res.GatewayWSURL, "listen", a.listener.Addr().String(), "ingress_sync", a.cfg.EnableIngress)
 
+	if r.syncer != nil {
+		// Streams to the ingress controller are refused until it is
+		// detected: a replica that restarts under load would refuse the
+		// requests a gateway sends it in its first moments. Not forever:
+		// the Kubernetes API streams need no detection.
+		select {
+		case <-r.syncer.Synced():
+		case <-time.After(syncWait):
+			r.log.Warn("ingress controller not detected yet; connecting the tunnel anyway (streams to it are refused until it is)", "waited", syncWait)
+		case <-ctx.Done():
+		}
+	}
 	_ = r.tc.Run(ctx)
 	stop()
 	wg.Wait()
 }
+
+// syncWait bounds how long the tunnel waits for the ingress controller's
+// detection before it connects.
+const syncWait = 10 * time.Second
 
 // status is what /status reports of the running agent.
 func (r *registered) status() Status {

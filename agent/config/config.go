@@ -26,6 +26,7 @@ type Config struct {
 	AutoInstall     bool          // PIPEOPS_AUTO_INSTALL_COMPONENTS (accepted; the agent installs nothing itself)
 	Kubeconfig      string        // KUBECONFIG, --kubeconfig: out-of-cluster runs; in-cluster config otherwise
 	Namespace       string        // POD_NAMESPACE, --namespace: where state is kept (default pipeops-system)
+	Instance        string        // POD_NAME (default: the host name): this replica's name to the gateways
 	StateFile       string        // AGENT_STATE_FILE, --state-file: out-of-cluster state instead of a ConfigMap
 	IngressService  string        // INGRESS_CONTROLLER_SERVICE, --ingress-controller: "namespace/name"
 	ListenAddr      string        // AGENT_LISTEN_ADDR, --listen (default :8080): health, metrics, status
@@ -57,6 +58,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		AutoInstall:     r.Bool("PIPEOPS_AUTO_INSTALL_COMPONENTS", false),
 		Kubeconfig:      r.String("KUBECONFIG", ""),
 		Namespace:       r.String("POD_NAMESPACE", "pipeops-system"),
+		Instance:        r.String("POD_NAME", host),
 		StateFile:       r.String("AGENT_STATE_FILE", ""),
 		IngressService:  r.String("INGRESS_CONTROLLER_SERVICE", ""),
 		ListenAddr:      r.String("AGENT_LISTEN_ADDR", ":8080"),

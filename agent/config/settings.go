@@ -14,6 +14,7 @@ var Settings = settings.Table{
 	{Env: "ENABLE_INGRESS_SYNC", Flag: "enable-ingress-sync", Kind: settings.Bool, Default: "true", Help: "sync PipeOps-managed Ingresses to the gateway; false serves only the Kubernetes API"},
 	{Env: "PIPEOPS_AUTO_INSTALL_COMPONENTS", Kind: settings.Bool, Default: "false", Help: "accepted for compatibility with hosted PipeOps; the agent installs nothing"},
 	{Env: "KUBECONFIG", Flag: "kubeconfig", Note: "in-cluster", Help: "kubeconfig for runs outside a cluster"},
+	{Env: "POD_NAME", Note: "the host name", Help: "this replica's name (the pod's): gateways hold each replica's tunnel, and a restarted replica replaces only its own"},
 	{Env: "POD_NAMESPACE", Flag: "namespace", Default: "pipeops-system", Help: "namespace of the state ConfigMap"},
 	{Env: "AGENT_STATE_FILE", Flag: "state-file", Help: "keep state in this file instead of the cluster"},
 	{Env: "INGRESS_CONTROLLER_SERVICE", Flag: "ingress-controller", Note: "well-known names", Help: "the ingress controller Service as namespace/name"},

@@ -152,6 +152,8 @@ type Syncer struct {
 	// ready is set once the caches have synced and the first full sync is
 	// queued; events before that are covered by that sync and dropped.
 	ready atomic.Bool
+	// synced is closed once ready is set.
+	synced chan struct{}
 
 	mu    sync.Mutex
 	queue workqueue.TypedRateLimitingInterface[string] // nil outside Run
@@ -199,6 +201,7 @@ func New(cfg Config) (*Syncer, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Syncer{
+		synced: make(chan struct{}),
 		cfg:        cfg,
 		log:        log.With("component", "ingresssync"),
 		candidates: candidates,
@@ -265,6 +268,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	}
 	s.setDetection(s.detect())
 	s.ready.Store(true)
+	close(s.synced)
 	q.Add(fullSyncKey)
 	s.log.Info("watching ingresses", "ingress_controller_candidates", s.candidates, "full_sync_interval", s.cfg.FullSyncInterval)
 
@@ -287,6 +291,11 @@ func (s *Syncer) Run(ctx context.Context) error {
 	<-ctx.Done()
 	return nil
 }
+
+// Synced is closed once Run has read the cluster's Ingresses and Services
+// and detected the ingress controller: from then on Detection says which
+// controller streams may go to.
+func (s *Syncer) Synced() <-chan struct{} { return s.synced }
 
 // Resync queues a full sync; the agent calls it after every tunnel
 // reconnect, when the control plane may have lost track of the cluster.

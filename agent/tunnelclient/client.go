@@ -502,7 +502,7 @@ func (c *Client) serve(ctx context.Context, s *session) error {
 			}
 		}
 	})
-	s.helpers.Go(func() { c.drainOnCancel(ctx, s.mux) })
+	s.helpers.Go(func() { c.drainOnCancel(ctx, s.mux, s.frames) })
 	for {
 		st, err := s.mux.AcceptStream()
 		if err != nil {
@@ -512,20 +512,22 @@ func (c *Client) serve(ctx context.Context, s *session) error {
 		c.streamsActive.Add(1)
 		s.streams.Go(func() {
 			defer c.streamsActive.Add(-1)
-			c.serveStream(sessCtx, s.ended, s.frames, st)
+			c.serveStream(s.ended, s.frames, st)
 		})
 	}
 }
 
-// drainOnCancel waits for ctx to end, then refuses new streams (GoAway)
-// and gives the open ones DrainTimeout to finish before closing mux.
-func (c *Client) drainOnCancel(ctx context.Context, mux *yamux.Session) {
+// drainOnCancel waits for ctx to end, then tells the gateway to open no
+// more streams (go-away) and gives the open ones DrainTimeout to finish
+// before closing mux. The go-away is sent past yamux, which would otherwise
+// reset the streams the gateway opened before it read the go-away.
+func (c *Client) drainOnCancel(ctx context.Context, mux *yamux.Session, frames *tunnel.FrameConn) {
 	select {
 	case <-mux.CloseChan():
 		return
 	case <-ctx.Done():
 	}
-	_ = mux.GoAway()
+	frames.SendGoAway()
 	deadline := time.Now().Add(c.cfg.DrainTimeout)
 	for mux.NumStreams() > 0 && time.Now().Before(deadline) {
 		select {
@@ -632,8 +634,10 @@ func (c *Client) connect(ctx context.Context) (*websocket.Conn, tunnel.GatewayHe
 // serveStream reads the stream's header, connects the target, and joins
 // them until both directions end or the session has ended. A target that
 // fails or stops reading ends the stream with a reset (tunnel.Stream), so
-// the gateway stops sending what nobody will read.
-func (c *Client) serveStream(ctx, ended context.Context, frames *tunnel.FrameConn, raw *yamux.Stream) {
+// the gateway stops sending what nobody will read. A drain does not stop
+// it: the gateway may have opened the stream before it read the go-away,
+// and its request is served like the others in flight.
+func (c *Client) serveStream(ended context.Context, frames *tunnel.FrameConn, raw *yamux.Stream) {
 	st := tunnel.NewStream(raw, frames)
 	_ = st.SetReadDeadline(time.Now().Add(c.cfg.HeaderTimeout))
 	h, err := tunnel.ReadStreamHeader(st)
@@ -644,7 +648,7 @@ func (c *Client) serveStream(ctx, ended context.Context, frames *tunnel.FrameCon
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
-	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	dctx, cancel := context.WithTimeout(ended, c.cfg.DialTimeout)
 	target, err := c.cfg.Dialer.DialStream(dctx, h)
 	cancel()
 	if err != nil {

@@ -176,6 +176,12 @@ func (p *Proxy) Close() {
 	p.CloseIdleConnections()
 }
 
+// CloseUpgrades closes every upgraded connection (WebSockets) and refuses
+// new upgrades: a draining gateway's last step for the connections that
+// would never end on their own. Their clients reconnect, through the load
+// balancer, to another gateway.
+func (p *Proxy) CloseUpgrades() { p.upgrades.close() }
+
 // CloseIdleConnections closes idle upstream connections (pooled tunnel
 // streams included) and leaves connections in use, upgraded ones too: a
 // draining gateway calls it repeatedly so that idle streams do not hold the

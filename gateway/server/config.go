@@ -82,6 +82,12 @@ type Config struct {
 	HeaderTimeout   time.Duration // RESPONSE_HEADER_TIMEOUT, default 60s
 	IdleTimeout     time.Duration // IDLE_TIMEOUT (visitor keep-alive), default 120s
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT, default 30s
+	// UpgradeDrain (UPGRADE_DRAIN_TIMEOUT, default 5s or SHUTDOWN_TIMEOUT if
+	// shorter, at most SHUTDOWN_TIMEOUT) is how long a draining gateway lets upgraded
+	// connections (WebSockets) run before it closes them: they cannot move
+	// to another gateway and seldom end on their own, while requests get
+	// all of SHUTDOWN_TIMEOUT.
+	UpgradeDrain time.Duration
 	ReloadInterval  time.Duration // ROUTE_RELOAD_INTERVAL, default 5m
 	RevokeInterval  time.Duration // REVOCATION_CHECK_INTERVAL, default 15s
 	StreamWindow    uint32        // STREAM_WINDOW bytes, default 4 MiB: the gateway's own receive window
@@ -250,6 +256,11 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		} else if c.ACMERenewBefore > maxRenewBefore {
 			r.Failf("ACME_RENEW_BEFORE=%s is more than %s, the most autocert renews ahead", c.ACMERenewBefore, maxRenewBefore)
 		}
+	}
+	// Unset, it is 5 s or SHUTDOWN_TIMEOUT if shorter; set, at most that.
+	c.UpgradeDrain = r.Duration("UPGRADE_DRAIN_TIMEOUT", min(5*time.Second, c.ShutdownTimeout))
+	if c.UpgradeDrain > c.ShutdownTimeout {
+		r.Failf("UPGRADE_DRAIN_TIMEOUT=%s is longer than SHUTDOWN_TIMEOUT=%s, by which everything is closed", c.UpgradeDrain, c.ShutdownTimeout)
 	}
 	if c.RedirectHTTPS && c.HTTPSAddr == "" {
 		r.Failf("HTTP_REDIRECT_HTTPS needs HTTPS_ADDR")

@@ -22,92 +22,10 @@ import (
 	"github.com/pipeops/tunnel/controlplane/tokens"
 	"github.com/pipeops/tunnel/shared/auth"
 	"github.com/pipeops/tunnel/shared/testenv"
+	"github.com/pipeops/tunnel/shared/testenv/balancer"
 	"github.com/pipeops/tunnel/shared/testenv/tunneltest"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
-
-// roundRobin is a TCP load balancer on loopback, as one in front of
-// several gateways: each connection goes to the next backend, and to the one
-// after when that refuses the connection. A backend's close is passed to
-// the client.
-type roundRobin struct {
-	l        net.Listener
-	backends []string
-	next     atomic.Uint64
-	wg       sync.WaitGroup
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-}
-
-func startRoundRobin(t *testing.T, backends []string) *roundRobin {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lb := &roundRobin{l: l, backends: backends, conns: map[net.Conn]struct{}{}}
-	lb.wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			lb.wg.Go(func() { lb.serve(c) })
-		}
-	})
-	t.Cleanup(func() {
-		l.Close()
-		lb.mu.Lock()
-		for c := range lb.conns {
-			c.Close()
-		}
-		lb.mu.Unlock()
-		lb.wg.Wait()
-	})
-	return lb
-}
-
-func (lb *roundRobin) track(c net.Conn, on bool) {
-	lb.mu.Lock()
-	defer lb.mu.Unlock()
-	if on {
-		lb.conns[c] = struct{}{}
-	} else {
-		delete(lb.conns, c)
-	}
-}
-
-func (lb *roundRobin) serve(c net.Conn) {
-	lb.track(c, true)
-	defer lb.track(c, false)
-	defer c.Close()
-	var b net.Conn
-	for range lb.backends {
-		addr := lb.backends[lb.next.Add(1)%uint64(len(lb.backends))]
-		var err error
-		if b, err = net.DialTimeout("tcp", addr, time.Second); err == nil {
-			break
-		}
-	}
-	if b == nil {
-		return
-	}
-	lb.track(b, true)
-	defer lb.track(b, false)
-	defer b.Close()
-	done := make(chan struct{})
-	go func() {
-		io.Copy(b, c)
-		b.(*net.TCPConn).CloseWrite()
-		close(done)
-	}()
-	io.Copy(c, b)
-	c.Close() // the backend is done: so is the client's connection
-	b.Close()
-	<-done
-}
-
-func (lb *roundRobin) addr() string { return lb.l.Addr().String() }
 
 // TestRollingRestarts runs three gateways behind a load balancer and two
 // replicas of one cluster's agent connected through it, under a constant
@@ -155,11 +73,15 @@ func TestRollingRestarts(t *testing.T) {
 		gws[i] = startPeer(t, fmt.Sprintf("gw-%d", i), base)
 		backends = append(backends, gws[i].cfg.HTTPAddr)
 	}
-	lb := startRoundRobin(t, backends)
+	lb, err := balancer.Start("127.0.0.1:0", backends)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
 
 	startReplica := func(name string) *tunneltest.Agent {
 		return tunneltest.StartAgent(t, tunnelclient.Config{
-			GatewayURL: "http://" + lb.addr(), Token: agentTok, ClusterUUID: cluster.UUID, AgentVersion: "test", Instance: name,
+			GatewayURL: "http://" + lb.Addr, Token: agentTok, ClusterUUID: cluster.UUID, AgentVersion: "test", Instance: name,
 			RetryFast: 100 * time.Millisecond, DrainTimeout: replicaDrain,
 			Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
 				var d net.Dialer
@@ -177,7 +99,7 @@ func TestRollingRestarts(t *testing.T) {
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}, Timeout: 30 * time.Second}
 	defer hc.CloseIdleConnections()
 	get := func(path string) (int, []byte, error) {
-		req, _ := http.NewRequest("GET", "http://"+lb.addr()+path, nil)
+		req, _ := http.NewRequest("GET", "http://"+lb.Addr+path, nil)
 		req.Host = "shop.example.com"
 		resp, err := hc.Do(req)
 		if err != nil {

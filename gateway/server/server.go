@@ -427,6 +427,10 @@ func (g *Gateway) drain(ls *listeners) {
 	g.draining.Store(true)
 	sctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout)
 	defer cancel()
+	// WebSockets cannot move to another gateway and seldom end on their
+	// own: they get UPGRADE_DRAIN_TIMEOUT, then their clients reconnect.
+	closeUpgrades := time.AfterFunc(g.cfg.UpgradeDrain, g.proxy.CloseUpgrades)
+	defer closeUpgrades.Stop()
 	var wg sync.WaitGroup
 	for _, hs := range ls.servers {
 		wg.Go(func() {

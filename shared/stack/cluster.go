@@ -61,6 +61,9 @@ type ClusterOptions struct {
 	AgentToken string
 	// NoAgent leaves the agent stopped; start it with Cluster.Agent.Start.
 	NoAgent bool
+	// Replicas is how many agent processes to run (0: one), each its own
+	// replica (POD_NAME {name}-{i}) with its own status port.
+	Replicas int
 	// Host, when set, is the test bed host the agent runs on (through ip
 	// netns exec), reaching the control plane and the gateway over its
 	// link to the stack's Options.Server (which must be set). The
@@ -86,9 +89,12 @@ type Cluster struct {
 	// Ingress is the ingress controller stand-in; register apps on it.
 	Ingress *IngressStandIn
 	// Agent is the agent process; AgentURL serves its /health, /ready,
-	// /status and /metrics.
-	Agent    *Component
-	AgentURL string
+	// /status and /metrics. With ClusterOptions.Replicas, Agents and
+	// AgentURLs are every replica's (Agent is the first).
+	Agent     *Component
+	AgentURL  string
+	Agents    []*Component
+	AgentURLs []string
 	// Kubeconfig is a user kubeconfig from `pipeops-controlplane
 	// kubeconfig NAME --user KubeUser`: the cluster's API through the
 	// gateway, as KubeUser.
@@ -158,28 +164,55 @@ func (s *Stack) AddCluster(ctx context.Context, opts ClusterOptions) (_ *Cluster
 		return nil, err
 	}
 
+	replicas := max(opts.Replicas, 1)
+	if replicas > 1 && opts.Host != nil {
+		return nil, errors.New("stack: ClusterOptions.Replicas and Host do not go together")
+	}
+	for i := range replicas {
+		if err := c.addAgent(opts, i, replicas, agentKubeconfig); err != nil {
+			return nil, err
+		}
+	}
+	c.Agent, c.AgentURL = c.Agents[0], c.AgentURLs[0]
+
+	s.mu.Lock()
+	s.clusters = append(s.clusters, c)
+	s.mu.Unlock()
+	return c, nil
+}
+
+// addAgent adds agent replica i of n (starting it unless opts.NoAgent).
+func (c *Cluster) addAgent(opts ClusterOptions, i, n int, kubeconfig string) error {
+	s := c.stack
 	listen, err := loopbackAddr()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	apiURL := s.ControlPlaneURL
 	if opts.Host != nil {
 		if listen, err = c.onHost(opts.Host); err != nil {
-			return nil, fmt.Errorf("cluster %s: host %s: %w", opts.Name, opts.Host.Name, err)
+			return fmt.Errorf("cluster %s: host %s: %w", opts.Name, opts.Host.Name, err)
 		}
 		apiURL = s.InBed.ControlPlaneURL
 	}
-	c.AgentURL = "http://" + listen
+	agentURL := "http://" + listen
 	token := c.AgentToken
 	if opts.AgentToken != "" {
 		token = opts.AgentToken
+	}
+	name := "agent-" + opts.Name
+	podName := opts.Name + "-agent"
+	if n > 1 {
+		name += fmt.Sprintf("-%d", i)
+		podName += fmt.Sprintf("-%d", i)
 	}
 	agentEnv := map[string]string{
 		"PIPEOPS_API_URL":        apiURL,
 		"PIPEOPS_TOKEN":          token,
 		"PIPEOPS_CLUSTER_NAME":   opts.Name,
 		"PIPEOPS_AGENT_ID":       opts.Name + "-agent",
-		"KUBECONFIG":             agentKubeconfig,
+		"POD_NAME":               podName,
+		"KUBECONFIG":             kubeconfig,
 		"POD_NAMESPACE":          AgentNamespace,
 		"AGENT_LISTEN_ADDR":      listen,
 		"SSL_CERT_FILE":          s.CAFile, // the agent verifies the gateway's certificate
@@ -188,24 +221,22 @@ func (s *Stack) AddCluster(ctx context.Context, opts ClusterOptions) (_ *Cluster
 	for k, v := range opts.AgentEnv {
 		agentEnv[k] = v
 	}
-	c.Agent = &Component{Name: "agent-" + opts.Name, LogPath: filepath.Join(s.opts.Dir, "logs", "agent-"+opts.Name+".log"),
-		bin: filepath.Join(s.opts.BinDir, "pipeops-agent"), env: agentEnv, host: opts.Host, ready: httpReady(c.AgentURL + "/ready")}
+	a := &Component{Name: name, LogPath: filepath.Join(s.opts.Dir, "logs", name+".log"),
+		bin: filepath.Join(s.opts.BinDir, "pipeops-agent"), env: agentEnv, host: opts.Host, ready: httpReady(agentURL + "/ready")}
 	if opts.AgentToken != "" {
-		c.Agent.ready = httpReady(c.AgentURL + "/health")
+		a.ready = httpReady(agentURL + "/health")
 	}
-	c.closers = append(c.closers, func() { c.Agent.Stop(10 * time.Second) })
-	if !opts.NoAgent {
-		t0 = time.Now()
-		if err := c.Agent.Start(); err != nil {
-			return nil, err
-		}
-		s.progress("cluster %-6s agent up in %s (status page %s/)", opts.Name, since(t0), c.AgentURL)
+	c.Agents, c.AgentURLs = append(c.Agents, a), append(c.AgentURLs, agentURL)
+	c.closers = append(c.closers, func() { a.Stop(10 * time.Second) })
+	if opts.NoAgent {
+		return nil
 	}
-
-	s.mu.Lock()
-	s.clusters = append(s.clusters, c)
-	s.mu.Unlock()
-	return c, nil
+	t0 := time.Now()
+	if err := a.Start(); err != nil {
+		return err
+	}
+	s.progress("cluster %-6s %s up in %s (status page %s/)", opts.Name, name, since(t0), agentURL)
+	return nil
 }
 
 // onHost forwards the cluster's API server and ingress stand-in into h at

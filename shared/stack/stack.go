@@ -23,10 +23,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -39,6 +41,7 @@ import (
 	"time"
 
 	"github.com/pipeops/tunnel/shared/testenv"
+	"github.com/pipeops/tunnel/shared/testenv/balancer"
 	"github.com/pipeops/tunnel/shared/testenv/netbed"
 	"github.com/pipeops/tunnel/shared/testenv/pgtest"
 )
@@ -66,6 +69,12 @@ type Options struct {
 	// an earlier KEK sealed).
 	ControlPlaneEnv map[string]string
 	GatewayEnv      map[string]string
+	// Gateways is how many gateways to run (0: one). With more, they share
+	// the database and forward streams to each other (PEER_ADDR), and
+	// GatewayHTTP and GatewayHTTPS are a TCP load balancer in front of
+	// them (shared/testenv/balancer), which the agents dial too. Not with
+	// Server.
+	Gateways int
 	// Server, when set, is the test bed host (shared/testenv/netbed) the
 	// control plane and the gateway run on, each through ip netns exec,
 	// listening on the host's own address. The Stack's URLs stay loopback
@@ -103,6 +112,10 @@ type Stack struct {
 
 	ControlPlane *Component
 	Gateway      *Component
+	// Gateways are every gateway (Gateway is the first), and GatewayAdmins
+	// their admin URLs, when Options.Gateways is more than one.
+	Gateways      []*Component
+	GatewayAdmins []string
 
 	// InBed are the URLs of the control plane and the gateway at
 	// Options.Server's address, for agents and visitors on other hosts of
@@ -257,6 +270,15 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	for k, v := range opts.GatewayEnv {
 		gwEnv[k] = v
 	}
+	if opts.Gateways > 1 {
+		if opts.Server != nil {
+			return nil, errors.New("stack: Options.Gateways and Options.Server do not go together")
+		}
+		if err := s.startGateways(opts.Gateways, gwEnv); err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
 	s.Gateway = &Component{Name: "gateway", LogPath: filepath.Join(opts.Dir, "logs", "gateway.log"),
 		bin: filepath.Join(opts.BinDir, "pipeops-gateway"), env: gwEnv, host: opts.Server, ready: httpReady(s.GatewayAdmin + "/readyz")}
 	t0 = time.Now()
@@ -264,8 +286,81 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, func() { s.Gateway.Stop(10 * time.Second) })
+	s.Gateways, s.GatewayAdmins = []*Component{s.Gateway}, []string{s.GatewayAdmin}
 	s.progress("gateway      up in %s at %s and %s", since(t0), s.GatewayHTTP, s.GatewayHTTPS)
 	return s, nil
+}
+
+// startGateways starts n gateways on ports of their own, with env, and
+// puts load balancers on the stack's public addresses in front of them.
+func (s *Stack) startGateways(n int, env map[string]string) error {
+	secret, err := writeRandom(s.opts.Dir, "peer-secret", hex.EncodeToString)
+	if err != nil {
+		return fmt.Errorf("peer secret: %w", err)
+	}
+	publicHTTP, publicHTTPS := strings.TrimPrefix(s.GatewayHTTP, "http://"), strings.TrimPrefix(s.GatewayHTTPS, "https://")
+	var httpAddrs, httpsAddrs []string
+	for i := range n {
+		var addrs [4]string
+		for j := range addrs {
+			if addrs[j], err = loopbackAddr(); err != nil {
+				return err
+			}
+		}
+		e := maps.Clone(env)
+		id := fmt.Sprintf("gw-%d", i)
+		e["GATEWAY_ID"], e["HTTP_ADDR"], e["HTTPS_ADDR"], e["ADMIN_ADDR"] = id, addrs[0], addrs[1], addrs[2]
+		e["PEER_ADDR"], e["PEER_URL"], e["PEER_SECRET_FILE"] = addrs[3], "http://"+addrs[3], secret
+		admin := "http://" + addrs[2]
+		c := &Component{Name: "gateway-" + id, LogPath: filepath.Join(s.opts.Dir, "logs", "gateway-"+id+".log"),
+			bin: filepath.Join(s.opts.BinDir, "pipeops-gateway"), env: e, ready: httpReady(admin + "/readyz")}
+		t0 := time.Now()
+		if err := c.Start(); err != nil {
+			return err
+		}
+		s.closers = append(s.closers, func() { c.Stop(10 * time.Second) })
+		s.Gateways, s.GatewayAdmins = append(s.Gateways, c), append(s.GatewayAdmins, admin)
+		httpAddrs, httpsAddrs = append(httpAddrs, addrs[0]), append(httpsAddrs, addrs[1])
+		s.progress("gateway %s up in %s at %s and %s", id, since(t0), addrs[0], addrs[1])
+	}
+	s.Gateway, s.GatewayAdmin = s.Gateways[0], s.GatewayAdmins[0]
+	for _, lb := range []struct {
+		addr     string
+		backends []string
+	}{{publicHTTP, httpAddrs}, {publicHTTPS, httpsAddrs}} {
+		b, err := balancer.Start(lb.addr, lb.backends)
+		if err != nil {
+			return fmt.Errorf("load balancer: %w", err)
+		}
+		s.closers = append(s.closers, b.Close)
+	}
+	s.progress("balancer     at %s and %s, round robin over %d gateways", s.GatewayHTTP, s.GatewayHTTPS, n)
+	return nil
+}
+
+// writeRandom writes 32 fresh random bytes, encoded, into dir/name,
+// readable by its owner only.
+func writeRandom(dir, name string, encode func([]byte) string) (string, error) {
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, name)
+	// A file left by an earlier run in the same directory goes: the
+	// database is a fresh one, and O_EXCL makes sure the new file is ours,
+	// with our mode.
+	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		return "", err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	_, err = f.WriteString(encode(raw) + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return path, err
 }
 
 // Postgres is the PostgreSQL server the stack started, or nil when it was
@@ -298,26 +393,7 @@ func (s *Stack) forwardInto(h *netbed.Host) (here, there string, err error) {
 // writeKEK writes a fresh key-encryption key into dir, as an operator
 // would (`openssl rand -base64 32`), readable by its owner only.
 func writeKEK(dir string) (string, error) {
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return "", err
-	}
-	path := filepath.Join(dir, "controlplane.kek")
-	// A file left by an earlier run in the same directory goes: the
-	// database is a fresh one, and O_EXCL makes sure the new file is ours,
-	// with our mode.
-	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-		return "", err
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return "", err
-	}
-	_, err = f.WriteString(base64.StdEncoding.EncodeToString(raw) + "\n")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return path, err
+	return writeRandom(dir, "controlplane.kek", base64.StdEncoding.EncodeToString)
 }
 
 // Close stops every cluster and component, newest first. Safe to call more

@@ -58,3 +58,19 @@ func (c *FrameConn) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// SendGoAway tells the peer that this side opens no more streams and asks
+// it to open none (a yamux go-away, normal termination), without telling
+// this side's yamux: unlike yamux's own GoAway, streams the peer opened
+// before it read the go-away are still accepted and served rather than
+// reset. A draining agent sends it, so that a request the gateway sent in
+// that moment is not lost. It goes between two of yamux's frames, as
+// ResetStream's do. Safe for concurrent use.
+func (c *FrameConn) SendGoAway() {
+	var f [muxHeaderSize]byte
+	f[1] = muxTypeGoAway
+	c.pmu.Lock()
+	c.pending = append(c.pending, f[:]...)
+	c.pmu.Unlock()
+	c.flushPending()
+}

@@ -33,6 +33,7 @@ var gatewaySettings = settings.Table{
 	{Env: "RESPONSE_HEADER_TIMEOUT", Kind: settings.Duration, Default: "60s", Help: "wait for upstream response headers, then 504; bodies and streams have no limit"},
 	{Env: "IDLE_TIMEOUT", Kind: settings.Duration, Default: "120s", Help: "visitors' idle keep-alive connections"},
 	{Env: "SHUTDOWN_TIMEOUT", Kind: settings.Duration, Default: "30s", Help: "drain time on the first signal"},
+	{Env: "UPGRADE_DRAIN_TIMEOUT", Kind: settings.Duration, Default: "5s", Help: "how long a draining gateway lets WebSockets and other upgraded connections run before it closes them (their clients reconnect, to another gateway); at most SHUTDOWN_TIMEOUT"},
 	{Env: "ROUTE_RELOAD_INTERVAL", Kind: settings.Duration, Default: "5m", Help: "full route reload, a backstop to LISTEN/NOTIFY"},
 	{Env: "REVOCATION_CHECK_INTERVAL", Kind: settings.Duration, Default: "15s", Help: "how often the tokens of open connections are checked for revocation"},
 	{Env: "STREAM_WINDOW", Default: "4194304", Help: "the gateway's yamux receive window per stream (a download in flight; what a slow visitor can hold in memory), in bytes (262144 to 67108852)"},
