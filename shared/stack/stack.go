@@ -112,10 +112,12 @@ type Stack struct {
 
 	ControlPlane *Component
 	Gateway      *Component
-	// Gateways are every gateway (Gateway is the first), and GatewayAdmins
-	// their admin URLs, when Options.Gateways is more than one.
+	// Gateways are every gateway (Gateway is the first), GatewayAdmins
+	// their admin URLs and GatewayHTTPs their own plain HTTP URLs (behind
+	// the balancer, when Options.Gateways is more than one).
 	Gateways      []*Component
 	GatewayAdmins []string
+	GatewayHTTPs  []string
 
 	// InBed are the URLs of the control plane and the gateway at
 	// Options.Server's address, for agents and visitors on other hosts of
@@ -286,7 +288,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, func() { s.Gateway.Stop(10 * time.Second) })
-	s.Gateways, s.GatewayAdmins = []*Component{s.Gateway}, []string{s.GatewayAdmin}
+	s.Gateways, s.GatewayAdmins, s.GatewayHTTPs = []*Component{s.Gateway}, []string{s.GatewayAdmin}, []string{s.GatewayHTTP}
 	s.progress("gateway      up in %s at %s and %s", since(t0), s.GatewayHTTP, s.GatewayHTTPS)
 	return s, nil
 }
@@ -320,6 +322,7 @@ func (s *Stack) startGateways(n int, env map[string]string) error {
 		}
 		s.closers = append(s.closers, func() { c.Stop(10 * time.Second) })
 		s.Gateways, s.GatewayAdmins = append(s.Gateways, c), append(s.GatewayAdmins, admin)
+		s.GatewayHTTPs = append(s.GatewayHTTPs, "http://"+addrs[0])
 		httpAddrs, httpsAddrs = append(httpAddrs, addrs[0]), append(httpsAddrs, addrs[1])
 		s.progress("gateway %s up in %s at %s and %s", id, since(t0), addrs[0], addrs[1])
 	}
@@ -486,9 +489,15 @@ func (s *Stack) RevokeToken(ctx context.Context, id string) error {
 
 // GatewayMetric sums the samples of the gateway's metric name (from its
 // admin /metrics) whose labels contain every one of labels, written as in
-// the exposition format (`mode="direct"`).
+// the exposition format (`mode="direct"`). With several gateways, it is
+// the first one's.
 func (s *Stack) GatewayMetric(ctx context.Context, name string, labels ...string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.GatewayAdmin+"/metrics", nil)
+	return s.GatewayMetricAt(ctx, 0, name, labels...)
+}
+
+// GatewayMetricAt is GatewayMetric of gateway i (of Gateways).
+func (s *Stack) GatewayMetricAt(ctx context.Context, i int, name string, labels ...string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.GatewayAdmins[i]+"/metrics", nil)
 	if err != nil {
 		return 0, err
 	}

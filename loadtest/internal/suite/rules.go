@@ -14,15 +14,16 @@ const (
 	Agents       = "agents"
 	Reconnect    = "reconnect"
 	WAN          = "wan"
+	Scale        = "scale"
 )
 
 // Names lists every scenario in report order.
-var Names = []string{BulkSingle, BulkParallel, SmallClosed, Unloaded, SmallOpen, Streams, OpenRate, Agents, Reconnect, WAN}
+var Names = []string{BulkSingle, BulkParallel, SmallClosed, Unloaded, SmallOpen, Streams, OpenRate, Agents, Reconnect, WAN, Scale}
 
 // runOrder is the order scenarios run in: the memory measurements first,
 // on processes that have not carried load yet, then the fleet's restart,
-// then traffic, then wan (on a stack of its own).
-var runOrder = []string{Streams, Agents, Reconnect, BulkSingle, BulkParallel, SmallClosed, Unloaded, SmallOpen, OpenRate, WAN}
+// then traffic, then wan and scale (on stacks of their own).
+var runOrder = []string{Streams, Agents, Reconnect, BulkSingle, BulkParallel, SmallClosed, Unloaded, SmallOpen, OpenRate, WAN, Scale}
 
 // Floors are what CI enforces, in both profiles: regression guards, set
 // at about half of what the platform measured on the project's shared
@@ -50,6 +51,8 @@ var Floors = []report.Rule{
 	{Scenario: WAN, Kind: report.KindFloor, Metric: "region_download_ratio", Op: ">=", Limit: 0.4, Note: "one stream vs plain TCP over a 20 ms link"},
 	{Scenario: WAN, Kind: report.KindFloor, Metric: "region_small_added_p50_rtt", Op: "<=", Limit: 1, Note: "a small request costs no extra round trip"},
 	{Scenario: WAN, Kind: report.KindFloor, Metric: "continent_small_added_p50_rtt", Op: "<=", Limit: 1, Note: "a small request costs no extra round trip"},
+	{Scenario: Scale, Kind: report.KindFloor, Metric: "ratio", Op: ">=", Limit: 0.35, Note: "three gateways and a balancer on the same cores vs one gateway"},
+	{Scenario: Scale, Kind: report.KindFloor, Metric: "hop_added_p50_us", Op: "<=", Limit: 1000, Note: "forwarding to the gateway holding the tunnel"},
 }
 
 // Targets are the goals set for the platform on a 2-core machine. They are
@@ -66,6 +69,7 @@ func Targets(p Profile) []report.Rule {
 		{Scenario: OpenRate, Kind: report.KindTarget, Metric: "tunnel", Op: ">=", Limit: 5000},
 		{Scenario: Agents, Kind: report.KindTarget, Metric: "tunnel", Op: "<=", Limit: 64, Note: "gateway KiB per idle agent"},
 		{Scenario: Reconnect, Kind: report.KindTarget, Metric: "tunnel", Op: "<=", Limit: 2, Note: "p99 seconds"},
+		{Scenario: Scale, Kind: report.KindTarget, Metric: "hop_added_p50_us", Op: "<=", Limit: 100, Note: "the hop costs less than a tenth of a millisecond"},
 	}
 	// Over emulated links (docs/performance.md#real-links): the tunnel's
 	// one stream keeps up with plain TCP on the same link, a small request

@@ -181,7 +181,7 @@ func (e *Env) run(ctx context.Context, s *report.Scenario) error {
 	fn := map[string]func(context.Context, *report.Scenario) error{
 		BulkSingle: e.bulkSingle, BulkParallel: e.bulkParallel, SmallClosed: e.smallClosed, Unloaded: e.unloaded,
 		SmallOpen: e.smallOpen, Streams: e.streams, OpenRate: e.openRate, Agents: e.agents, Reconnect: e.reconnect,
-		WAN: e.wan,
+		WAN: e.wan, Scale: e.scale,
 	}[s.Name]
 	before, okBefore := e.machineSample()
 	err := fn(ctx, s)
