@@ -35,6 +35,7 @@ import (
 	"github.com/pipeops/tunnel/agent/ingresssync"
 	"github.com/pipeops/tunnel/agent/jsonproxy"
 	"github.com/pipeops/tunnel/agent/kubeapi"
+	"github.com/pipeops/tunnel/agent/leader"
 	"github.com/pipeops/tunnel/agent/register"
 	"github.com/pipeops/tunnel/agent/routesapi"
 	"github.com/pipeops/tunnel/agent/state"
@@ -216,6 +217,7 @@ type registered struct {
 	log     *slog.Logger
 	fwd     *kubeapi.Server
 	syncer  *ingresssync.Syncer // nil with ingress sync off
+	elector *leader.Elector     // nil without leader election
 	factory informers.SharedInformerFactory
 	jp      *jsonproxy.Handler
 	tc      *tunnelclient.Client
@@ -248,10 +250,18 @@ func (a *App) newRegistered(ctx context.Context, res register.Result) (*register
 	}
 
 	if cfg.EnableIngress {
+		var isLeader func() bool
+		if cfg.LeaderElection {
+			// Replicas whose views of the Ingresses differ for a moment
+			// would undo each other's syncs: one sends, elected.
+			r.elector = leader.New(leader.Config{Client: a.client, Namespace: cfg.Namespace, Identity: cfg.Instance, Logger: log,
+				OnElected: func() { r.syncer.Resync() }})
+			isLeader = r.elector.IsLeader
+		}
 		r.syncer, err = ingresssync.New(ingresssync.Config{
 			ClusterUUID: res.ClusterUUID, Client: a.client, IngressController: cfg.IngressService,
 			API:              &routesapi.Client{BaseURL: cfg.APIURL, Token: cfg.Token, HTTP: httpClient(a.tlsCfg), Logger: log},
-			FullSyncInterval: cfg.FullSync, Logger: log, Metrics: a.registry,
+			FullSyncInterval: cfg.FullSync, Logger: log, Metrics: a.registry, Leader: isLeader,
 		})
 		if err != nil {
 			r.close()
@@ -279,7 +289,7 @@ func (a *App) newRegistered(ctx context.Context, res register.Result) (*register
 		GatewayURL: res.GatewayWSURL, Token: cfg.Token, ClusterUUID: res.ClusterUUID, AgentVersion: version.Version,
 		// Replicas of one cluster's agent hold their sessions side by
 		// side, and a restarted replica replaces only its own.
-		Instance: cfg.Instance,
+		Instance:  cfg.Instance,
 		TLSConfig: a.tlsCfg, Dialer: newCountingDialer(dialer, a.registry), DrainTimeout: cfg.DrainTimeout, Logger: log,
 		Deliver: r.jp.Deliver, KubeAPIOverJSON: cfg.KubeAPIOverJSON, Impersonates: cfg.Impersonate,
 		// Answers of requests in flight could reach nobody once the tunnel
@@ -338,6 +348,12 @@ func (a *App) serve(ctx context.Context, r *registered) {
 				r.log.Error("route sync stopped", "err", err)
 			}
 		})
+	}
+	if r.elector != nil {
+		// On runCtx: the leader keeps syncing while the tunnel drains, and
+		// releases the Lease as it stops, so another replica takes over at
+		// once rather than when the Lease expires.
+		goRun(r.elector.Run)
 	}
 	goRun(func(ctx context.Context) {
 		heartbeatLoop(ctx, a.cfg, r.tc, a.collector, r.syncer, r.res, r.kick, r.beats, r.log)

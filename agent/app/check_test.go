@@ -60,8 +60,14 @@ func TestCheck(t *testing.T) {
 				"may update configmaps/pipeops-agent-state in namespace " + ns,
 				"may create configmaps in namespace " + ns,
 			}},
-		{name: "no state configmap create", cluster: ClusterRules(), local: without(NamespaceRules(ns), unnamed),
+		{name: "no state configmap create", cluster: ClusterRules(), local: without(NamespaceRules(ns), func(r rbacv1.PolicyRule) bool { return unnamed(r) && onResource("configmaps")(r) }),
 			wantFail: []string{"may create configmaps in namespace " + ns}},
+		{name: "no route sync lease", cluster: ClusterRules(), local: without(NamespaceRules(ns), onResource("leases")),
+			wantFail: []string{
+				"may get leases.coordination.k8s.io/pipeops-agent-route-sync in namespace " + ns,
+				"may update leases.coordination.k8s.io/pipeops-agent-route-sync in namespace " + ns,
+				"may create leases.coordination.k8s.io in namespace " + ns,
+			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			grants := []kubetest.Grant{{Rules: tc.cluster}}

@@ -8,6 +8,7 @@ import (
 	"github.com/pipeops/tunnel/agent/clusterinfo"
 	"github.com/pipeops/tunnel/agent/ingresssync"
 	"github.com/pipeops/tunnel/agent/kubeapi"
+	"github.com/pipeops/tunnel/agent/leader"
 	"github.com/pipeops/tunnel/agent/state"
 	"github.com/pipeops/tunnel/agent/targets"
 )
@@ -27,9 +28,10 @@ func ClusterRules() []rbacv1.PolicyRule {
 	return rules
 }
 
-// NamespaceRules is what the agent needs in its own namespace: its state.
+// NamespaceRules is what the agent needs in its own namespace: its state,
+// and the Lease its replicas elect the route syncer with.
 func NamespaceRules(namespace string) []rbacv1.PolicyRule {
-	return state.Rules(namespace)
+	return append(state.Rules(namespace), leader.Rules()...)
 }
 
 // Grants flattens rules into sorted "group/resource/name:verb" strings, one

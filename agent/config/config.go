@@ -23,6 +23,7 @@ type Config struct {
 	ClusterName     string        // PIPEOPS_CLUSTER_NAME, --cluster-name
 	AgentID         string        // PIPEOPS_AGENT_ID, --agent-id (default: the pod's hostname)
 	EnableIngress   bool          // ENABLE_INGRESS_SYNC, --enable-ingress-sync (default true)
+	LeaderElection  bool          // ROUTE_SYNC_LEADER_ELECTION (default true): replicas elect the one that syncs routes
 	AutoInstall     bool          // PIPEOPS_AUTO_INSTALL_COMPONENTS (accepted; the agent installs nothing itself)
 	Kubeconfig      string        // KUBECONFIG, --kubeconfig: out-of-cluster runs; in-cluster config otherwise
 	Namespace       string        // POD_NAMESPACE, --namespace: where state is kept (default pipeops-system)
@@ -55,6 +56,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		ClusterName:     r.String("PIPEOPS_CLUSTER_NAME", ""),
 		AgentID:         r.String("PIPEOPS_AGENT_ID", host),
 		EnableIngress:   r.Bool("ENABLE_INGRESS_SYNC", true),
+		LeaderElection:  r.Bool("ROUTE_SYNC_LEADER_ELECTION", true),
 		AutoInstall:     r.Bool("PIPEOPS_AUTO_INSTALL_COMPONENTS", false),
 		Kubeconfig:      r.String("KUBECONFIG", ""),
 		Namespace:       r.String("POD_NAMESPACE", "pipeops-system"),

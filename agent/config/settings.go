@@ -21,6 +21,7 @@ var Settings = settings.Table{
 	{Env: "AGENT_LISTEN_ADDR", Flag: "listen", Default: ":8080", Help: "address of the health, metrics and status server"},
 	{Env: "HEARTBEAT_MIN_INTERVAL", Kind: settings.Duration, Default: "5s", Help: "heartbeat interval after a (re)connect or a change"},
 	{Env: "HEARTBEAT_MAX_INTERVAL", Kind: settings.Duration, Default: "30s", Help: "heartbeat interval while nothing changes"},
+	{Env: "ROUTE_SYNC_LEADER_ELECTION", Kind: settings.Bool, Default: "true", Help: "replicas of the agent elect, with the Lease pipeops-agent-route-sync, the one that syncs routes; false: every replica syncs"},
 	{Env: "ROUTE_FULL_SYNC_INTERVAL", Kind: settings.Duration, Default: "4h", Help: "how often every route is synced in full"},
 	{Env: "SHUTDOWN_DRAIN_TIMEOUT", Kind: settings.Duration, Default: "10s", Help: "how long open streams get after the first signal"},
 	{Env: "PIPEOPS_INSECURE_SKIP_VERIFY", Kind: settings.Bool, Default: "false", Help: "skip TLS certificate verification; development only"},

@@ -103,6 +103,12 @@ type RouteAPI interface {
 type Config struct {
 	ClusterUUID string
 	API         RouteAPI
+	// Leader, when set, says whether this replica of the agent syncs the
+	// routes (package leader). While it says no, the Syncer watches and
+	// keeps its record of the routes as if it had sent them (the stream
+	// targets it allows need them) but sends nothing; call Resync when it
+	// turns to yes.
+	Leader func() bool
 	// Client reads Ingresses and Services; it needs exactly Rules().
 	Client kubernetes.Interface
 	// IngressController is the "namespace/name" of the ingress controller's
@@ -200,8 +206,11 @@ func New(cfg Config) (*Syncer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Leader != nil {
+		cfg.API = followerAPI{api: cfg.API, leader: cfg.Leader}
+	}
 	s := &Syncer{
-		synced: make(chan struct{}),
+		synced:     make(chan struct{}),
 		cfg:        cfg,
 		log:        log.With("component", "ingresssync"),
 		candidates: candidates,
@@ -408,6 +417,35 @@ func managedObj(obj any) bool {
 	return ok && Managed(ing)
 }
 
+// followerAPI sends only while leader says so; otherwise every call
+// succeeds without being sent, so the Syncer's record follows the
+// cluster as the leader's does.
+type followerAPI struct {
+	api    RouteAPI
+	leader func() bool
+}
+
+func (f followerAPI) Register(ctx context.Context, clusterUUID string, r routesapi.Route) error {
+	if !f.leader() {
+		return nil
+	}
+	return f.api.Register(ctx, clusterUUID, r)
+}
+
+func (f followerAPI) Unregister(ctx context.Context, clusterUUID, hostname string) error {
+	if !f.leader() {
+		return nil
+	}
+	return f.api.Unregister(ctx, clusterUUID, hostname)
+}
+
+func (f followerAPI) Sync(ctx context.Context, req routesapi.Sync) error {
+	if !f.leader() {
+		return nil
+	}
+	return f.api.Sync(ctx, req)
+}
+
 // Managed reports whether ing is one the Syncer routes: labelled
 // pipeops.io/managed=true or annotated pipeops.io/managed-by=pipeops.
 func Managed(ing *networkingv1.Ingress) bool {
@@ -609,6 +647,14 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 			entry.Rules = append(entry.Rules, rule)
 		}
 		req.Ingresses = append(req.Ingresses, entry)
+	}
+	if s.cfg.Leader != nil && !s.cfg.Leader() {
+		// Another replica sends them; this one keeps the record.
+		s.mu.Lock()
+		s.sent = snapshot
+		s.mu.Unlock()
+		s.log.Debug("routes recorded; the leading replica syncs them", "ingresses", len(req.Ingresses), "routes", routeCount)
+		return nil
 	}
 	err = s.cfg.API.Sync(ctx, req)
 	s.m.call("sync", err)

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -174,6 +175,9 @@ func start(t *testing.T, edit func(*Config), before func(h *harness)) *harness {
 		srv.Close()
 		goleak.VerifyNone(t, leaks...)
 	})
+	if cfg.Leader != nil && !cfg.Leader() {
+		return h // a follower sends no start-up sync
+	}
 	// The first call is the start-up full sync.
 	first := h.waitCalls(t, "start-up sync", func(cs []call) bool { return len(cs) > 0 })[0]
 	if first.kind == "sync" {
@@ -680,5 +684,51 @@ func TestRouteCountAndMetrics(t *testing.T) {
 	}
 	if values["pipeops_agent_route_last_full_sync_timestamp_seconds"] == 0 {
 		t.Errorf("last full sync time not set")
+	}
+}
+
+// TestFollowerSendsNothing runs a Syncer of a replica that does not lead
+// the route sync: it keeps its record of the routes (Routes, which the
+// stream targets come from) through creates and deletes, and sends
+// nothing; elected, one Resync sends everything.
+func TestFollowerSendsNothing(t *testing.T) {
+	var leading atomic.Bool
+	h := start(t, func(c *Config) { c.Leader = leading.Load }, func(h *harness) {
+		h.create(t, h.ingress("web", managedLabel))
+	})
+	mine := func() []string {
+		var hosts []string
+		for _, r := range h.syncer.Routes() {
+			if r.Namespace == h.ns {
+				hosts = append(hosts, r.Hostname)
+			}
+		}
+		return hosts
+	}
+	waitHosts := func(want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !slices.Equal(mine(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("Routes() hosts %v, want %v", mine(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitHosts(h.host("web"))
+	h.create(t, h.ingress("api", managedLabel))
+	waitHosts(h.host("api"), h.host("web"))
+	if err := h.admin.NetworkingV1().Ingresses(h.ns).Delete(context.Background(), "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitHosts(h.host("api"))
+	if calls := h.rec.mine(h.ns); len(calls) != 0 {
+		t.Fatalf("a follower sent %v", summary(calls))
+	}
+	leading.Store(true)
+	h.syncer.Resync()
+	got := h.waitNew(t, 0, 1, "the new leader's full sync")
+	if got[0].kind != "sync" || !slices.Equal(syncedPaths(got[0].sync, h.ns), []string{h.host("api") + "/"}) {
+		t.Errorf("elected, the replica sent %v", summary(got))
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +34,7 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -240,7 +242,7 @@ func TestRefusedValues(t *testing.T) {
 		{"ingress sync as a string", append([]string{"--set-string", "agent.enableIngressSync=false"}, token...),
 			"/agent/enableIngressSync': got string, want boolean", ""},
 		{"misspelt value", append([]string{"--set", "agent.enableIngresSync=false"}, token...), "'enableIngresSync' not allowed", ""},
-		{"two replicas", append([]string{"--set", "replicaCount=2"}, token...), "/replicaCount", "replicaCount must be 0 or 1"},
+		{"eleven replicas", append([]string{"--set", "replicaCount=11"}, token...), "/replicaCount", ""},
 		{"network policy without api server", append([]string{"--set", "networkPolicy.enabled=true"}, token...),
 			"/networkPolicy/apiServer/cidrs': minItems", "networkPolicy.apiServer.cidrs is required"},
 		{"no service account name", append([]string{"--set", "serviceAccount.create=false"}, token...),
@@ -383,17 +385,60 @@ func TestExistingSecret(t *testing.T) {
 	}
 }
 
-// TestDeployment checks the defaults of the pod: one replica replaced by
-// Recreate, resources, the restricted security context, probes, ports and
-// the downward API.
+// TestReplicas renders several agent replicas: each names its tunnel with
+// its pod name, a PodDisruptionBudget keeps all but one up through a node
+// drain, and the replicas prefer different nodes unless affinity is set.
+func TestReplicas(t *testing.T) {
+	docs := render(t, "--set", "replicaCount=3")
+	d, c := deployment(t, docs)
+	if *d.Spec.Replicas != 3 {
+		t.Errorf("replicas %d, want 3", *d.Spec.Replicas)
+	}
+	if e := env(c, "POD_NAME"); e == nil || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.name" {
+		t.Errorf("POD_NAME = %+v, want the pod's name from the downward API", e)
+	}
+	var pdb policyv1.PodDisruptionBudget
+	one(t, docs, "PodDisruptionBudget").into(t, &pdb)
+	if pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 || pdb.Spec.Selector == nil ||
+		!maps.Equal(pdb.Spec.Selector.MatchLabels, d.Spec.Selector.MatchLabels) {
+		t.Errorf("PodDisruptionBudget %+v, want maxUnavailable 1 over the Deployment's pods", pdb.Spec)
+	}
+	aff := d.Spec.Template.Spec.Affinity
+	if aff == nil || aff.PodAntiAffinity == nil || len(aff.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution) != 1 {
+		t.Fatalf("affinity %+v, want a preferred anti-affinity", aff)
+	}
+	term := aff.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution[0].PodAffinityTerm
+	if term.TopologyKey != "kubernetes.io/hostname" || !maps.Equal(term.LabelSelector.MatchLabels, d.Spec.Selector.MatchLabels) {
+		t.Errorf("anti-affinity term %+v, want by host name over the Deployment's pods", term)
+	}
+	// The user's affinity wins; the budget can be turned off.
+	docs = render(t, "--set", "replicaCount=2", "--set", "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=pool",
+		"--set", "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+		"--set", "podDisruptionBudget.enabled=false")
+	d, _ = deployment(t, docs)
+	if aff := d.Spec.Template.Spec.Affinity; aff == nil || aff.NodeAffinity == nil || aff.PodAntiAffinity != nil {
+		t.Errorf("with the user's affinity: %+v", aff)
+	}
+	if n := len(kinds(docs, "PodDisruptionBudget")); n != 0 {
+		t.Errorf("podDisruptionBudget.enabled=false rendered %d", n)
+	}
+}
+
+// TestDeployment checks the defaults of the pod: one replica that rolls (a
+// new one up before the old one stops), resources, the restricted security
+// context, probes, ports and the downward API.
 func TestDeployment(t *testing.T) {
 	docs := render(t, "--set", "podAnnotations.example\\.com/team=edge", "--set", "nodeSelector.kubernetes\\.io/os=linux",
 		"--set", "imagePullSecrets[0].name=regcred")
 	d, c := deployment(t, docs)
 	spec := d.Spec.Template.Spec
 
-	if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 || d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
-		t.Errorf("replicas %v strategy %q, want 1 and Recreate", d.Spec.Replicas, d.Spec.Strategy.Type)
+	if ru := d.Spec.Strategy.RollingUpdate; d.Spec.Replicas == nil || *d.Spec.Replicas != 1 || d.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType ||
+		ru == nil || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 || ru.MaxSurge == nil || ru.MaxSurge.IntValue() != 1 {
+		t.Errorf("replicas %v strategy %+v, want 1, rolling with a surge of 1 and none unavailable", d.Spec.Replicas, d.Spec.Strategy)
+	}
+	if spec.Affinity != nil || len(kinds(docs, "PodDisruptionBudget")) != 0 {
+		t.Errorf("one replica: affinity %v and a PodDisruptionBudget, want neither", spec.Affinity)
 	}
 	chart, err := os.ReadFile(filepath.Join(chartDir, "Chart.yaml"))
 	if err != nil {

@@ -17,6 +17,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"k8s.io/klog/v2"
+
 	"github.com/pipeops/tunnel/agent/app"
 	"github.com/pipeops/tunnel/agent/config"
 	"github.com/pipeops/tunnel/shared/cmdline"
@@ -75,6 +77,9 @@ func runAgent(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) 
 	} else {
 		log = slog.New(slog.NewTextHandler(stderr, opts))
 	}
+	// client-go (the route sync election among others) logs through klog:
+	// into the agent's log, in its format.
+	klog.SetSlogLogger(log.With("component", "client-go"))
 	rc, err := app.RestConfig(cfg)
 	if err != nil {
 		log.Error("kubernetes configuration", "err", err)

@@ -88,7 +88,4 @@ a template's fail only as [INFO] and passes); these messages are what
 {{- fail (printf "podLabels may not set %s: the chart sets it, and selects the pod by it" $k) }}
 {{- end }}
 {{- end }}
-{{- if gt (int .Values.replicaCount) 1 }}
-{{- fail "replicaCount must be 0 or 1: one agent per cluster (it registers the cluster and holds its tunnel and route sync)" }}
-{{- end }}
 {{- end }}
