@@ -155,7 +155,7 @@ promtool: $(PROMTOOL_BIN_DIR)/promtool ## build promtool (the alerting rules' te
 	@echo "promtool: $(PROMTOOL_VERSION) in $(TESTENV_DIR)/bin"
 
 .PHONY: helm-test
-helm-test: helm testenv promtool ## test the agent's Helm chart and manifests (lint, render, a real API server)
+helm-test: helm testenv promtool ## test the Helm charts (agent and server) and the manifests (lint, render, a real API server)
 	PATH="$(CURDIR)/$(TESTENV_DIR)/bin:$$PATH" $(GO) test -race -count=1 ./deploy/helm/
 
 .PHONY: manifests
