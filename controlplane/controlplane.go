@@ -192,11 +192,11 @@ const TunnelNotifyChannel = "pipeops_gateway_tunnels"
 // gateway has others), whose agent serves the Kubernetes API over streams
 // (K8sHTTP) and impersonates callers (Impersonates).
 type GatewayTunnel struct {
-	ClusterUUID  string
-	GatewayID    string
-	PeerURL      string
-	Sessions     int
-	Draining     int
+	ClusterUUID string
+	GatewayID   string
+	PeerURL     string
+	Sessions    int
+	Draining    int
 	// SessionIDs names the Sessions sessions (the gateway's ids for them).
 	SessionIDs   []string
 	K8sHTTP      bool

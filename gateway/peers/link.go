@@ -84,7 +84,7 @@ func parseStreamRequest(r *http.Request, secret []byte, now time.Time) (streamRe
 		return streamRequest{}, http.StatusNotFound, errors.New("not a peer endpoint")
 	}
 	if r.Header.Get("Upgrade") != upgradeToken {
-		return streamRequest{}, http.StatusBadRequest, fmt.Errorf("Upgrade must be %s", upgradeToken)
+		return streamRequest{}, http.StatusBadRequest, fmt.Errorf("the Upgrade header must be %s", upgradeToken)
 	}
 	req := streamRequest{from: r.Header.Get(headerFrom), cluster: r.Header.Get(headerCluster)}
 	target, ts, mac := r.Header.Get(headerTarget), r.Header.Get(headerTime), r.Header.Get(headerAuth)

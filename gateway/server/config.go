@@ -87,20 +87,20 @@ type Config struct {
 	// connections (WebSockets) run before it closes them: they cannot move
 	// to another gateway and seldom end on their own, while requests get
 	// all of SHUTDOWN_TIMEOUT.
-	UpgradeDrain time.Duration
-	ReloadInterval  time.Duration // ROUTE_RELOAD_INTERVAL, default 5m
-	RevokeInterval  time.Duration // REVOCATION_CHECK_INTERVAL, default 15s
-	StreamWindow    uint32        // STREAM_WINDOW bytes, default 4 MiB: the gateway's own receive window
-	AgentWindow     uint32        // AGENT_STREAM_WINDOW bytes, default 16 MiB: the window announced to agents
-	MaxRequestBody  int64         // MAX_REQUEST_BODY bytes, default 1 GiB; 0: no limit
-	MaxHeaderBytes  int           // MAX_HEADER_BYTES, default 1 MiB
-	MaxStreams      int           // MAX_STREAMS_PER_SESSION, default 10000
-	AuditRetention  time.Duration // AUDIT_RETENTION, default 720h: how long Kubernetes API audit entries are kept
-	AuditMaxRows    int64         // AUDIT_MAX_ROWS, default 1000000: audit entries kept at most (all gateways together)
-	AuditQueue      int           // AUDIT_QUEUE, default 10000: audit entries waiting for the database at most
-	TrafficMaxAge   time.Duration // TRAFFIC_RETENTION, default 24h: how long the per-minute public traffic figures are kept
-	LogLevel        slog.Level    // LOG_LEVEL
-	LogFormat       string        // LOG_FORMAT: text or json
+	UpgradeDrain   time.Duration
+	ReloadInterval time.Duration // ROUTE_RELOAD_INTERVAL, default 5m
+	RevokeInterval time.Duration // REVOCATION_CHECK_INTERVAL, default 15s
+	StreamWindow   uint32        // STREAM_WINDOW bytes, default 4 MiB: the gateway's own receive window
+	AgentWindow    uint32        // AGENT_STREAM_WINDOW bytes, default 16 MiB: the window announced to agents
+	MaxRequestBody int64         // MAX_REQUEST_BODY bytes, default 1 GiB; 0: no limit
+	MaxHeaderBytes int           // MAX_HEADER_BYTES, default 1 MiB
+	MaxStreams     int           // MAX_STREAMS_PER_SESSION, default 10000
+	AuditRetention time.Duration // AUDIT_RETENTION, default 720h: how long Kubernetes API audit entries are kept
+	AuditMaxRows   int64         // AUDIT_MAX_ROWS, default 1000000: audit entries kept at most (all gateways together)
+	AuditQueue     int           // AUDIT_QUEUE, default 10000: audit entries waiting for the database at most
+	TrafficMaxAge  time.Duration // TRAFFIC_RETENTION, default 24h: how long the per-minute public traffic figures are kept
+	LogLevel       slog.Level    // LOG_LEVEL
+	LogFormat      string        // LOG_FORMAT: text or json
 }
 
 // maxRenewBefore is autocert's own cap on Manager.RenewBefore: a larger
