@@ -101,7 +101,13 @@ func (d doc) into(t testing.TB, v any) {
 // with args (--set ...) and returns its output, or helm's error output.
 func helmTemplate(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(helm(t), append([]string{"template", release, chartDir, "--namespace", namespace}, args...)...)
+	return chartTemplate(t, release, chartDir, args...)
+}
+
+// chartTemplate runs helm template of chart as release rel with args.
+func chartTemplate(t testing.TB, rel, chart string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(helm(t), append([]string{"template", rel, chart, "--namespace", namespace}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -189,7 +195,14 @@ func env(c corev1.Container, name string) *corev1.EnvVar {
 // and whether it passed.
 func helmLint(t testing.TB, args ...string) (string, bool) {
 	t.Helper()
-	out, err := exec.Command(helm(t), append([]string{"lint", chartDir}, args...)...).CombinedOutput()
+	return chartLint(t, chartDir, args...)
+}
+
+// chartLint runs helm lint of chart with args: its output, and whether it
+// passed.
+func chartLint(t testing.TB, chart string, args ...string) (string, bool) {
+	t.Helper()
+	out, err := exec.Command(helm(t), append([]string{"lint", chart}, args...)...).CombinedOutput()
 	var exit *exec.ExitError
 	if err != nil && !errors.As(err, &exit) {
 		t.Fatalf("helm lint: %v", err)
@@ -206,12 +219,19 @@ func TestLint(t *testing.T) {
 	if ok || !strings.Contains(out, "1 chart(s) failed") || !strings.Contains(out, "/agent/pipeops/token") {
 		t.Errorf("helm lint with the default values passed, or did not name the token:\n%s", out)
 	}
-	files, err := filepath.Glob(filepath.Join(chartDir, "ci", "*-values.yaml"))
+	lintCIValues(t, chartDir)
+}
+
+// lintCIValues: with each values file in chart's ci/ (at least two), lint
+// --strict passes without a single finding.
+func lintCIValues(t *testing.T, chart string) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(chart, "ci", "*-values.yaml"))
 	if err != nil || len(files) < 2 {
-		t.Fatalf("values files in %s/ci: %v %v", chartDir, files, err)
+		t.Fatalf("values files in %s/ci: %v %v", chart, files, err)
 	}
 	for _, f := range files {
-		out, ok := helmLint(t, "--strict", "-f", f)
+		out, ok := chartLint(t, chart, "--strict", "-f", f)
 		if !ok || strings.Contains(out, "[INFO]") || strings.Contains(out, "[WARNING]") || strings.Contains(out, "[ERROR]") {
 			t.Errorf("helm lint --strict -f %s: passed %v, want a pass without findings:\n%s", f, ok, out)
 		}
@@ -1098,6 +1118,21 @@ func TestManifestsInCluster(t *testing.T) {
 	}
 }
 
+// helmIn returns a function that runs helm h against env's API server in
+// namespace ns, with caches of its own, and fails t when helm does.
+func helmIn(t *testing.T, h string, env *kubetest.Env, ns string) func(args ...string) string {
+	return func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(h, append(args, "--kubeconfig", env.Kubeconfig, "--namespace", ns)...)
+		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+}
+
 // TestHelmInstall installs the chart with helm itself into the real API
 // server and uninstalls it: the release installs with every optional part
 // switched on (ci/full-values.yaml; the API server validates the pod's
@@ -1110,16 +1145,7 @@ func TestHelmInstall(t *testing.T) {
 	env := kubetest.Start(t)
 	ns := env.Namespace(t)
 	rel := "pipeops-agent-" + randomHex(3)
-	helmRun := func(args ...string) string {
-		t.Helper()
-		cmd := exec.Command(h, append(args, "--kubeconfig", env.Kubeconfig, "--namespace", ns)...)
-		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
+	helmRun := helmIn(t, h, env, ns)
 	out := helmRun("install", rel, chartDir, "-f", filepath.Join(chartDir, "ci", "full-values.yaml"),
 		"--set", "agent.pipeops.token=test-token", "--set", "agent.enableIngressSync=false")
 	for _, want := range []string{
@@ -1170,30 +1196,17 @@ func readFile(t testing.TB, path string) string {
 // parent object has one (podSecurityContext, ...), and every row names a
 // value that exists.
 func TestREADMEDocumentsEveryValue(t *testing.T) {
-	var values map[string]any
-	if err := yaml.Unmarshal([]byte(readFile(t, filepath.Join(chartDir, "values.yaml"))), &values); err != nil {
-		t.Fatal(err)
-	}
-	var keys []string
-	var walk func(prefix string, v any)
-	walk = func(prefix string, v any) {
-		m, ok := v.(map[string]any)
-		if !ok || len(m) == 0 {
-			keys = append(keys, prefix)
-			return
-		}
-		for k, sub := range m {
-			if prefix != "" {
-				k = prefix + "." + k
-			}
-			walk(k, sub)
-		}
-	}
-	walk("", values)
-	sort.Strings(keys)
+	checkValuesTable(t, chartDir, "../README.md")
+}
 
+// checkValuesTable: every value of chart's values.yaml has a row in the
+// table of readme ("| `name` |"), or its parent object has one, and every
+// row names a value that exists.
+func checkValuesTable(t *testing.T, chart, readme string) {
+	t.Helper()
+	keys := chartValueKeys(t, filepath.Join(chart, "values.yaml"))
 	rows := map[string]bool{}
-	for _, line := range strings.Split(readFile(t, "../README.md"), "\n") {
+	for _, line := range strings.Split(readFile(t, readme), "\n") {
 		if name, ok := strings.CutPrefix(line, "| `"); ok {
 			name, _, _ = strings.Cut(name, "`")
 			rows[name] = true
@@ -1213,16 +1226,12 @@ func TestREADMEDocumentsEveryValue(t *testing.T) {
 	}
 	for _, k := range keys {
 		if !documented(k) {
-			t.Errorf("value %s has no row in the table of deploy/README.md", k)
+			t.Errorf("value %s has no row in the table of %s", k, readme)
 		}
 	}
 	for r := range rows {
-		found := false
-		for _, k := range keys {
-			found = found || k == r || strings.HasPrefix(k, r+".")
-		}
-		if !found {
-			t.Errorf("deploy/README.md documents %s, which values.yaml does not have", r)
+		if !slices.ContainsFunc(keys, func(k string) bool { return k == r || strings.HasPrefix(k, r+".") }) {
+			t.Errorf("%s documents %s, which values.yaml does not have", readme, r)
 		}
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -58,13 +57,7 @@ var serverRequired = []string{
 // pipeops-system with args, and returns its output or helm's error output.
 func serverTemplate(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(helm(t), append([]string{"template", serverRelease, serverChart, "--namespace", namespace}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("helm template: %v: %s", err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.String(), nil
+	return chartTemplate(t, serverRelease, serverChart, args...)
 }
 
 // serverRender renders the chart with its required values and args, and
@@ -80,12 +73,7 @@ func serverRender(t testing.TB, args ...string) []doc {
 
 func serverLint(t testing.TB, args ...string) (string, bool) {
 	t.Helper()
-	out, err := exec.Command(helm(t), append([]string{"lint", serverChart}, args...)...).CombinedOutput()
-	var exit *exec.ExitError
-	if err != nil && !errors.As(err, &exit) {
-		t.Fatalf("helm lint: %v", err)
-	}
-	return string(out), err == nil
+	return chartLint(t, serverChart, args...)
 }
 
 // named returns the object of kind called name.
@@ -193,16 +181,7 @@ func TestServerLint(t *testing.T) {
 	if ok || !strings.Contains(out, "1 chart(s) failed") || !strings.Contains(out, "/database/url") || !strings.Contains(out, "/gateway/hosts") {
 		t.Errorf("helm lint with the default values passed, or did not name the database and the hosts:\n%s", out)
 	}
-	files, err := filepath.Glob(filepath.Join(serverChart, "ci", "*-values.yaml"))
-	if err != nil || len(files) < 2 {
-		t.Fatalf("values files in %s/ci: %v %v", serverChart, files, err)
-	}
-	for _, f := range files {
-		out, ok := serverLint(t, "--strict", "-f", f)
-		if !ok || strings.Contains(out, "[INFO]") || strings.Contains(out, "[WARNING]") || strings.Contains(out, "[ERROR]") {
-			t.Errorf("helm lint --strict -f %s: passed %v, want a pass without findings:\n%s", f, ok, out)
-		}
-	}
+	lintCIValues(t, serverChart)
 }
 
 // TestServerRefusedValues: values the chart must refuse. Where the schema
@@ -930,16 +909,7 @@ func TestServerHelmInstall(t *testing.T) {
 	env := kubetest.Start(t)
 	ns := env.Namespace(t)
 	rel := "pipeops-server-" + randomHex(3)
-	helmRun := func(args ...string) string {
-		t.Helper()
-		cmd := exec.Command(h, append(args, "--kubeconfig", env.Kubeconfig, "--namespace", ns)...)
-		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
+	helmRun := helmIn(t, h, env, ns)
 	full := filepath.Join(serverChart, "ci", "full-values.yaml")
 	out := helmRun("install", rel, serverChart, "-f", full)
 	for _, want := range []string{
@@ -1048,36 +1018,7 @@ func chartValueKeys(t testing.TB, file string) []string {
 // parent object has one (podSecurityContext, ...), and every row names a
 // value that exists.
 func TestServerREADMEDocumentsEveryValue(t *testing.T) {
-	keys := chartValueKeys(t, filepath.Join(serverChart, "values.yaml"))
-	rows := map[string]bool{}
-	for _, line := range strings.Split(readFile(t, filepath.Join(serverChart, "README.md")), "\n") {
-		if name, ok := strings.CutPrefix(line, "| `"); ok {
-			name, _, _ = strings.Cut(name, "`")
-			rows[name] = true
-		}
-	}
-	documented := func(key string) bool {
-		for k := key; ; {
-			if rows[k] {
-				return true
-			}
-			i := strings.LastIndex(k, ".")
-			if i < 0 {
-				return false
-			}
-			k = k[:i]
-		}
-	}
-	for _, k := range keys {
-		if !documented(k) {
-			t.Errorf("value %s has no row in the table of %s/README.md", k, serverChart)
-		}
-	}
-	for r := range rows {
-		if !slices.ContainsFunc(keys, func(k string) bool { return k == r || strings.HasPrefix(k, r+".") }) {
-			t.Errorf("%s/README.md documents %s, which values.yaml does not have", serverChart, r)
-		}
-	}
+	checkValuesTable(t, serverChart, filepath.Join(serverChart, "README.md"))
 }
 
 // TestServerChartIcon: the icon URL names the SVG kept beside Chart.yaml.

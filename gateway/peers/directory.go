@@ -2,6 +2,7 @@ package peers
 
 import (
 	"context"
+	"log/slog"
 	"maps"
 	"slices"
 	"sync"
@@ -65,7 +66,8 @@ func (p *Peers) isStopped() bool {
 func (p *Peers) seenLoop(ctx context.Context) {
 	tick := time.NewTicker(p.cfg.SeenInterval)
 	defer tick.Stop()
-	failing := false
+	o := outage{log: p.log, down: "peer gateways: cannot refresh this gateway's record; the others stop forwarding to it once it is stale",
+		up: "peer gateways: this gateway's record is fresh again"}
 	for {
 		select {
 		case <-ctx.Done():
@@ -75,15 +77,26 @@ func (p *Peers) seenLoop(ctx context.Context) {
 		if p.isStopped() {
 			return
 		}
-		err := p.cfg.Store.GatewaySeen(ctx, p.cfg.ID, p.cfg.URL)
-		switch {
-		case err != nil && !failing && ctx.Err() == nil:
-			p.log.Warn("peer gateways: cannot refresh this gateway's record; the others stop forwarding to it once it is stale", "err", err)
-			failing = true
-		case err == nil && failing:
-			p.log.Info("peer gateways: this gateway's record is fresh again")
-			failing = false
-		}
+		o.note(ctx, p.cfg.Store.GatewaySeen(ctx, p.cfg.ID, p.cfg.URL))
+	}
+}
+
+// outage logs a database outage of a loop once when it starts and once
+// when it ends, not on every failed try.
+type outage struct {
+	log      *slog.Logger
+	down, up string
+	failing  bool
+}
+
+func (o *outage) note(ctx context.Context, err error) {
+	switch {
+	case err != nil && !o.failing && ctx.Err() == nil:
+		o.log.Warn(o.down, "err", err)
+		o.failing = true
+	case err == nil && o.failing:
+		o.log.Info(o.up)
+		o.failing = false
 	}
 }
 
@@ -177,7 +190,8 @@ func (p *Peers) requestReload() {
 func (p *Peers) reloadLoop(ctx context.Context) {
 	tick := time.NewTicker(p.cfg.SeenInterval)
 	defer tick.Stop()
-	failing := false
+	o := outage{log: p.log, down: "peer gateways: cannot load the other gateways' tunnels; keeping the last known",
+		up: "peer gateways: tunnels loaded again"}
 	for {
 		select {
 		case <-ctx.Done():
@@ -185,15 +199,7 @@ func (p *Peers) reloadLoop(ctx context.Context) {
 		case <-p.reload:
 		case <-tick.C:
 		}
-		err := p.reloadNow(ctx)
-		switch {
-		case err != nil && !failing && ctx.Err() == nil:
-			p.log.Warn("peer gateways: cannot load the other gateways' tunnels; keeping the last known", "err", err)
-			failing = true
-		case err == nil && failing:
-			p.log.Info("peer gateways: tunnels loaded again")
-			failing = false
-		}
+		o.note(ctx, p.reloadNow(ctx))
 	}
 }
 

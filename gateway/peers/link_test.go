@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -139,23 +140,7 @@ func (l fakeLocal) DialLocal(ctx context.Context, _ string, _ tunnel.StreamHeade
 // errors they were, a wrong secret as ErrUnauthorized.
 func TestLinkCarriesStream(t *testing.T) {
 	testenv.LeakCheck(t)
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	echo := startEcho(t)
 	serve := func(local Local) (*Peers, *url.URL) {
 		p, err := New(Config{Store: nopStore{}, ID: "gw-b", URL: "http://127.0.0.1:1", Secret: testSecret, Local: local})
 		if err != nil {
@@ -167,7 +152,7 @@ func TestLinkCarriesStream(t *testing.T) {
 		return p, u
 	}
 	h := tunnel.StreamHeader{Protocol: tunnel.ProtocolTCP, Port: 80, Service: "web", Namespace: "shop"}
-	_, u := serve(fakeLocal{target: echo.Addr().String()})
+	_, u := serve(fakeLocal{target: echo})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var d net.Dialer
@@ -198,3 +183,28 @@ func TestLinkCarriesStream(t *testing.T) {
 }
 
 func testLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// startEcho starts a TCP echo server on loopback that stops with the test,
+// and returns its address.
+func startEcho(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				io.Copy(c, c)
+			})
+		}
+	})
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	return l.Addr().String()
+}

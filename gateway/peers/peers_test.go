@@ -3,7 +3,6 @@ package peers
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http/httptest"
 	"strings"
@@ -40,21 +39,8 @@ func (nopStore) FollowTunnels(ctx context.Context, listening, _ func()) error {
 // candidate.
 func TestDialFailsOver(t *testing.T) {
 	testenv.LeakCheck(t)
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	holderSide, err := New(Config{Store: nopStore{}, ID: "gw-b", URL: "http://127.0.0.1:1", Secret: testSecret, Local: fakeLocal{target: echo.Addr().String()}})
+	echo := startEcho(t)
+	holderSide, err := New(Config{Store: nopStore{}, ID: "gw-b", URL: "http://127.0.0.1:1", Secret: testSecret, Local: fakeLocal{target: echo}})
 	if err != nil {
 		t.Fatal(err)
 	}

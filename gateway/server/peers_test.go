@@ -84,6 +84,68 @@ func runPeer(t *testing.T, env map[string]string) *runningGateway {
 	return rg
 }
 
+// peerFixture is a group of gateways' shared parts: the database with one
+// cluster and its agent token, the settings every gateway of the group
+// gets, and the app the cluster's agent connects every stream to.
+type peerFixture struct {
+	cp      *cptest.ControlPlane
+	cluster *controlplane.Cluster
+	token   string
+	base    map[string]string
+	app     *httptest.Server
+}
+
+// newPeerFixture makes the database, the cluster, a shared peer secret and
+// app's server (closed when the test ends), and checks for leaks after.
+func newPeerFixture(t *testing.T, cluster string, app http.Handler) *peerFixture {
+	t.Helper()
+	ctx := context.Background()
+	f := &peerFixture{cp: cptest.Store(t)}
+	testenv.LeakCheck(t)
+	var err error
+	if f.cluster, err = f.cp.DB.CreateCluster(ctx, cluster); err != nil {
+		t.Fatal(err)
+	}
+	if f.token, _, err = f.cp.Issuer.Issue(ctx, tokens.Request{Kind: auth.KindAgent, ClusterUUID: f.cluster.UUID}); err != nil {
+		t.Fatal(err)
+	}
+	f.app = httptest.NewServer(app)
+	t.Cleanup(f.app.Close)
+	secret := filepath.Join(t.TempDir(), "peer-secret")
+	if err := os.WriteFile(secret, []byte(strings.Repeat("s3cr3t", 8)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.base = map[string]string{"DATABASE_URL": f.cp.DBURL, "CONTROLPLANE_URL": jwksServer(t, f.cp.Issuer), "PEER_SECRET_FILE": secret}
+	return f
+}
+
+// route routes shop.example.com to the cluster.
+func (f *peerFixture) route(t *testing.T) {
+	t.Helper()
+	err := f.cp.DB.SyncRoutes(context.Background(), controlplane.RouteSync{ClusterUUID: f.cluster.UUID, RoutingMode: "tunnel",
+		IngressController: &controlplane.IngressController{Name: "ingress-nginx-controller", Namespace: "ingress-nginx", Port: 80},
+		Routes:            []controlplane.Route{{Hostname: "shop.example.com", Path: "/", PathType: "Prefix", Namespace: "shop", ServiceName: "web", ServicePort: 80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// agent starts an agent of the cluster at gatewayURL whose streams all go
+// to the app; edit adjusts its settings.
+func (f *peerFixture) agent(t *testing.T, gatewayURL string, edit func(*tunnelclient.Config)) *tunneltest.Agent {
+	cfg := tunnelclient.Config{
+		GatewayURL: gatewayURL, Token: f.token, ClusterUUID: f.cluster.UUID, AgentVersion: "test",
+		Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", strings.TrimPrefix(f.app.URL, "http://"))
+		}),
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	return tunneltest.StartAgent(t, cfg)
+}
+
 func (g *runningGateway) get(t *testing.T, hc *http.Client, host, path string) (int, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", "http://"+g.cfg.HTTPAddr+path, nil)
@@ -107,19 +169,8 @@ func (g *runningGateway) get(t *testing.T, hc *http.Client, host, path string) (
 // another gateway is found there, and a gateway that stops is no longer
 // forwarded to. A peer request with a wrong signature is refused.
 func TestAnyGatewayServes(t *testing.T) {
-	ctx := context.Background()
-	cp := cptest.Store(t)
-	testenv.LeakCheck(t)
-	cluster, err := cp.DB.CreateCluster(ctx, "scaled")
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentTok, _, err := cp.Issuer.Issue(ctx, tokens.Request{Kind: auth.KindAgent, ClusterUUID: cluster.UUID})
-	if err != nil {
-		t.Fatal(err)
-	}
 	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	f := newPeerFixture(t, "scaled", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/big":
 			w.Write(big)
@@ -141,35 +192,16 @@ func TestAnyGatewayServes(t *testing.T) {
 			fmt.Fprintf(w, "app %s", r.URL.Path)
 		}
 	}))
-	defer app.Close()
-
-	secret := filepath.Join(t.TempDir(), "peer-secret")
-	if err := os.WriteFile(secret, []byte(strings.Repeat("s3cr3t", 8)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	base := map[string]string{"DATABASE_URL": cp.DBURL, "CONTROLPLANE_URL": jwksServer(t, cp.Issuer), "PEER_SECRET_FILE": secret}
+	cluster := f.cluster
 	gws := map[string]*runningGateway{}
 	for _, id := range []string{"gw-a", "gw-b", "gw-c"} {
-		gws[id] = startPeer(t, id, base)
+		gws[id] = startPeer(t, id, f.base)
 	}
 	a, b, c := gws["gw-a"], gws["gw-b"], gws["gw-c"]
 
-	startAgent := func(on *runningGateway) *tunneltest.Agent {
-		return tunneltest.StartAgent(t, tunnelclient.Config{
-			GatewayURL: "http://" + on.cfg.HTTPAddr, Token: agentTok, ClusterUUID: cluster.UUID, AgentVersion: "test",
-			Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "tcp", strings.TrimPrefix(app.URL, "http://"))
-			}),
-		})
-	}
+	startAgent := func(on *runningGateway) *tunneltest.Agent { return f.agent(t, "http://"+on.cfg.HTTPAddr, nil) }
 	agent := startAgent(b)
-	err = cp.DB.SyncRoutes(ctx, controlplane.RouteSync{ClusterUUID: cluster.UUID, RoutingMode: "tunnel",
-		IngressController: &controlplane.IngressController{Name: "ingress-nginx-controller", Namespace: "ingress-nginx", Port: 80},
-		Routes:            []controlplane.Route{{Hostname: "shop.example.com", Path: "/", PathType: "Prefix", Namespace: "shop", ServiceName: "web", ServicePort: 80}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f.route(t)
 	hc := &http.Client{Transport: &http.Transport{}, Timeout: 20 * time.Second}
 	defer hc.CloseIdleConnections()
 	for _, g := range []*runningGateway{a, b, c} {

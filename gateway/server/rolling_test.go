@@ -1,15 +1,10 @@
 package server
 
 import (
-	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,14 +12,8 @@ import (
 	"time"
 
 	"github.com/pipeops/tunnel/agent/tunnelclient"
-	"github.com/pipeops/tunnel/controlplane"
-	"github.com/pipeops/tunnel/controlplane/cptest"
-	"github.com/pipeops/tunnel/controlplane/tokens"
-	"github.com/pipeops/tunnel/shared/auth"
-	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/balancer"
 	"github.com/pipeops/tunnel/shared/testenv/tunneltest"
-	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
 // TestRollingRestarts runs three gateways behind a load balancer and two
@@ -34,20 +23,9 @@ import (
 // whole.
 func TestRollingRestarts(t *testing.T) {
 	const replicaDrain = 20 * time.Second
-	ctx := context.Background()
-	cp := cptest.Store(t)
-	testenv.LeakCheck(t)
-	cluster, err := cp.DB.CreateCluster(ctx, "rolling")
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentTok, _, err := cp.Issuer.Issue(ctx, tokens.Request{Kind: auth.KindAgent, ClusterUUID: cluster.UUID})
-	if err != nil {
-		t.Fatal(err)
-	}
 	chunk := strings.Repeat("rolling restarts ", 16<<10) // 272 KiB
 	const chunks = 120
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	f := newPeerFixture(t, "rolling", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			// About 3.6 s and 32 MiB: long enough to span a restart.
 			for range chunks {
@@ -61,16 +39,11 @@ func TestRollingRestarts(t *testing.T) {
 		}
 		fmt.Fprintf(w, "app %s", r.URL.Path)
 	}))
-	defer app.Close()
-	secret := filepath.Join(t.TempDir(), "peer-secret")
-	if err := os.WriteFile(secret, []byte(strings.Repeat("r0ll", 16)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	base := map[string]string{"DATABASE_URL": cp.DBURL, "CONTROLPLANE_URL": jwksServer(t, cp.Issuer), "PEER_SECRET_FILE": secret}
+	cluster := f.cluster
 	gws := make([]*runningGateway, 3)
 	var backends []string
 	for i := range gws {
-		gws[i] = startPeer(t, fmt.Sprintf("gw-%d", i), base)
+		gws[i] = startPeer(t, fmt.Sprintf("gw-%d", i), f.base)
 		backends = append(backends, gws[i].cfg.HTTPAddr)
 	}
 	lb, err := balancer.Start("127.0.0.1:0", backends)
@@ -80,22 +53,12 @@ func TestRollingRestarts(t *testing.T) {
 	defer lb.Close()
 
 	startReplica := func(name string) *tunneltest.Agent {
-		return tunneltest.StartAgent(t, tunnelclient.Config{
-			GatewayURL: "http://" + lb.Addr, Token: agentTok, ClusterUUID: cluster.UUID, AgentVersion: "test", Instance: name,
-			RetryFast: 100 * time.Millisecond, DrainTimeout: replicaDrain,
-			Dialer: tunnelclient.DialerFunc(func(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "tcp", strings.TrimPrefix(app.URL, "http://"))
-			}),
+		return f.agent(t, "http://"+lb.Addr, func(c *tunnelclient.Config) {
+			c.Instance, c.RetryFast, c.DrainTimeout = name, 100*time.Millisecond, replicaDrain
 		})
 	}
 	replicas := []*tunneltest.Agent{startReplica("pod-0"), startReplica("pod-1")}
-	err = cp.DB.SyncRoutes(ctx, controlplane.RouteSync{ClusterUUID: cluster.UUID, RoutingMode: "tunnel",
-		IngressController: &controlplane.IngressController{Name: "ingress-nginx-controller", Namespace: "ingress-nginx", Port: 80},
-		Routes:            []controlplane.Route{{Hostname: "shop.example.com", Path: "/", PathType: "Prefix", Namespace: "shop", ServiceName: "web", ServicePort: 80}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f.route(t)
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}, Timeout: 30 * time.Second}
 	defer hc.CloseIdleConnections()
 	get := func(path string) (int, []byte, error) {
