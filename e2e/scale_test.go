@@ -178,6 +178,21 @@ func TestScaleOut(t *testing.T) {
 		}
 	})
 
+	// Four more loads for the kills, so that requests are in flight when a
+	// process dies.
+	loads := []*traffic{tr}
+	for range 4 {
+		more := startTraffic(e.s, e.host, want, 2*time.Millisecond)
+		defer more.close()
+		loads = append(loads, more)
+	}
+	resetAll := func() (ok int, failures []string) {
+		for _, l := range loads {
+			n, f := l.reset()
+			ok, failures = ok+n, append(failures, f...)
+		}
+		return ok, failures
+	}
 	for _, tc := range []struct {
 		name string
 		c    *stack.Component
@@ -186,12 +201,12 @@ func TestScaleOut(t *testing.T) {
 		{"kill -9 of an agent replica", e.c.Agents[0]},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tr.reset()
+			resetAll()
 			time.Sleep(500 * time.Millisecond)
 			tc.c.Kill()
 			killed := time.Now()
 			time.Sleep(3 * time.Second)
-			ok, failures := tr.reset()
+			ok, failures := resetAll()
 			var last time.Time
 			for _, f := range failures {
 				at, err := time.ParseInLocation("15:04:05.000", f[:12], time.Local)
