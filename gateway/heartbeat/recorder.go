@@ -70,7 +70,9 @@ type Recorder struct {
 	GatewayID string
 	// StillReached, when set, says whether another gateway holds a tunnel
 	// to the cluster: the end of the last session here then does not mark
-	// it disconnected (its agent moved to that gateway). It must not block.
+	// it disconnected (its agent moved to that gateway), whether the move
+	// is known when the session ends or only by the flush. It must not
+	// block.
 	StillReached func(cluster string) bool
 	// FlushInterval is how often Run flushes (default 5 s).
 	FlushInterval time.Duration
@@ -383,6 +385,11 @@ func (r *Recorder) Flush(ctx context.Context) error {
 			failed += len(clusters) - i
 			firstErr = cmp.Or(firstErr, err)
 			break
+		}
+		if u := batch[cluster]; u.status == controlplane.ClusterDisconnected && r.StillReached != nil && r.StillReached(cluster) {
+			// The agent has moved to another gateway since its session
+			// here ended: that gateway writes its state.
+			continue
 		}
 		err := r.write(ctx, cluster, batch[cluster])
 		switch code := controlplane.ErrorCode(err); {

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -674,6 +675,47 @@ func TestSessionHooks(t *testing.T) {
 	rec.mu.Unlock()
 	if n != 0 {
 		t.Errorf("%d entries kept for a cluster that has gone", n)
+	}
+}
+
+// TestMovedAgentStaysConnected: with other gateways (StillReached), the
+// end of the last session here does not mark the cluster disconnected when
+// another gateway holds it, known when the session ends or by the flush;
+// when none does, it does.
+func TestMovedAgentStaysConnected(t *testing.T) {
+	e := newEnv(t, 1)
+	cluster := e.clusters[0]
+	var elsewhere atomic.Bool
+	rec := e.recorder(&Recorder{StillReached: func(c string) bool { return c == cluster && elsewhere.Load() }})
+	g := e.gateway(rec, cluster)
+	status := func() string {
+		t.Helper()
+		mustFlush(t, rec)
+		return e.row(cluster).Status
+	}
+	for _, tc := range []struct {
+		name           string
+		atEnd, atFlush bool
+		want           string
+	}{
+		{"moved before the session ended", true, true, controlplane.ClusterConnected},
+		{"move known only by the flush", false, true, controlplane.ClusterConnected},
+		{"gone", false, false, controlplane.ClusterDisconnected},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			elsewhere.Store(false)
+			a, s := g.agent(nil)
+			if got := status(); got != controlplane.ClusterConnected {
+				t.Fatalf("connected: stored %q", got)
+			}
+			elsewhere.Store(tc.atEnd)
+			a.stop()
+			g.waitEnded(s)
+			elsewhere.Store(tc.atFlush)
+			if got := status(); got != tc.want {
+				t.Errorf("stored %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
 
