@@ -44,6 +44,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/pipeops/tunnel/agent/app"
+	agentconfig "github.com/pipeops/tunnel/agent/config"
 	"github.com/pipeops/tunnel/shared/testenv"
 	"github.com/pipeops/tunnel/shared/testenv/kubetest"
 )
@@ -359,7 +360,9 @@ func TestAgentValues(t *testing.T) {
 }
 
 // TestTokenInSecretOnly: the token is in the chart's Secret and nowhere else
-// (never in a ConfigMap); the agent gets it through a secretKeyRef.
+// (never in a ConfigMap, never a variable's value); the agent reads it from
+// the Secret mounted as a file, 0440 to the pod's fsGroup, and the agent's
+// own configuration code accepts that file as the kubelet writes it.
 func TestTokenInSecretOnly(t *testing.T) {
 	const token = "eyJhbGciOiJFZERTQSJ9.unique-test-token"
 	docs := render(t, "--set", "agent.pipeops.token="+token)
@@ -377,11 +380,31 @@ func TestTokenInSecretOnly(t *testing.T) {
 	if cms := kinds(docs, "ConfigMap"); len(cms) != 0 {
 		t.Errorf("the chart renders ConfigMaps %v; the agent's state ConfigMap is its own to create", cms)
 	}
-	_, c := deployment(t, docs)
-	e := env(c, "PIPEOPS_TOKEN")
-	if e == nil || e.Value != "" || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil ||
-		e.ValueFrom.SecretKeyRef.Name != secret.Name || e.ValueFrom.SecretKeyRef.Key != "token" {
-		t.Fatalf("PIPEOPS_TOKEN = %+v, want a secretKeyRef to %s/token", e, secret.Name)
+	d, c := deployment(t, docs)
+	if e := env(c, "PIPEOPS_TOKEN"); e != nil {
+		t.Errorf("PIPEOPS_TOKEN = %+v: the token must come as a file", e)
+	}
+	e := env(c, "PIPEOPS_TOKEN_FILE")
+	if e == nil {
+		t.Fatal("no PIPEOPS_TOKEN_FILE")
+	}
+	spec := d.Spec.Template.Spec
+	f := secretFileAt(t, spec, c, e.Value)
+	if f.secret != secret.Name || f.key != "token" || f.mode != 0o440 || spec.SecurityContext == nil || spec.SecurityContext.FSGroup == nil {
+		t.Errorf("token file from %+v, fsGroup %v; want %s/token, mode 0440, an fsGroup", f, spec.SecurityContext, secret.Name)
+	}
+	getenv := containerEnv(t, spec, c, map[string]map[string]string{secret.Name: secret.StringData}, t.TempDir())
+	cfg, err := agentconfig.Load(nil, func(k string) string {
+		if k == "PIPEOPS_API_URL" {
+			return "https://cp.example.com"
+		}
+		return getenv(k)
+	})
+	if err != nil || cfg.Token != token {
+		t.Errorf("the agent's config.Load with the rendered environment: token read %v, err %v", cfg.Token == token, err)
+	}
+	if _, err := helmTemplate(t, "--set", "agent.pipeops.token=t", "--set", "podSecurityContext.fsGroup=null"); err == nil || !strings.Contains(err.Error(), "podSecurityContext.fsGroup is required") {
+		t.Errorf("no fsGroup: %v, want a refusal naming it", err)
 	}
 }
 
@@ -395,10 +418,12 @@ func TestExistingSecret(t *testing.T) {
 		t.Fatalf("rendered Secrets %v with existingSecret set", s)
 	}
 	d, c := deployment(t, docs)
-	e := env(c, "PIPEOPS_TOKEN")
-	if e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil ||
-		e.ValueFrom.SecretKeyRef.Name != "my-agent-token" || e.ValueFrom.SecretKeyRef.Key != "jwt" {
-		t.Fatalf("PIPEOPS_TOKEN = %+v, want a secretKeyRef to my-agent-token/jwt", e)
+	e := env(c, "PIPEOPS_TOKEN_FILE")
+	if e == nil {
+		t.Fatal("no PIPEOPS_TOKEN_FILE")
+	}
+	if f := secretFileAt(t, d.Spec.Template.Spec, c, e.Value); f.secret != "my-agent-token" || f.key != "jwt" {
+		t.Fatalf("the token file comes from %+v, want my-agent-token/jwt", f)
 	}
 	if _, ok := d.Spec.Template.Annotations["checksum/token"]; ok {
 		t.Error("a token checksum is rendered though the chart does not know the token")
@@ -580,8 +605,8 @@ extraVolumeMounts:
 	if e := env(c, "PROXY_PASSWORD"); e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil || e.ValueFrom.SecretKeyRef.Key != "password" {
 		t.Errorf("PROXY_PASSWORD = %+v, want its secretKeyRef", e)
 	}
-	if e := env(c, "PIPEOPS_TOKEN"); e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
-		t.Errorf("PIPEOPS_TOKEN = %+v, lost among the extra variables", e)
+	if e := env(c, "PIPEOPS_TOKEN_FILE"); e == nil || e.Value == "" {
+		t.Errorf("PIPEOPS_TOKEN_FILE = %+v, lost among the extra variables", e)
 	}
 	if len(c.EnvFrom) != 1 || c.EnvFrom[0].SecretRef == nil || c.EnvFrom[0].SecretRef.Name != "agent-proxy" {
 		t.Errorf("envFrom = %s", mustJSON(c.EnvFrom))
@@ -605,19 +630,21 @@ extraVolumeMounts:
 	if spec.PriorityClassName != "pipeops-critical" {
 		t.Errorf("priorityClassName = %q", spec.PriorityClassName)
 	}
-	if len(spec.Volumes) != 1 || spec.Volumes[0].Name != "proxy-ca" || spec.Volumes[0].ConfigMap == nil || spec.Volumes[0].ConfigMap.Name != "proxy-ca" {
+	// The token's volume first, then extraVolumes.
+	if len(spec.Volumes) != 2 || spec.Volumes[0].Name != "token" || spec.Volumes[1].Name != "proxy-ca" || spec.Volumes[1].ConfigMap == nil || spec.Volumes[1].ConfigMap.Name != "proxy-ca" {
 		t.Errorf("volumes = %s", mustJSON(spec.Volumes))
 	}
-	if len(c.VolumeMounts) != 1 || c.VolumeMounts[0].MountPath != "/etc/pipeops/proxy-ca" || !c.VolumeMounts[0].ReadOnly {
+	if len(c.VolumeMounts) != 2 || c.VolumeMounts[1].MountPath != "/etc/pipeops/proxy-ca" || !c.VolumeMounts[1].ReadOnly {
 		t.Errorf("volumeMounts = %s", mustJSON(c.VolumeMounts))
 	}
 	if sc := c.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Error("extra volumes turned the read-only root filesystem off")
 	}
 
-	// Unset, none of them renders anything.
+	// Unset, none of them renders anything (the token's volume is the
+	// chart's own).
 	d, c = deployment(t, render(t))
-	if len(c.EnvFrom)+len(c.VolumeMounts)+len(d.Spec.Template.Spec.Volumes) != 0 || d.Spec.Template.Spec.PriorityClassName != "" {
+	if len(c.EnvFrom)+len(c.VolumeMounts)+len(d.Spec.Template.Spec.Volumes) != 2 || d.Spec.Template.Spec.PriorityClassName != "" {
 		t.Errorf("defaults render envFrom %v, mounts %v, volumes %v, priority class %q",
 			c.EnvFrom, c.VolumeMounts, d.Spec.Template.Spec.Volumes, d.Spec.Template.Spec.PriorityClassName)
 	}
@@ -1169,7 +1196,7 @@ func TestHelmInstall(t *testing.T) {
 		t.Fatalf("Deployment %s after install: %v", rel, err)
 	}
 	if c := d.Spec.Template.Spec.Containers[0]; !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "HTTPS_PROXY" }) ||
-		len(c.VolumeMounts) != 1 || len(c.EnvFrom) != 1 {
+		len(c.VolumeMounts) != 2 || len(c.EnvFrom) != 1 {
 		t.Errorf("the installed agent lacks the extra variables or volume mount: %s", mustJSON(c))
 	}
 	cm, err := env.Client.CoreV1().ConfigMaps(ns).Get(ctx, rel+"-dashboard", metav1.GetOptions{})

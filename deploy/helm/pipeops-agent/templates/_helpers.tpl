@@ -88,4 +88,7 @@ a template's fail only as [INFO] and passes); these messages are what
 {{- fail (printf "podLabels may not set %s: the chart sets it, and selects the pod by it" $k) }}
 {{- end }}
 {{- end }}
+{{- if not (.Values.podSecurityContext | default dict).fsGroup }}
+{{- fail "podSecurityContext.fsGroup is required: the agent token is mounted as a file (mode 0440) readable by that group" }}
+{{- end }}
 {{- end }}
