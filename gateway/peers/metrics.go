@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer, p *Peers) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.dialed, m.dialSeconds, m.served, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "clusters_reachable", Help: "Clusters this gateway holds no tunnel to but reaches through another gateway."},
+			Name: "clusters_reachable", Help: "Clusters another gateway holds a tunnel to (this one forwards their streams when it has no session of its own)."},
 			func() float64 {
 				p.mu.Lock()
 				defer p.mu.Unlock()
