@@ -112,14 +112,17 @@ func parseStreamRequest(r *http.Request, secret []byte, now time.Time) (streamRe
 	return req, 0, nil
 }
 
-// dialPeer asks the gateway at peerURL for a stream to h in cluster and
-// returns the connection that is that stream.
-func dialPeer(ctx context.Context, d *net.Dialer, peerURL *url.URL, from string, secret []byte, cluster string, h tunnel.StreamHeader, now time.Time) (net.Conn, error) {
+// dialFunc connects to a peer (net.Dialer.DialContext).
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// dialPeer asks the gateway at peerURL, connected with dial, for a stream
+// to h in cluster and returns the connection that is that stream.
+func dialPeer(ctx context.Context, dial dialFunc, peerURL *url.URL, from string, secret []byte, cluster string, h tunnel.StreamHeader, now time.Time) (net.Conn, error) {
 	raw, err := h.MarshalBinary()
 	if err != nil {
 		return nil, err
 	}
-	conn, err := d.DialContext(ctx, "tcp", peerURL.Host)
+	conn, err := dial(ctx, "tcp", peerURL.Host)
 	if err != nil {
 		return nil, err
 	}

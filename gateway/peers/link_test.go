@@ -156,7 +156,7 @@ func TestLinkCarriesStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var d net.Dialer
-	conn, err := dialPeer(ctx, &d, u, "gw-a", testSecret, "c1", h, time.Now())
+	conn, err := dialPeer(ctx, d.DialContext, u, "gw-a", testSecret, "c1", h, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,12 +171,12 @@ func TestLinkCarriesStream(t *testing.T) {
 		t.Fatalf("echo through the link: %d bytes, %v; want %d", len(got), err, len(msg))
 	}
 
-	if _, err := dialPeer(ctx, &d, u, "gw-a", []byte(strings.Repeat("x", MinSecretLen)), "c1", h, time.Now()); !errors.Is(err, ErrUnauthorized) {
+	if _, err := dialPeer(ctx, d.DialContext, u, "gw-a", []byte(strings.Repeat("x", MinSecretLen)), "c1", h, time.Now()); !errors.Is(err, ErrUnauthorized) {
 		t.Errorf("wrong secret: %v, want ErrUnauthorized", err)
 	}
 	for _, want := range []error{session.ErrAgentOffline, session.ErrTooManyStreams} {
 		_, u := serve(fakeLocal{err: want})
-		if _, err := dialPeer(ctx, &d, u, "gw-a", testSecret, "c1", h, time.Now()); !errors.Is(err, want) {
+		if _, err := dialPeer(ctx, d.DialContext, u, "gw-a", testSecret, "c1", h, time.Now()); !errors.Is(err, want) {
 			t.Errorf("holder failing with %v: dial got %v", want, err)
 		}
 	}
@@ -207,4 +207,52 @@ func startEcho(t *testing.T) string {
 	})
 	t.Cleanup(func() { l.Close(); wg.Wait() })
 	return l.Addr().String()
+}
+
+// TestRefusedLinksLoggedOnce: anyone who reaches the peer listener can
+// send badly signed requests in bulk; each is refused, and the log gets one
+// line for the lot (and a count when the listener closes), not one each.
+func TestRefusedLinksLoggedOnce(t *testing.T) {
+	testenv.LeakCheck(t)
+	var logs lockedBuffer
+	p, err := New(Config{Store: nopStore{}, ID: "gw-b", URL: "http://127.0.0.1:1", Secret: testSecret, Local: fakeLocal{err: session.ErrAgentOffline},
+		Logger: testLogger(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(p.Handler())
+	u, _ := url.Parse(srv.URL)
+	h := tunnel.StreamHeader{Protocol: tunnel.ProtocolTCP, Port: 80, Service: "web", Namespace: "shop"}
+	var d net.Dialer
+	for range 20 {
+		if _, err := dialPeer(context.Background(), d.DialContext, u, "intruder", []byte(strings.Repeat("x", MinSecretLen)), "c1", h, time.Now()); !errors.Is(err, ErrUnauthorized) {
+			t.Fatalf("bad signature: %v, want ErrUnauthorized", err)
+		}
+	}
+	if n := strings.Count(logs.String(), "peer link refused"); n != 1 {
+		t.Errorf("20 refusals logged %d times, want once:\n%s", n, logs.String())
+	}
+	srv.Close()
+	p.Close()
+	if !strings.Contains(logs.String(), "19") {
+		t.Errorf("the count of the refusals not logged is not in the log:\n%s", logs.String())
+	}
+}
+
+// lockedBuffer is a log sink written by the server's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/pipeops/tunnel/controlplane"
 	"github.com/pipeops/tunnel/gateway/session"
+	"github.com/pipeops/tunnel/shared/ratelog"
 	"github.com/pipeops/tunnel/shared/tunnel"
 )
 
@@ -99,6 +100,7 @@ type holder struct {
 type Peers struct {
 	cfg     Config
 	log     *slog.Logger
+	logs    *ratelog.Limiter // lines the peer listener's callers can trigger
 	url     *url.URL
 	dialer  net.Dialer
 	metrics *metrics
@@ -153,7 +155,7 @@ func New(cfg Config) (*Peers, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	p := &Peers{cfg: cfg, log: log, url: u, holders: map[string][]holder{}, down: map[string]time.Time{},
+	p := &Peers{cfg: cfg, log: log, logs: ratelog.New(log, ratelog.Config{}), url: u, holders: map[string][]holder{}, down: map[string]time.Time{},
 		dirty: map[string]bool{}, links: map[linkKey]map[*linkConn]struct{}{}, wake: make(chan struct{}, 1), reload: make(chan struct{}, 1),
 		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}}
 	p.metrics = newMetrics(cfg.Metrics, p)
@@ -210,7 +212,7 @@ func (p *Peers) Dial(ctx context.Context, cluster string, h tunnel.StreamHeader)
 	var errs []error
 	for _, c := range cands {
 		start := p.cfg.Now()
-		conn, err := dialPeer(ctx, &p.dialer, c.url, p.cfg.ID, p.cfg.Secret, cluster, h, start)
+		conn, err := dialPeer(ctx, p.dialer.DialContext, c.url, p.cfg.ID, p.cfg.Secret, cluster, h, start)
 		if err == nil {
 			p.metrics.dialed.WithLabelValues("ok").Inc()
 			p.metrics.dialSeconds.Observe(p.cfg.Now().Sub(start).Seconds())
@@ -334,7 +336,9 @@ func (p *Peers) Handler() http.Handler {
 		if err != nil {
 			p.metrics.served.WithLabelValues(strconvStatus(status)).Inc()
 			if status == http.StatusUnauthorized {
-				p.log.Warn("peer link refused", "remote", r.RemoteAddr, "err", err)
+				// Anyone who reaches PEER_ADDR can send these, as fast as
+				// they like: a line per interval, with a count.
+				p.logs.Log(r.Context(), slog.LevelWarn, "refused", "peer link refused", "remote", r.RemoteAddr, "err", err)
 			}
 			http.Error(w, err.Error(), status)
 			return
@@ -434,6 +438,7 @@ func (p *Peers) Close() {
 	p.closed = true
 	p.mu.Unlock()
 	p.splices.Wait()
+	p.logs.Flush()
 }
 
 func strconvStatus(code int) string {
