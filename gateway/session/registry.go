@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -320,12 +321,9 @@ func (r *Registry) add(s *Session) bool {
 	}
 	var old *Session
 	list := r.sessions[s.Cluster]
-	for i, x := range list {
-		if x.Info.Instance == s.Info.Instance {
-			old = x
-			list = append(list[:i:i], list[i+1:]...)
-			break
-		}
+	if i := slices.IndexFunc(list, func(x *Session) bool { return x.Info.Instance == s.Info.Instance }); i >= 0 {
+		old = list[i]
+		list = slices.Delete(list, i, i+1)
 	}
 	r.sessions[s.Cluster] = append(list, s)
 	r.wg.Add(1)
@@ -350,11 +348,8 @@ func (r *Registry) remove(s *Session) {
 	r.logEnd(s)
 	r.mu.Lock()
 	list := r.sessions[s.Cluster]
-	for i, x := range list {
-		if x == s {
-			list = append(list[:i:i], list[i+1:]...)
-			break
-		}
+	if i := slices.Index(list, s); i >= 0 {
+		list = slices.Delete(list, i, i+1)
 	}
 	if len(list) == 0 {
 		delete(r.sessions, s.Cluster)
